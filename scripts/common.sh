@@ -1,0 +1,99 @@
+# Shared by scripts/run.sh, scripts/test.sh and bench/run.sh: one-time machine set-up and
+# throwaway PostgreSQL clusters. PostgreSQL refuses to run as root, so every server runs as
+# $LEASE_SERVER_USER (default: postgres), whoever calls these scripts (root or a sudoer).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_MAJOR=15
+PG_CONFIG=/usr/bin/pg_config
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PGRX_VERSION=0.18.1
+SERVER_USER=${LEASE_SERVER_USER:-postgres}
+RUN_DIR=${LEASE_RUN_DIR:-/tmp/lease}
+VENV=$ROOT/.venv
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Runs a command as the server's OS user, from a directory that user can enter.
+as_server_user() {
+    (cd / && as_root sudo -u "$SERVER_USER" "$@")
+}
+
+# Installs what building and testing need; skips what is already there.
+setup_machine() {
+    local packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev sudo gcc make)
+    local missing=()
+    for package in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
+        say "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+        say "registering PostgreSQL $PG_MAJOR with pgrx"
+        cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# A Python environment with the client library the out-of-process tests use.
+setup_python() {
+    if [ ! -x "$VENV/bin/pytest" ]; then
+        say "creating $VENV with psycopg and pytest"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q 'psycopg[binary]==3.2.*' 'pytest==8.*'
+    fi
+}
+
+# Builds the extension and installs it into the system PostgreSQL ($1: extra cargo pgrx flags).
+install_extension() {
+    say "building and installing the extension"
+    local sudo_flag=()
+    [ "$(id -u)" = 0 ] || sudo_flag=(--sudo)
+    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@")
+}
+
+# cluster_start NAME PORT [postgresql.conf lines...]: starts (creating it if needed) a cluster
+# in $RUN_DIR/NAME, listening on 127.0.0.1:PORT and on a socket in that directory.
+cluster_start() {
+    local name=$1 port=$2
+    shift 2
+    local dir=$RUN_DIR/$name
+    as_root mkdir -p "$dir"
+    as_root chown "$SERVER_USER" "$dir"
+    if ! as_root test -f "$dir/data/PG_VERSION"; then
+        as_server_user "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+        {
+            echo "port = $port"
+            echo "listen_addresses = '127.0.0.1'"
+            echo "unix_socket_directories = '$dir'"
+            echo "shared_preload_libraries = 'lease'"
+            for line in "$@"; do echo "$line"; done
+        } | as_server_user tee -a "$dir/data/postgresql.conf" >/dev/null
+    fi
+    if ! as_server_user "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        as_server_user "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    fi
+}
+
+cluster_stop() {
+    local dir=$RUN_DIR/$1
+    if as_root test -f "$dir/data/postmaster.pid"; then
+        as_server_user "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
+    fi
+}
+
+cluster_destroy() {
+    cluster_stop "$1"
+    as_root rm -rf "${RUN_DIR:?}/$1"
+}

@@ -1,0 +1,15 @@
+-- A short tour of the API; safe to run again.
+\echo 'worker-a takes job:42 for 30 seconds and gets a fencing token:'
+SELECT lease_acquire('job:42', 'worker-a', '30 seconds') AS token \gset
+SELECT :token AS token;
+\echo 'worker-b is refused while worker-a holds it (NULL):'
+SELECT lease_acquire('job:42', 'worker-b', '30 seconds') AS refused;
+\echo 'who holds it:'
+SELECT holder, token, owner, expires_at - clock_timestamp() < interval '30 seconds' AS expiring FROM lease_info('job:42');
+\echo 'a fenced write: the check and the write commit together, or not at all:'
+SELECT lease_check('job:42', :token) AS fence_passes;
+\echo 'renew, then release (true once, false afterwards):'
+SELECT lease_renew('job:42', :token, '1 minute') AS renewed;
+SELECT lease_release('job:42', :token) AS released, lease_release('job:42', :token) AS released_again;
+\echo 'the old token no longer passes the fence:'
+SELECT lease_check('job:42', :token) AS fence_passes;

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, then the three layers
+#   1. #[pg_test] unit tests inside a server (cargo pgrx test);
+#   2. the SQL contract: tests/regress/sql/*.sql against tests/regress/expected/*.out
+#      (pg_regress, as a client of a throwaway server run by an ordinary OS user);
+#   3. out-of-process tests with a real client over several connections (tests/client, pytest).
+# Ends with one line "summary: N passed, M failed"; exits non-zero if anything failed.
+source "$(dirname "$0")/common.sh"
+
+PORT=${LEASE_TEST_PORT:-54329}
+LOG_DIR=${LEASE_TEST_LOG_DIR:-$ROOT/target/test-logs}
+mkdir -p "$LOG_DIR"
+passed=0
+failed=0
+count() { passed=$((passed + $1)); failed=$((failed + $2)); }
+
+setup_machine
+setup_python
+
+say "layer 1: #[pg_test] unit tests"
+as_root rm -rf "$RUN_DIR/pgrx-test"
+as_root mkdir -p "$RUN_DIR/pgrx-test"
+as_root chown "$SERVER_USER" "$RUN_DIR/pgrx-test"
+set +e
+(cd "$ROOT" && cargo pgrx test pg$PG_MAJOR --runas "$SERVER_USER" --pgdata "$RUN_DIR/pgrx-test/data") 2>&1 | tee "$LOG_DIR/pg_test.log"
+unit_status=${PIPESTATUS[0]}
+set -e
+unit_passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG_DIR/pg_test.log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+unit_failed=$(grep -oE '[0-9]+ failed' "$LOG_DIR/pg_test.log" | awk '{s+=$1} END {print s+0}')
+[ "$unit_status" = 0 ] || [ "$unit_failed" -gt 0 ] || unit_failed=1
+count "$unit_passed" "$unit_failed"
+
+install_extension
+say "starting the test server on 127.0.0.1:$PORT"
+cluster_destroy test
+cluster_start test "$PORT" "fsync = off" "log_min_messages = warning"
+trap 'cluster_stop test; cluster_stop test-standby' EXIT
+
+say "layer 2: SQL contract (pg_regress)"
+regress_out=$LOG_DIR/regress
+rm -rf "$regress_out"
+mkdir -p "$regress_out"
+tests=$(cd "$ROOT/tests/regress/sql" && ls *.sql | sed 's/\.sql$//' | sort)
+set +e
+"$(dirname "$($PG_CONFIG --pgxs)")/../test/regress/pg_regress" \
+    --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --bindir="$PG_BIN" \
+    --inputdir="$ROOT/tests/regress" --outputdir="$regress_out" --dbname=lease_regress \
+    $tests 2>&1 | tee "$LOG_DIR/regress.log"
+set -e
+regress_total=$(echo "$tests" | wc -w)
+regress_failed=$(grep -cE '^(not ok|test .* FAILED| *[a-z0-9_]+ +\.\.\. FAILED)' "$LOG_DIR/regress.log" || true)
+[ -f "$regress_out/regression.diffs" ] && cat "$regress_out/regression.diffs"
+if [ -s "$regress_out/regression.diffs" ] && [ "$regress_failed" = 0 ]; then regress_failed=1; fi
+count $((regress_total - regress_failed)) "$regress_failed"
+
+say "layer 3: out-of-process tests (pytest)"
+set +e
+LEASE_TEST_PORT=$PORT LEASE_TEST_DIR="$RUN_DIR/test" LEASE_RUN_DIR="$RUN_DIR" LEASE_SERVER_USER="$SERVER_USER" \
+    "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client" 2>&1 | tee "$LOG_DIR/pytest.log"
+set -e
+py_passed=$(tail -n 1 "$LOG_DIR/pytest.log" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+py_failed=$(tail -n 1 "$LOG_DIR/pytest.log" | grep -oE '[0-9]+ (failed|error|errors)' | awk '{s+=$1} END {print s+0}')
+[ "$py_passed" -gt 0 ] || [ "$py_failed" -gt 0 ] || py_failed=1
+count "$py_passed" "$py_failed"
+
+echo
+echo "summary: $passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,47 @@
+-- The public API. The functions are created in the extension's schema (public unless
+-- CREATE EXTENSION ... SCHEMA says otherwise) so that applications call them unqualified.
+-- They are C functions that run their table work as the owner of lease.leases, with every
+-- name schema-qualified, so the caller's search_path cannot change what they do.
+
+CREATE FUNCTION lease_acquire(resource text, holder text, ttl interval DEFAULT NULL, wait interval DEFAULT NULL)
+RETURNS bigint VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_acquire_wrapper';
+COMMENT ON FUNCTION lease_acquire(text, text, interval, interval) IS
+'Grants resource to holder for ttl (NULL: lease.default_ttl) and returns a fencing token, or NULL when another holder has it. Re-acquiring by the same holder and role returns the same token and extends the lease.';
+
+CREATE FUNCTION lease_renew(resource text, token bigint, ttl interval DEFAULT NULL)
+RETURNS boolean VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_renew_wrapper';
+COMMENT ON FUNCTION lease_renew(text, bigint, interval) IS
+'Sets the expiry of the lease that token holds to now + ttl; false if token no longer holds resource.';
+
+CREATE FUNCTION lease_release(resource text, token bigint)
+RETURNS boolean VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_release_wrapper';
+COMMENT ON FUNCTION lease_release(text, bigint) IS
+'Ends the lease that token holds: true once, false afterwards or when the lease has expired.';
+
+CREATE FUNCTION lease_check(resource text, token bigint)
+RETURNS boolean VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_check_wrapper';
+COMMENT ON FUNCTION lease_check(text, bigint) IS
+'Fence: true if token holds resource now; then no other holder can be granted resource until this transaction ends.';
+
+CREATE FUNCTION lease_assert(resource text, token bigint)
+RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_assert_wrapper';
+COMMENT ON FUNCTION lease_assert(text, bigint) IS
+'Fence: raises SQLSTATE 55000 unless token holds resource; otherwise as lease_check.';
+
+CREATE FUNCTION lease._valid_resource(resource text)
+RETURNS text IMMUTABLE LANGUAGE c AS 'MODULE_PATHNAME', 'valid_resource_wrapper';
+REVOKE ALL ON FUNCTION lease._valid_resource(text) FROM PUBLIC;
+COMMENT ON FUNCTION lease._valid_resource(text) IS
+'Internal: returns resource if it is a valid resource name, raises 22004 or 22023 otherwise.';
+
+CREATE FUNCTION lease_info(resource text)
+RETURNS TABLE(resource text, holder text, token bigint, owner name,
+              acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz)
+VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp LANGUAGE sql
+AS $$
+    SELECT l.resource, l.holder, l.token, l.owner::text::name, l.acquired_at, l.renewed_at, l.expires_at
+    FROM lease.leases AS l
+    WHERE l.resource = lease._valid_resource($1) AND l.expires_at > clock_timestamp()
+$$;
+COMMENT ON FUNCTION lease_info(text) IS
+'The live lease on resource: one row while it is held, no row when it is free or expired.';

@@ -1,0 +1,420 @@
+//! The SQL API: `lease_acquire`, `lease_renew`, `lease_release`, `lease_check`,
+//! `lease_assert`, and the argument checks behind `lease_info`.
+//!
+//! The public signatures (argument names, defaults, comments, grants) live in `sql/api.sql`;
+//! the functions here are their C entry points. Each one validates every argument before it
+//! touches anything, then takes the resource's barrier lock ([`crate::barrier`]), then reads
+//! the server clock, then reads and writes the lease through [`crate::store`]: expiry is
+//! always decided on the row as it is once locked, by a clock read after the lock.
+
+use pgrx::datum::Interval;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::barrier;
+use crate::errors::{LeaseError, LeaseResult, OrRaise};
+use crate::settings;
+use crate::store::{clock_now, Store};
+
+/// Longest resource name, in bytes.
+pub const MAX_RESOURCE_BYTES: usize = 512;
+/// Longest holder name, in bytes.
+pub const MAX_HOLDER_BYTES: usize = 256;
+
+const USECS_PER_DAY: i128 = 86_400_000_000;
+/// How `extract(epoch from interval)` counts a month.
+const DAYS_PER_MONTH: i128 = 30;
+
+/// Grants `resource` to `holder` for `ttl` and returns a fencing token, or NULL when another
+/// holder has it. Re-acquiring a lease one already holds (same holder name, same role) returns
+/// the same token and moves the expiry to now + ttl.
+#[pg_extern(sql = false)]
+fn lease_acquire(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+) -> Option<i64> {
+    acquire(resource, holder, ttl, wait).or_raise()
+}
+
+/// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) -> bool {
+    renew(resource, token, ttl).or_raise()
+}
+
+/// Ends a held lease; true once, false if `token` no longer holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_release(resource: Option<&str>, token: Option<i64>) -> bool {
+    release(resource, token).or_raise()
+}
+
+/// The fence: true if `token` holds `resource` now, and then no other holder can be granted
+/// the resource until the calling transaction ends.
+#[pg_extern(sql = false)]
+fn lease_check(resource: Option<&str>, token: Option<i64>) -> bool {
+    check(resource, token).or_raise()
+}
+
+/// The fence as a statement: raises 55000 unless `token` holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_assert(resource: Option<&str>, token: Option<i64>) {
+    check(resource, token)
+        .and_then(|held| match held {
+            true => Ok(()),
+            false => Err(LeaseError::NotHeld {
+                resource: resource.unwrap_or_default().into(),
+                token: token.unwrap_or_default(),
+            }),
+        })
+        .or_raise()
+}
+
+/// `lease._valid_resource(resource)`: returns `resource` if it is a valid resource name and
+/// raises the documented error otherwise; `lease_info` filters through it.
+#[pg_extern(sql = false)]
+fn valid_resource(resource: Option<&str>) -> String {
+    name_argument(resource, "resource", MAX_RESOURCE_BYTES)
+        .or_raise()
+        .to_owned()
+}
+
+pub fn acquire(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+) -> LeaseResult<Option<i64>> {
+    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
+    let holder = name_argument(holder, "holder", MAX_HOLDER_BYTES)?;
+    let ttl = ttl_argument(ttl)?;
+    let wait = wait_argument(wait)?;
+    ensure_primary()?;
+    if wait > 0 {
+        return Err(LeaseError::NotSupported("waiting for a lease (wait > 0)"));
+    }
+
+    barrier::lock_for_change(resource);
+    let now = clock_now();
+    let expires_at = now + ttl;
+    let store = Store::open();
+    let caller = store.caller();
+    let token = store.next_token();
+    if store.insert(resource, holder, token, caller, now, expires_at) {
+        return Ok(Some(token));
+    }
+    let Some(current) = store.current(resource) else {
+        return Ok(None);
+    };
+    if current.expires_at <= now {
+        let taken = store.take_over(
+            resource,
+            current.token,
+            holder,
+            token,
+            caller,
+            now,
+            expires_at,
+        );
+        return Ok(taken.then_some(token));
+    }
+    if current.holder == holder && current.owner == caller {
+        return Ok(store
+            .extend(resource, current.token, now, expires_at)
+            .map(|_| current.token));
+    }
+    Ok(None)
+}
+
+pub fn renew(
+    resource: Option<&str>,
+    token: Option<i64>,
+    ttl: Option<Interval>,
+) -> LeaseResult<bool> {
+    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
+    let token = token_argument(token)?;
+    let ttl = ttl_argument(ttl)?;
+    ensure_primary()?;
+
+    barrier::lock_for_change(resource);
+    let now = clock_now();
+    let store = Store::open();
+    match store.extend(resource, token, now, now + ttl) {
+        Some(owner) => ensure_member(&store, resource, owner).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
+    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
+    let token = token_argument(token)?;
+    ensure_primary()?;
+
+    barrier::lock_for_change(resource);
+    let now = clock_now();
+    let store = Store::open();
+    match store.delete(resource, token, now) {
+        Some(owner) => ensure_member(&store, resource, owner).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
+    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
+    let token = token_argument(token)?;
+    ensure_primary()?;
+
+    barrier::lock_for_fence(resource);
+    let now = clock_now();
+    // SAFETY: XactIsoLevel is a backend-local global, read only.
+    let snapshot_is_transaction_wide =
+        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+    Ok(Store::open().holds(resource, token, now, snapshot_is_transaction_wide))
+}
+
+/// A writer changed a lease that `token` holds: the caller must be a member of its owner.
+/// Raising here aborts the transaction, so the change is undone.
+fn ensure_member(store: &Store, resource: &str, owner: pg_sys::Oid) -> LeaseResult<()> {
+    // SAFETY: catalog lookups on valid role OIDs.
+    unsafe {
+        if pg_sys::has_privs_of_role(store.caller(), owner) {
+            return Ok(());
+        }
+        let name = pg_sys::GetUserNameFromId(owner, true);
+        let owner = match name.is_null() {
+            true => owner.to_u32().to_string(),
+            false => std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned(),
+        };
+        Err(LeaseError::NotLeaseOwner {
+            resource: resource.into(),
+            owner,
+        })
+    }
+}
+
+fn ensure_primary() -> LeaseResult<()> {
+    // SAFETY: RecoveryInProgress reads shared state under its own lock.
+    match unsafe { pg_sys::RecoveryInProgress() } {
+        true => Err(LeaseError::ReadOnlyServer),
+        false => Ok(()),
+    }
+}
+
+/// A resource or holder name: not NULL, not blank, at most `max_bytes` bytes.
+fn name_argument<'a>(
+    value: Option<&'a str>,
+    argument: &'static str,
+    max_bytes: usize,
+) -> LeaseResult<&'a str> {
+    let value = value.ok_or(LeaseError::NullArgument(argument))?;
+    if value.trim().is_empty() {
+        return Err(LeaseError::invalid(argument, "must not be empty or blank"));
+    }
+    if value.len() > max_bytes {
+        return Err(LeaseError::invalid(
+            argument,
+            format_args!(
+                "is {} bytes long; the limit is {max_bytes} bytes",
+                value.len()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn token_argument(token: Option<i64>) -> LeaseResult<i64> {
+    match token {
+        None => Err(LeaseError::NullArgument("token")),
+        Some(token) if token <= 0 => Err(LeaseError::invalid(
+            "token",
+            format_args!("must be positive, not {token}"),
+        )),
+        Some(token) => Ok(token),
+    }
+}
+
+/// The ttl in microseconds: NULL means `lease.default_ttl`; it must be positive and at most
+/// `lease.max_ttl`.
+fn ttl_argument(ttl: Option<Interval>) -> LeaseResult<i64> {
+    let (usecs, argument) = match ttl {
+        None => (
+            i128::from(settings::default_ttl_usecs()),
+            "lease.default_ttl",
+        ),
+        Some(ttl) => (interval_usecs(&ttl), "ttl"),
+    };
+    if usecs <= 0 {
+        return Err(LeaseError::invalid(argument, "must be greater than zero"));
+    }
+    let max = settings::max_ttl_usecs();
+    if usecs > i128::from(max) {
+        return Err(LeaseError::invalid(
+            argument,
+            format_args!("must not exceed lease.max_ttl ({} s)", max / 1_000_000),
+        ));
+    }
+    Ok(usecs as i64)
+}
+
+/// The wait in microseconds: NULL means no wait; it must not be negative.
+fn wait_argument(wait: Option<Interval>) -> LeaseResult<i64> {
+    let usecs = wait.map_or(0, |wait| interval_usecs(&wait));
+    if usecs < 0 {
+        return Err(LeaseError::invalid("wait", "must not be negative"));
+    }
+    Ok(usecs.min(i128::from(i64::MAX)) as i64)
+}
+
+/// An interval's length as a duration: a day is 24 hours and a month 30 days, as
+/// `extract(epoch from interval)` counts them.
+fn interval_usecs(interval: &Interval) -> i128 {
+    (i128::from(interval.months()) * DAYS_PER_MONTH + i128::from(interval.days())) * USECS_PER_DAY
+        + i128::from(interval.micros())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn acquire(sql_args: &str) -> Option<i64> {
+        Spi::get_one(&format!("SELECT lease_acquire({sql_args})")).unwrap()
+    }
+
+    fn boolean(sql: &str) -> bool {
+        Spi::get_one::<bool>(sql).unwrap().unwrap()
+    }
+
+    /// Waits (without guessing a duration) until the server clock is past the lease's expiry.
+    fn wait_until_expired(resource: &str) {
+        Spi::run(&format!(
+            "DO $$ BEGIN
+               WHILE clock_timestamp() <= (SELECT expires_at FROM lease.leases WHERE resource = '{resource}') LOOP
+                 PERFORM pg_sleep(0.001);
+               END LOOP;
+             END $$"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn tokens_increase_across_resources() {
+        let a = acquire("'r:a', 'h'").unwrap();
+        let b = acquire("'r:b', 'h'").unwrap();
+        let c = acquire("'r:c', 'other'").unwrap();
+        assert!(a < b && b < c, "{a} {b} {c}");
+    }
+
+    #[pg_test]
+    fn second_holder_is_refused() {
+        assert!(acquire("'r', 'one', '1 min'").is_some());
+        assert_eq!(acquire("'r', 'two', '1 min'"), None);
+    }
+
+    #[pg_test]
+    fn reacquire_by_same_holder_returns_same_token_and_extends() {
+        let token = acquire("'r', 'one', '1 min'").unwrap();
+        assert_eq!(acquire("'r', 'one', '2 min'"), Some(token));
+        assert!(boolean("SELECT expires_at > clock_timestamp() + interval '90 s' FROM lease.leases WHERE resource = 'r'"));
+    }
+
+    #[pg_test]
+    fn expired_lease_is_taken_over_with_a_larger_token() {
+        let old = acquire("'r', 'one', '1 ms'").unwrap();
+        wait_until_expired("r");
+        let new = acquire("'r', 'two', '1 min'").unwrap();
+        assert!(new > old);
+        assert!(!boolean(&format!("SELECT lease_renew('r', {old})")));
+        assert!(!boolean(&format!("SELECT lease_release('r', {old})")));
+        assert!(!boolean(&format!("SELECT lease_check('r', {old})")));
+        assert!(boolean(&format!("SELECT lease_check('r', {new})")));
+    }
+
+    #[pg_test]
+    fn expired_lease_cannot_be_renewed_even_if_nobody_took_it() {
+        let token = acquire("'r', 'one', '1 ms'").unwrap();
+        wait_until_expired("r");
+        assert!(!boolean(&format!(
+            "SELECT lease_renew('r', {token}, '1 min')"
+        )));
+        assert!(!boolean(&format!("SELECT lease_release('r', {token})")));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM lease_info('r')").unwrap(),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn release_is_true_once() {
+        let token = acquire("'r', 'one'").unwrap();
+        assert!(boolean(&format!("SELECT lease_release('r', {token})")));
+        assert!(!boolean(&format!("SELECT lease_release('r', {token})")));
+        assert!(acquire("'r', 'two'").is_some());
+    }
+
+    #[pg_test]
+    fn null_ttl_uses_lease_default_ttl() {
+        Spi::run("SET LOCAL lease.default_ttl = '5min'").unwrap();
+        acquire("'r', 'one'").unwrap();
+        assert!(boolean(
+            "SELECT expires_at - acquired_at = interval '5 min' FROM lease.leases WHERE resource = 'r'"
+        ));
+    }
+
+    #[pg_test(error = "lease on resource \"r\" is not held with token 999")]
+    fn assert_raises_for_a_token_that_does_not_hold() {
+        acquire("'r', 'one'").unwrap();
+        Spi::run("SELECT lease_assert('r', 999)").unwrap();
+    }
+
+    #[pg_test(error = "resource must not be null")]
+    fn null_resource_is_rejected() {
+        acquire("NULL, 'h'");
+    }
+
+    #[pg_test(error = "holder must not be empty or blank")]
+    fn blank_holder_is_rejected() {
+        acquire("'r', E' \\t\\n'");
+    }
+
+    #[pg_test(error = "resource is 513 bytes long; the limit is 512 bytes")]
+    fn long_resource_is_rejected() {
+        acquire("repeat('x', 513), 'h'");
+    }
+
+    #[pg_test(error = "ttl must not exceed lease.max_ttl (86400 s)")]
+    fn ttl_over_max_is_rejected() {
+        acquire("'r', 'h', '1 day 1 second'");
+    }
+
+    #[pg_test(error = "lease.default_ttl must not exceed lease.max_ttl (86400 s)")]
+    fn default_ttl_over_max_is_rejected() {
+        Spi::run("SET LOCAL lease.default_ttl = '2d'").unwrap();
+        acquire("'r', 'h'");
+    }
+
+    #[pg_test(error = "token must be positive, not 0")]
+    fn zero_token_is_rejected() {
+        Spi::run("SELECT lease_check('r', 0)").unwrap();
+    }
+
+    #[pg_test]
+    fn interval_length_counts_months_as_30_days() {
+        let interval = pgrx::datum::Interval::new(1, 2, 3).unwrap();
+        assert_eq!(
+            super::interval_usecs(&interval),
+            (32 * 86_400_000_000i128) + 3
+        );
+    }
+
+    #[pg_test]
+    fn resource_keys_differ_for_similar_names() {
+        use crate::barrier::resource_key;
+        assert_eq!(resource_key("job:1"), resource_key("job:1"));
+        assert_ne!(resource_key("job:1"), resource_key("job:2"));
+        assert_ne!(resource_key(""), resource_key("\0"));
+    }
+}

@@ -1,0 +1,97 @@
+//! Every error a caller of `lease` can see, each with its SQLSTATE.
+//!
+//! Messages are lower case without a trailing period; hints are full sentences. Nothing is
+//! written before an argument is validated, and an error raised later aborts the transaction,
+//! so a rejected call changes nothing.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+/// A failed lease call. `raise` reports it to PostgreSQL with its SQLSTATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseError {
+    /// A required argument was NULL (22004).
+    NullArgument(&'static str),
+    /// An argument is out of its documented range (22023); the message names it and says why.
+    InvalidArgument(String),
+    /// The server is a hot standby: leases can only be granted on the primary (25006).
+    ReadOnlyServer,
+    /// A feature that this build does not provide yet (0A000).
+    NotSupported(&'static str),
+    /// The caller is not a member of the role that holds the lease (42501).
+    NotLeaseOwner { resource: String, owner: String },
+    /// `lease_assert` found that the token does not hold the lease (55000).
+    NotHeld { resource: String, token: i64 },
+}
+
+pub type LeaseResult<T> = Result<T, LeaseError>;
+
+impl LeaseError {
+    /// 22023 with the message "`argument` `reason`", e.g. "ttl must be greater than zero".
+    pub fn invalid(argument: &str, reason: impl std::fmt::Display) -> Self {
+        LeaseError::InvalidArgument(format!("{argument} {reason}"))
+    }
+
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            LeaseError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            LeaseError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            LeaseError::ReadOnlyServer => ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            LeaseError::NotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            LeaseError::NotLeaseOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            LeaseError::NotHeld { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            LeaseError::NullArgument(argument) => format!("{argument} must not be null"),
+            LeaseError::InvalidArgument(message) => message.clone(),
+            LeaseError::ReadOnlyServer => "cannot change leases during recovery".into(),
+            LeaseError::NotSupported(what) => format!("{what} is not supported yet"),
+            LeaseError::NotLeaseOwner { resource, owner } => {
+                format!("permission denied for lease on resource \"{resource}\" held by role \"{owner}\"")
+            }
+            LeaseError::NotHeld { resource, token } => {
+                format!("lease on resource \"{resource}\" is not held with token {token}")
+            }
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            LeaseError::ReadOnlyServer => Some(
+                "Leases are granted, renewed and checked on the primary server; connect to the primary.",
+            ),
+            LeaseError::NotLeaseOwner { .. } => {
+                Some("Only members of the role that acquired a lease may renew or release it.")
+            }
+            LeaseError::NotHeld { .. } => Some(
+                "The lease has expired, was released, or was taken over by another holder; stop the protected work.",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Reports the error to PostgreSQL; does not return.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "lease");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
+/// Unwraps a lease result at the SQL boundary, raising the error if there is one.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for LeaseResult<T> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|error| error.raise())
+    }
+}

@@ -1,0 +1,365 @@
+//! The lease store: every statement that reads or writes `lease.leases`, and the token sequence.
+//!
+//! Words used here:
+//! - *resource*: the name of the thing leased, the table's primary key.
+//! - *holder*: the name the application gives itself when it acquires.
+//! - *owner*: the role that acquired the lease (the caller's `current_user`).
+//! - *token*: the fencing token of one grant, from `lease.token_seq`.
+//! - *expiry*: `expires_at`; a lease is held while the server clock is before it.
+//!
+//! Each statement is prepared once per backend and kept (`SPI_keepplan`); PostgreSQL's plan
+//! cache replans it if the table is recreated. Statements name every object and operator with
+//! its schema, so the caller's `search_path` cannot change what they do. They run as the owner
+//! of `lease.leases` (ordinary roles have no rights on it), inside a [`Store`] that switches
+//! the user and restores it when dropped.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::ptr::NonNull;
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+
+/// Microseconds since 2000-01-01 UTC, PostgreSQL's `timestamptz` representation.
+pub type Timestamp = i64;
+
+/// A lease as stored, the fields a decision needs.
+pub struct LeaseRow {
+    pub holder: String,
+    pub token: i64,
+    pub owner: Oid,
+    pub expires_at: Timestamp,
+}
+
+/// The statements, in the order of [`PLAN_SOURCES`].
+#[derive(Clone, Copy)]
+enum Statement {
+    Insert,
+    Current,
+    TakeOver,
+    Extend,
+    Delete,
+    Holds,
+}
+
+const TEXT: Oid = pg_sys::TEXTOID;
+const INT8: Oid = pg_sys::INT8OID;
+const ROLE: Oid = pg_sys::REGROLEOID;
+const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
+
+/// SQL text and parameter types of each [`Statement`].
+const PLAN_SOURCES: [(&CStr, &[Oid]); 6] = [
+    (
+        c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at)
+          VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (resource) DO NOTHING",
+        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ],
+    ),
+    (
+        c"SELECT holder, token, owner, expires_at FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) $1",
+        &[TEXT],
+    ),
+    (
+        c"UPDATE lease.leases
+          SET holder = $3, token = $4, owner = $5, acquired_at = $6, renewed_at = $6, expires_at = $7
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2",
+        &[TEXT, INT8, TEXT, INT8, ROLE, TSTZ, TSTZ],
+    ),
+    (
+        c"UPDATE lease.leases SET renewed_at = $3, expires_at = $4
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+            AND expires_at OPERATOR(pg_catalog.>) $3
+          RETURNING owner",
+        &[TEXT, INT8, TSTZ, TSTZ],
+    ),
+    (
+        c"DELETE FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+            AND expires_at OPERATOR(pg_catalog.>) $3
+          RETURNING owner",
+        &[TEXT, INT8, TSTZ],
+    ),
+    (
+        c"SELECT 1 FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+            AND expires_at OPERATOR(pg_catalog.>) $3",
+        &[TEXT, INT8, TSTZ],
+    ),
+];
+
+thread_local! {
+    /// This backend's kept plans, prepared on first use.
+    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 6]>> = const { Cell::new(None) };
+}
+
+/// The server clock now (`clock_timestamp()`), the one clock every lease decision uses.
+pub fn clock_now() -> Timestamp {
+    // SAFETY: GetCurrentTimestamp only reads the system clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// An open SPI connection running as the owner of `lease.leases`.
+pub struct Store {
+    caller: Oid,
+    saved_security_context: i32,
+    token_sequence: Oid,
+}
+
+impl Store {
+    /// Switches to the table owner and connects to SPI; dropping the store undoes both.
+    pub fn open() -> Store {
+        let mut caller = Oid::INVALID;
+        let mut saved_security_context = 0;
+        // SAFETY: plain catalog lookups and user-id bookkeeping. A missing schema raises an
+        // error (the functions exist only while the extension does). The user id is restored
+        // in Drop, and by PostgreSQL itself if the transaction aborts first.
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"lease".as_ptr(), false);
+            let table = pg_sys::get_relname_relid(c"leases".as_ptr(), namespace);
+            let token_sequence = pg_sys::get_relname_relid(c"token_seq".as_ptr(), namespace);
+            if table == Oid::INVALID || token_sequence == Oid::INVALID {
+                error!("the lease extension's objects are missing; recreate the extension");
+            }
+            let relation = pg_sys::RelationIdGetRelation(table);
+            let table_owner = (*(*relation).rd_rel).relowner;
+            pg_sys::RelationClose(relation);
+
+            pg_sys::GetUserIdAndSecContext(&mut caller, &mut saved_security_context);
+            pg_sys::SetUserIdAndSecContext(
+                table_owner,
+                saved_security_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+            pg_sys::SPI_connect();
+            Store {
+                caller,
+                saved_security_context,
+                token_sequence,
+            }
+        }
+    }
+
+    /// The role that called the lease function.
+    pub fn caller(&self) -> Oid {
+        self.caller
+    }
+
+    /// The next fencing token: larger than every token granted before in this database.
+    ///
+    /// The sequence writes WAL only once per batch of values; if that record were lost in a
+    /// crash, the values after it would be handed out again. A commit with
+    /// `synchronous_commit = off` does not flush WAL, so in that case the sequence's record is
+    /// flushed here before its value leaves the server (once per batch, not per call).
+    pub fn next_token(&self) -> i64 {
+        // SAFETY: XactLastRecEnd and synchronous_commit are backend-local globals; nextval_oid
+        // is called through the guarded fmgr path with a valid sequence OID.
+        unsafe {
+            let before = pg_sys::XactLastRecEnd;
+            let token = pgrx::direct_function_call::<i64>(
+                pg_sys::nextval_oid,
+                &[self.token_sequence.into_datum()],
+            )
+            .expect("nextval returned NULL");
+            let logged = pg_sys::XactLastRecEnd != before;
+            if logged
+                && pg_sys::synchronous_commit
+                    == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32
+            {
+                pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
+            }
+            token
+        }
+    }
+
+    /// Inserts a new lease; false when the resource already has a row.
+    pub fn insert(
+        &self,
+        resource: &str,
+        holder: &str,
+        token: i64,
+        owner: Oid,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> bool {
+        let args = [
+            resource.into_datum(),
+            holder.into_datum(),
+            token.into_datum(),
+            owner.into_datum(),
+            now.into_datum(),
+            expires_at.into_datum(),
+        ];
+        self.execute(Statement::Insert, &args, false) == 1
+    }
+
+    /// The resource's row, expired or not.
+    pub fn current(&self, resource: &str) -> Option<LeaseRow> {
+        if self.execute(Statement::Current, &[resource.into_datum()], false) == 0 {
+            return None;
+        }
+        // SAFETY: the statement returned one row of (text, int8, regrole, timestamptz), none NULL.
+        unsafe {
+            Some(LeaseRow {
+                holder: column::<String>(1),
+                token: column::<i64>(2),
+                owner: column::<Oid>(3),
+                expires_at: column::<i64>(4),
+            })
+        }
+    }
+
+    /// Replaces the lease with token `old_token` by a new grant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn take_over(
+        &self,
+        resource: &str,
+        old_token: i64,
+        holder: &str,
+        token: i64,
+        owner: Oid,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> bool {
+        let args = [
+            resource.into_datum(),
+            old_token.into_datum(),
+            holder.into_datum(),
+            token.into_datum(),
+            owner.into_datum(),
+            now.into_datum(),
+            expires_at.into_datum(),
+        ];
+        self.execute(Statement::TakeOver, &args, false) == 1
+    }
+
+    /// Moves the expiry of an unexpired lease; returns its owner, or None if the token does not
+    /// hold the resource.
+    pub fn extend(
+        &self,
+        resource: &str,
+        token: i64,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Option<Oid> {
+        let args = [
+            resource.into_datum(),
+            token.into_datum(),
+            now.into_datum(),
+            expires_at.into_datum(),
+        ];
+        self.returned_owner(Statement::Extend, &args)
+    }
+
+    /// Deletes an unexpired lease; returns its owner, or None if the token does not hold it.
+    pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Oid> {
+        self.returned_owner(
+            Statement::Delete,
+            &[resource.into_datum(), token.into_datum(), now.into_datum()],
+        )
+    }
+
+    /// Whether `token` holds `resource` at `now`. With `latest`, the row is read as last
+    /// committed rather than as the transaction's snapshot shows it: a REPEATABLE READ
+    /// transaction must not be told that a superseded token still holds.
+    pub fn holds(&self, resource: &str, token: i64, now: Timestamp, latest: bool) -> bool {
+        self.execute(
+            Statement::Holds,
+            &[resource.into_datum(), token.into_datum(), now.into_datum()],
+            latest,
+        ) == 1
+    }
+
+    fn returned_owner(&self, statement: Statement, args: &[Option<Datum>]) -> Option<Oid> {
+        // SAFETY: both statements return one regrole column, never NULL.
+        (self.execute(statement, args, false) == 1).then(|| unsafe { column::<Oid>(1) })
+    }
+
+    /// Runs a kept plan with the given arguments; returns the number of rows processed.
+    fn execute(&self, statement: Statement, args: &[Option<Datum>], latest: bool) -> u64 {
+        let plan = plan(statement);
+        let mut values: Vec<Datum> = args
+            .iter()
+            .map(|a| a.expect("lease store arguments are never NULL"))
+            .collect();
+        let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+        // SAFETY: the plan was prepared with exactly these argument types and counts; values and
+        // nulls outlive the call. SPI errors are raised through the guarded FFI boundary.
+        unsafe {
+            let status = if latest {
+                pg_sys::SPI_execute_snapshot(
+                    plan.as_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    false,
+                    false,
+                    1,
+                )
+            } else {
+                pg_sys::SPI_execute_plan(
+                    plan.as_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    false,
+                    1,
+                )
+            };
+            if status < 0 {
+                error!("lease store statement failed with SPI status {status}");
+            }
+            pg_sys::SPI_processed
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: undoes exactly what `open` did. While unwinding from a PostgreSQL error the
+        // SPI connection is left for transaction abort to close, as PostgreSQL expects.
+        unsafe {
+            if !std::thread::panicking() {
+                pg_sys::SPI_finish();
+            }
+            pg_sys::SetUserIdAndSecContext(self.caller, self.saved_security_context);
+        }
+    }
+}
+
+/// Column `number` (1-based) of the first row of the last statement's result.
+///
+/// # Safety
+/// The last SPI statement must have returned at least one row, with a non-NULL column `number`
+/// of a type that `T` reads.
+unsafe fn column<T: FromDatum>(number: i32) -> T {
+    let table = pg_sys::SPI_tuptable;
+    let mut is_null = false;
+    let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, number, &mut is_null);
+    T::from_polymorphic_datum(datum, is_null, pg_sys::InvalidOid)
+        .expect("lease store column is never NULL")
+}
+
+/// The kept plan for `statement`, preparing all of them on first use.
+fn plan(statement: Statement) -> NonNull<pg_sys::_SPI_plan> {
+    let plans = PLANS.with(|cell| match cell.get() {
+        Some(plans) => plans,
+        None => {
+            let plans = PLAN_SOURCES.map(|(sql, types)| {
+                let mut types = types.to_vec();
+                // SAFETY: called inside an SPI connection with a valid NUL-terminated query and
+                // an argument type array of the stated length. The kept plan lives in
+                // CacheMemoryContext for the life of the backend.
+                unsafe {
+                    let plan =
+                        pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+                    let plan = NonNull::new(plan)
+                        .unwrap_or_else(|| error!("could not prepare a lease store statement"));
+                    pg_sys::SPI_keepplan(plan.as_ptr());
+                    plan
+                }
+            });
+            cell.set(Some(plans));
+            plans
+        }
+    });
+    plans[statement as usize]
+}

@@ -54,7 +54,7 @@ SELECT count(*) = :rows_before AS same_rows FROM lease.leases;
 -- an unknown lease.* setting is an error, not a silent placeholder
 SET lease.defualt_ttl = '5s';
 -- the default ttl must be within the maximum
-SET lease.default_ttl = '2 days';
+SET lease.default_ttl = '2d';
 SELECT lease_acquire('r', 'h');
 RESET lease.default_ttl;
 SELECT lease_release('held', :token);

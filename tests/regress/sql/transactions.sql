@@ -22,18 +22,18 @@ SELECT 1 / 0;
 COMMIT;
 SELECT count(*) AS after_error FROM lease_info('tx:2');
 -- a passed fence holds the resource's lock (share mode, lock space 19525) until the
--- transaction ends; rolling back to a savepoint taken before the check drops it together
--- with the writes it protected (see the out-of-process tests for the blocking itself)
+-- transaction ends; rolling back to a savepoint taken before the check drops the lock
+-- together with the writes it protected (the blocking itself is in the client tests)
 BEGIN;
-SELECT lease_check('tx:1', :token) AS fence;
+SAVEPOINT s;
+SELECT lease_check('tx:1', :token) AS fence_in_savepoint;
 SELECT mode, granted FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 19525 AND pid = pg_backend_pid();
-SAVEPOINT s;
-SELECT lease_check('tx:1', :token) AS fence_again;
 ROLLBACK TO SAVEPOINT s;
-SELECT count(*) AS lease_locks_held FROM pg_locks
+SELECT count(*) AS locks_after_rollback_to_savepoint FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 19525 AND pid = pg_backend_pid();
+SELECT lease_check('tx:1', :token) AS fence;
 COMMIT;
-SELECT count(*) AS lease_locks_after_commit FROM pg_locks
+SELECT count(*) AS locks_after_commit FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 19525 AND pid = pg_backend_pid();
 SELECT lease_release('tx:1', :token) AS released;

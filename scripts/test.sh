@@ -48,11 +48,12 @@ set +e
     --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --bindir="$PG_BIN" \
     --inputdir="$ROOT/tests/regress" --outputdir="$regress_out" --dbname=lease_regress \
     $tests 2>&1 | tee "$LOG_DIR/regress.log"
+regress_status=${PIPESTATUS[0]}
 set -e
 regress_total=$(echo "$tests" | wc -w)
 regress_failed=$(grep -cE '^(not ok|test .*\.\.\. FAILED)' "$LOG_DIR/regress.log" || true)
 [ -f "$regress_out/regression.diffs" ] && cat "$regress_out/regression.diffs"
-if [ -s "$regress_out/regression.diffs" ] && [ "$regress_failed" = 0 ]; then regress_failed=1; fi
+if [ "$regress_status" != 0 ] && [ "$regress_failed" = 0 ]; then regress_failed=1; fi
 count $((regress_total - regress_failed)) "$regress_failed"
 
 say "layer 3: out-of-process tests (pytest)"

@@ -8,7 +8,10 @@
 //! - *expiry*: `expires_at`; a lease is held while the server clock is before it.
 //!
 //! Each statement is prepared once per backend and kept (`SPI_keepplan`); PostgreSQL's plan
-//! cache replans it if the table is recreated. Statements name every object and operator with
+//! cache replans it if the table is recreated or its statistics change. Plans are made with
+//! sequential and bitmap scans disabled: a generic plan made while the table happened to be
+//! empty (right after an ANALYZE of an empty table) would otherwise scan the whole table on
+//! every call for the rest of the backend's life, however large the table grows. Statements name every object and operator with
 //! its schema, so the caller's `search_path` cannot change what they do. They run as the owner
 //! of `lease.leases` (ordinary roles have no rights on it), inside a [`Store`] that switches
 //! the user and restores it when dropped.
@@ -103,6 +106,7 @@ pub struct Store {
     caller: Oid,
     saved_security_context: i32,
     token_sequence: Oid,
+    saved_scan_settings: (bool, bool),
 }
 
 impl Store {
@@ -129,12 +133,11 @@ impl Store {
                 table_owner,
                 saved_security_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
             );
+            let saved_scan_settings = (pg_sys::enable_seqscan, pg_sys::enable_bitmapscan);
+            pg_sys::enable_seqscan = false;
+            pg_sys::enable_bitmapscan = false;
             pg_sys::SPI_connect();
-            Store {
-                caller,
-                saved_security_context,
-                token_sequence,
-            }
+            Store { caller, saved_security_context, token_sequence, saved_scan_settings }
         }
     }
 
@@ -315,11 +318,13 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         // SAFETY: undoes exactly what `open` did. While unwinding from a PostgreSQL error the
-        // SPI connection is left for transaction abort to close, as PostgreSQL expects.
+        // SPI connection is left for transaction abort to close, as PostgreSQL expects; the
+        // planner settings are plain backend-local globals, restored on every path.
         unsafe {
             if !std::thread::panicking() {
                 pg_sys::SPI_finish();
             }
+            (pg_sys::enable_seqscan, pg_sys::enable_bitmapscan) = self.saved_scan_settings;
             pg_sys::SetUserIdAndSecContext(self.caller, self.saved_security_context);
         }
     }

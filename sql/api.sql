@@ -28,6 +28,18 @@ RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_assert_wrapper';
 COMMENT ON FUNCTION lease_assert(text, bigint) IS
 'Fence: raises SQLSTATE 55000 unless token holds resource; otherwise as lease_check.';
 
+CREATE FUNCTION lease_sweep(max_count integer DEFAULT NULL)
+RETURNS integer VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_sweep_wrapper';
+REVOKE ALL ON FUNCTION lease_sweep(integer) FROM PUBLIC;
+COMMENT ON FUNCTION lease_sweep(integer) IS
+'Removes up to max_count (NULL: lease.expire_batch) expired leases, announcing each as expired; returns how many. The expiry worker runs the same sweep.';
+
+CREATE FUNCTION lease_event_stats()
+RETURNS TABLE(last_seq bigint, pending bigint, published bigint, dropped bigint)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_event_stats_wrapper';
+COMMENT ON FUNCTION lease_event_stats() IS
+'Event stream counters since server start: last sequence number, events waiting for the worker, events published, events dropped because the ring was full.';
+
 CREATE FUNCTION lease._valid_resource(resource text)
 RETURNS text IMMUTABLE LANGUAGE c AS 'MODULE_PATHNAME', 'valid_resource_wrapper';
 REVOKE ALL ON FUNCTION lease._valid_resource(text) FROM PUBLIC;

@@ -13,8 +13,10 @@ use pgrx::prelude::*;
 
 use crate::barrier;
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
+use crate::events::{self, Event, Kind, Reason};
+use crate::expiry;
 use crate::settings;
-use crate::store::{clock_now, Store};
+use crate::store::{clock_now, Holder, Store, Timestamp};
 
 /// Longest resource name, in bytes.
 pub const MAX_RESOURCE_BYTES: usize = 512;
@@ -71,13 +73,40 @@ fn lease_assert(resource: Option<&str>, token: Option<i64>) {
         .or_raise()
 }
 
+/// Removes up to `max_count` expired leases (NULL: `lease.expire_batch`), announcing each as
+/// `expired`; returns how many it removed. The expiry worker runs the same sweep.
+#[pg_extern(sql = false)]
+fn lease_sweep(max_count: Option<i32>) -> i32 {
+    let limit = match max_count {
+        None => settings::expire_batch(),
+        Some(count) if count < 1 => LeaseError::invalid("max_count", "must be at least 1").raise(),
+        Some(count) => i64::from(count),
+    };
+    ensure_primary().or_raise();
+    expiry::sweep(limit).removed as i32
+}
+
+/// Counters of the event stream since server start: the last sequence number assigned,
+/// events waiting to be published, events published, and events dropped because the ring
+/// was full. All zero when the library is not preloaded (events then go straight to NOTIFY).
+#[pg_extern(sql = false)]
+fn lease_event_stats() -> TableIterator<
+    'static,
+    (name!(last_seq, i64), name!(pending, i64), name!(published, i64), name!(dropped, i64)),
+> {
+    let (last_seq, pending, published, dropped) = crate::shared::get().map_or((0, 0, 0, 0), |shared| {
+        let (last_seq, pending, dropped) = shared.ring_counters();
+        let published = shared.published.load(std::sync::atomic::Ordering::Relaxed);
+        (last_seq, pending, published, dropped)
+    });
+    TableIterator::once((last_seq as i64, pending as i64, published as i64, dropped as i64))
+}
+
 /// `lease._valid_resource(resource)`: returns `resource` if it is a valid resource name and
 /// raises the documented error otherwise; `lease_info` filters through it.
 #[pg_extern(sql = false)]
 fn valid_resource(resource: Option<&str>) -> String {
-    name_argument(resource, "resource", MAX_RESOURCE_BYTES)
-        .or_raise()
-        .to_owned()
+    name_argument(resource, "resource", MAX_RESOURCE_BYTES).or_raise().to_owned()
 }
 
 pub fn acquire(
@@ -101,37 +130,40 @@ pub fn acquire(
     let store = Store::open();
     let caller = store.caller();
     let token = store.next_token();
+    let announce = |kind, token| record(kind, resource, holder, token, Some(expires_at), now);
     if store.insert(resource, holder, token, caller, now, expires_at) {
+        announce(Kind::Acquired, token);
         return Ok(Some(token));
     }
     let Some(current) = store.current(resource) else {
         return Ok(None);
     };
     if current.expires_at <= now {
-        let taken = store.take_over(
-            resource,
+        if !store.take_over(resource, current.token, holder, token, caller, now, expires_at) {
+            return Ok(None);
+        }
+        // Not swept yet: announce the old token's end before the new grant.
+        events::record(expiry::expired_event(
+            resource.to_owned(),
+            current.holder,
             current.token,
-            holder,
-            token,
-            caller,
+            current.expires_at,
             now,
-            expires_at,
-        );
-        return Ok(taken.then_some(token));
+        ));
+        announce(Kind::Acquired, token);
+        return Ok(Some(token));
     }
     if current.holder == holder && current.owner == caller {
-        return Ok(store
-            .extend(resource, current.token, now, expires_at)
-            .map(|_| current.token));
+        let extended = store.extend(resource, current.token, now, expires_at).is_some();
+        if extended {
+            announce(Kind::Renewed, current.token);
+        }
+        return Ok(extended.then_some(current.token));
     }
     Ok(None)
 }
 
-pub fn renew(
-    resource: Option<&str>,
-    token: Option<i64>,
-    ttl: Option<Interval>,
-) -> LeaseResult<bool> {
+pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) -> LeaseResult<bool> {
     let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
     let token = token_argument(token)?;
     let ttl = ttl_argument(ttl)?;
@@ -140,10 +172,13 @@ pub fn renew(
     barrier::lock_for_change(resource);
     let now = clock_now();
     let store = Store::open();
-    match store.extend(resource, token, now, now + ttl) {
-        Some(owner) => ensure_member(&store, resource, owner).map(|()| true),
-        None => Ok(false),
-    }
+    let expires_at = now + ttl;
+    let Some(lease) = store.extend(resource, token, now, expires_at) else {
+        return Ok(false);
+    };
+    ensure_member(&store, resource, &lease)?;
+    record(Kind::Renewed, resource, &lease.holder, token, Some(expires_at), now);
+    Ok(true)
 }
 
 pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
@@ -154,10 +189,12 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     barrier::lock_for_change(resource);
     let now = clock_now();
     let store = Store::open();
-    match store.delete(resource, token, now) {
-        Some(owner) => ensure_member(&store, resource, owner).map(|()| true),
-        None => Ok(false),
-    }
+    let Some(lease) = store.delete(resource, token, now) else {
+        return Ok(false);
+    };
+    ensure_member(&store, resource, &lease)?;
+    record(Kind::Released, resource, &lease.holder, token, None, now);
+    Ok(true)
 }
 
 pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
@@ -168,30 +205,37 @@ pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
     barrier::lock_for_fence(resource);
     let now = clock_now();
     // SAFETY: XactIsoLevel is a backend-local global, read only.
-    let snapshot_is_transaction_wide =
-        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+    let snapshot_is_transaction_wide = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
     Ok(Store::open().holds(resource, token, now, snapshot_is_transaction_wide))
+}
+
+/// Records an event of this call (announced if the transaction commits).
+fn record(
+    kind: Kind,
+    resource: &str,
+    holder: &str,
+    token: i64,
+    expires_at: Option<Timestamp>,
+    at: Timestamp,
+) {
+    let (resource, holder) = (resource.to_owned(), holder.to_owned());
+    events::record(Event { kind, reason: Reason::None, resource, holder, token, expires_at, at });
 }
 
 /// A writer changed a lease that `token` holds: the caller must be a member of its owner.
 /// Raising here aborts the transaction, so the change is undone.
-fn ensure_member(store: &Store, resource: &str, owner: pg_sys::Oid) -> LeaseResult<()> {
+fn ensure_member(store: &Store, resource: &str, lease: &Holder) -> LeaseResult<()> {
     // SAFETY: catalog lookups on valid role OIDs.
     unsafe {
-        if pg_sys::has_privs_of_role(store.caller(), owner) {
+        if pg_sys::has_privs_of_role(store.caller(), lease.owner) {
             return Ok(());
         }
-        let name = pg_sys::GetUserNameFromId(owner, true);
+        let name = pg_sys::GetUserNameFromId(lease.owner, true);
         let owner = match name.is_null() {
-            true => owner.to_u32().to_string(),
-            false => std::ffi::CStr::from_ptr(name)
-                .to_string_lossy()
-                .into_owned(),
+            true => lease.owner.to_u32().to_string(),
+            false => std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
         };
-        Err(LeaseError::NotLeaseOwner {
-            resource: resource.into(),
-            owner,
-        })
+        Err(LeaseError::NotLeaseOwner { resource: resource.into(), owner })
     }
 }
 
@@ -216,10 +260,7 @@ fn name_argument<'a>(
     if value.len() > max_bytes {
         return Err(LeaseError::invalid(
             argument,
-            format_args!(
-                "is {} bytes long; the limit is {max_bytes} bytes",
-                value.len()
-            ),
+            format_args!("is {} bytes long; the limit is {max_bytes} bytes", value.len()),
         ));
     }
     Ok(value)
@@ -228,10 +269,9 @@ fn name_argument<'a>(
 fn token_argument(token: Option<i64>) -> LeaseResult<i64> {
     match token {
         None => Err(LeaseError::NullArgument("token")),
-        Some(token) if token <= 0 => Err(LeaseError::invalid(
-            "token",
-            format_args!("must be positive, not {token}"),
-        )),
+        Some(token) if token <= 0 => {
+            Err(LeaseError::invalid("token", format_args!("must be positive, not {token}")))
+        }
         Some(token) => Ok(token),
     }
 }
@@ -240,10 +280,7 @@ fn token_argument(token: Option<i64>) -> LeaseResult<i64> {
 /// `lease.max_ttl`.
 fn ttl_argument(ttl: Option<Interval>) -> LeaseResult<i64> {
     let (usecs, argument) = match ttl {
-        None => (
-            i128::from(settings::default_ttl_usecs()),
-            "lease.default_ttl",
-        ),
+        None => (i128::from(settings::default_ttl_usecs()), "lease.default_ttl"),
         Some(ttl) => (interval_usecs(&ttl), "ttl"),
     };
     if usecs <= 0 {
@@ -318,7 +355,9 @@ mod tests {
     fn reacquire_by_same_holder_returns_same_token_and_extends() {
         let token = acquire("'r', 'one', '1 min'").unwrap();
         assert_eq!(acquire("'r', 'one', '2 min'"), Some(token));
-        assert!(boolean("SELECT expires_at > clock_timestamp() + interval '90 s' FROM lease.leases WHERE resource = 'r'"));
+        assert!(boolean(
+            "SELECT expires_at > clock_timestamp() + interval '90 s' FROM lease.leases WHERE resource = 'r'"
+        ));
     }
 
     #[pg_test]
@@ -337,14 +376,9 @@ mod tests {
     fn expired_lease_cannot_be_renewed_even_if_nobody_took_it() {
         let token = acquire("'r', 'one', '1 ms'").unwrap();
         wait_until_expired("r");
-        assert!(!boolean(&format!(
-            "SELECT lease_renew('r', {token}, '1 min')"
-        )));
+        assert!(!boolean(&format!("SELECT lease_renew('r', {token}, '1 min')")));
         assert!(!boolean(&format!("SELECT lease_release('r', {token})")));
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM lease_info('r')").unwrap(),
-            Some(0)
-        );
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM lease_info('r')").unwrap(), Some(0));
     }
 
     #[pg_test]
@@ -404,10 +438,7 @@ mod tests {
     #[pg_test]
     fn interval_length_counts_months_as_30_days() {
         let interval = pgrx::datum::Interval::new(1, 2, 3).unwrap();
-        assert_eq!(
-            super::interval_usecs(&interval),
-            (32 * 86_400_000_000i128) + 3
-        );
+        assert_eq!(super::interval_usecs(&interval), (32 * 86_400_000_000i128) + 3);
     }
 
     #[pg_test]

@@ -29,7 +29,20 @@ pub fn lock_for_fence(resource: &str) {
     lock(resource, pg_sys::ShareLock as pg_sys::LOCKMODE);
 }
 
+/// As [`lock_for_change`], but gives up at once (returning false) if it would have to wait.
+pub fn try_lock_for_change(resource: &str) -> bool {
+    try_lock(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE)
+}
+
 fn lock(resource: &str, mode: pg_sys::LOCKMODE) {
+    acquire(resource, mode, false);
+}
+
+fn try_lock(resource: &str, mode: pg_sys::LOCKMODE) -> bool {
+    acquire(resource, mode, true) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+fn acquire(resource: &str, mode: pg_sys::LOCKMODE, dont_wait: bool) -> pg_sys::LockAcquireResult::Type {
     let key = resource_key(resource);
     let tag = pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
@@ -43,9 +56,7 @@ fn lock(resource: &str, mode: pg_sys::LOCKMODE) {
     // SAFETY: the tag is a fully initialised advisory tag; a transaction-scoped lock is released
     // by the lock manager at transaction end, and errors (cancel, deadlock, timeouts) are raised
     // through the guarded FFI boundary.
-    unsafe {
-        pg_sys::LockAcquire(&tag, mode, false, false);
-    }
+    unsafe { pg_sys::LockAcquire(&tag, mode, false, dont_wait) }
 }
 
 /// FNV-1a over the name's bytes, then a 64-bit finaliser so that similar names spread across

@@ -48,7 +48,9 @@ impl LeaseError {
         match self {
             LeaseError::NullArgument(argument) => format!("{argument} must not be null"),
             LeaseError::InvalidArgument(message) => message.clone(),
-            LeaseError::ReadOnlyServer => "cannot acquire, renew, release or check leases during recovery".into(),
+            LeaseError::ReadOnlyServer => {
+                "cannot acquire, renew, release or check leases during recovery".into()
+            }
             LeaseError::NotSupported(what) => format!("{what} is not supported yet"),
             LeaseError::NotLeaseOwner { resource, owner } => {
                 format!("permission denied for lease on resource \"{resource}\" held by role \"{owner}\"")

@@ -5,6 +5,10 @@
 //! - [`api`]: the SQL-callable functions and their argument checks;
 //! - [`store`]: every statement on the lease table, and the token sequence;
 //! - [`barrier`]: the per-resource locks that make `lease_check` a fence;
+//! - [`expiry`]: removing expired leases (the sweep);
+//! - [`events`]: recording lease events and announcing them after commit;
+//! - [`shared`]: shared memory (the event ring, the worker's wake-up time);
+//! - [`worker`]: the expiry worker that sweeps and publishes events;
 //! - [`settings`]: the `lease.*` settings;
 //! - [`errors`]: the error enum and its SQLSTATEs.
 
@@ -13,8 +17,12 @@ use pgrx::prelude::*;
 mod api;
 mod barrier;
 mod errors;
+mod events;
+mod expiry;
 mod settings;
+mod shared;
 mod store;
+mod worker;
 
 pgrx::pg_module_magic!();
 
@@ -24,6 +32,12 @@ pgrx::extension_sql_file!("../sql/api.sql", name = "api", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    events::register_callbacks();
+    // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        shared::request();
+        worker::register();
+    }
 }
 
 /// Hooks of the `#[pg_test]` harness.

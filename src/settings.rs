@@ -5,6 +5,8 @@
 //! limit can reach years), and read through the accessors below as microseconds, the unit of
 //! `timestamptz` arithmetic.
 
+use std::ffi::CString;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// `lease.default_ttl`: the ttl of an acquire or renew called with a NULL ttl.
@@ -12,6 +14,25 @@ pub static DEFAULT_TTL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
 /// `lease.max_ttl`: the longest ttl a caller may ask for.
 pub static MAX_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
+/// `lease.notify`: announce lease changes at all.
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `lease.notify_renewals`: also announce renewals (frequent, so off by default).
+pub static NOTIFY_RENEWALS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `lease.notify_channel`: the NOTIFY channel of lease events.
+pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"lease_events"));
+
+/// `lease.database`: the database the expiry worker serves.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `lease.max_naptime`: the longest the worker sleeps when no lease is due.
+pub static MAX_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+
+/// `lease.expire_batch`: leases removed per sweep transaction.
+pub static EXPIRE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 
 pub fn register() {
     GucRegistry::define_int_guc(
@@ -34,6 +55,58 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_bool_guc(
+        c"lease.notify",
+        c"Announces lease changes with NOTIFY.",
+        c"When off, no lease event is recorded or sent.",
+        &NOTIFY,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_bool_guc(
+        c"lease.notify_renewals",
+        c"Also announces renewals (event renewed).",
+        c"Renewals are frequent; they are not announced unless this is on.",
+        &NOTIFY_RENEWALS,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_string_guc(
+        c"lease.notify_channel",
+        c"NOTIFY channel on which lease events are sent.",
+        c"Clients LISTEN on this channel; it must be a valid channel name (1 to 63 bytes).",
+        &NOTIFY_CHANNEL,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_string_guc(
+        c"lease.database",
+        c"Database whose leases the expiry worker expires and whose events it publishes.",
+        c"Changing it takes a server restart.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_int_guc(
+        c"lease.max_naptime",
+        c"Longest time the expiry worker sleeps when no lease is due earlier.",
+        c"The worker wakes at the earliest expiry, when woken by a backend, or after this long.",
+        &MAX_NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"lease.expire_batch",
+        c"Most expired leases removed in one sweep transaction.",
+        c"Each removed lease holds its resource's lock until the batch commits.",
+        &EXPIRE_BATCH,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix; reserving the prefix
     // turns later misspelled `lease.*` settings into errors instead of silent placeholders.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"lease".as_ptr()) };
@@ -45,4 +118,28 @@ pub fn default_ttl_usecs() -> i64 {
 
 pub fn max_ttl_usecs() -> i64 {
     i64::from(MAX_TTL_S.get()) * 1_000_000
+}
+
+pub fn notify_enabled() -> bool {
+    NOTIFY.get()
+}
+
+pub fn notify_renewals() -> bool {
+    NOTIFY_RENEWALS.get()
+}
+
+pub fn notify_channel() -> String {
+    NOTIFY_CHANNEL.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn database() -> String {
+    DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn max_naptime_ms() -> i64 {
+    i64::from(MAX_NAPTIME_MS.get())
+}
+
+pub fn expire_batch() -> i64 {
+    i64::from(EXPIRE_BATCH.get())
 }

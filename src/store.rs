@@ -34,6 +34,12 @@ pub struct LeaseRow {
     pub expires_at: Timestamp,
 }
 
+/// Who held a lease that a call just changed or ended.
+pub struct Holder {
+    pub owner: Oid,
+    pub holder: String,
+}
+
 /// The statements, in the order of [`PLAN_SOURCES`].
 #[derive(Clone, Copy)]
 enum Statement {
@@ -43,6 +49,9 @@ enum Statement {
     Extend,
     Delete,
     Holds,
+    ExpiredCandidates,
+    DeleteExpired,
+    NextExpiry,
 }
 
 const TEXT: Oid = pg_sys::TEXTOID;
@@ -51,7 +60,7 @@ const ROLE: Oid = pg_sys::REGROLEOID;
 const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
 
 /// SQL text and parameter types of each [`Statement`].
-const PLAN_SOURCES: [(&CStr, &[Oid]); 6] = [
+const PLAN_SOURCES: [(&CStr, &[Oid]); 9] = [
     (
         c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at)
           VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (resource) DO NOTHING",
@@ -72,14 +81,14 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 6] = [
         c"UPDATE lease.leases SET renewed_at = $3, expires_at = $4
           WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
             AND expires_at OPERATOR(pg_catalog.>) $3
-          RETURNING owner",
+          RETURNING owner, holder",
         &[TEXT, INT8, TSTZ, TSTZ],
     ),
     (
         c"DELETE FROM lease.leases
           WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
             AND expires_at OPERATOR(pg_catalog.>) $3
-          RETURNING owner",
+          RETURNING owner, holder",
         &[TEXT, INT8, TSTZ],
     ),
     (
@@ -88,11 +97,73 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 6] = [
             AND expires_at OPERATOR(pg_catalog.>) $3",
         &[TEXT, INT8, TSTZ],
     ),
+    (
+        c"SELECT resource, token FROM lease.leases
+          WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2",
+        &[TSTZ, INT8],
+    ),
+    (
+        c"DELETE FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+            AND expires_at OPERATOR(pg_catalog.<=) $3
+          RETURNING holder, expires_at",
+        &[TEXT, INT8, TSTZ],
+    ),
+    (c"SELECT pg_catalog.min(expires_at) FROM lease.leases", &[]),
 ];
 
 thread_local! {
     /// This backend's kept plans, prepared on first use.
-    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 6]>> = const { Cell::new(None) };
+    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 9]>> = const { Cell::new(None) };
+    /// The lease table's and the token sequence's OIDs and the table's owner, looked up on
+    /// first use and forgotten whenever the relation cache says either may have changed.
+    static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
+}
+
+#[derive(Clone, Copy)]
+struct Catalog {
+    table: Oid,
+    token_sequence: Oid,
+    table_owner: Oid,
+}
+
+impl Catalog {
+    fn get() -> Catalog {
+        if let Some(catalog) = CATALOG.with(Cell::get) {
+            return catalog;
+        }
+        // SAFETY: catalog lookups; a missing schema raises an error (the functions exist only
+        // while the extension does). The relcache callback is registered once per backend.
+        let catalog = unsafe {
+            static REGISTERED: std::sync::Once = std::sync::Once::new();
+            REGISTERED
+                .call_once(|| pg_sys::CacheRegisterRelcacheCallback(Some(forget_catalog), Datum::from(0)));
+            let namespace = pg_sys::get_namespace_oid(c"lease".as_ptr(), false);
+            let table = pg_sys::get_relname_relid(c"leases".as_ptr(), namespace);
+            let token_sequence = pg_sys::get_relname_relid(c"token_seq".as_ptr(), namespace);
+            if table == Oid::INVALID || token_sequence == Oid::INVALID {
+                error!("the lease extension's objects are missing; recreate the extension");
+            }
+            let relation = pg_sys::RelationIdGetRelation(table);
+            let table_owner = (*(*relation).rd_rel).relowner;
+            pg_sys::RelationClose(relation);
+            Catalog { table, token_sequence, table_owner }
+        };
+        CATALOG.with(|cell| cell.set(Some(catalog)));
+        catalog
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_catalog(_argument: Datum, relation: Oid) {
+    CATALOG.with(|cell| {
+        let stale = cell.get().is_some_and(|catalog| {
+            relation == Oid::INVALID || relation == catalog.table || relation == catalog.token_sequence
+        });
+        if stale {
+            cell.set(None);
+        }
+    });
 }
 
 /// The server clock now (`clock_timestamp()`), the one clock every lease decision uses.
@@ -114,20 +185,10 @@ impl Store {
     pub fn open() -> Store {
         let mut caller = Oid::INVALID;
         let mut saved_security_context = 0;
-        // SAFETY: plain catalog lookups and user-id bookkeeping. A missing schema raises an
-        // error (the functions exist only while the extension does). The user id is restored
-        // in Drop, and by PostgreSQL itself if the transaction aborts first.
+        let Catalog { token_sequence, table_owner, .. } = Catalog::get();
+        // SAFETY: user-id bookkeeping and planner settings. The user id is restored in Drop,
+        // and by PostgreSQL itself if the transaction aborts first.
         unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"lease".as_ptr(), false);
-            let table = pg_sys::get_relname_relid(c"leases".as_ptr(), namespace);
-            let token_sequence = pg_sys::get_relname_relid(c"token_seq".as_ptr(), namespace);
-            if table == Oid::INVALID || token_sequence == Oid::INVALID {
-                error!("the lease extension's objects are missing; recreate the extension");
-            }
-            let relation = pg_sys::RelationIdGetRelation(table);
-            let table_owner = (*(*relation).rd_rel).relowner;
-            pg_sys::RelationClose(relation);
-
             pg_sys::GetUserIdAndSecContext(&mut caller, &mut saved_security_context);
             pg_sys::SetUserIdAndSecContext(
                 table_owner,
@@ -157,15 +218,11 @@ impl Store {
         // is called through the guarded fmgr path with a valid sequence OID.
         unsafe {
             let before = pg_sys::XactLastRecEnd;
-            let token = pgrx::direct_function_call::<i64>(
-                pg_sys::nextval_oid,
-                &[self.token_sequence.into_datum()],
-            )
-            .expect("nextval returned NULL");
+            let token =
+                pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[self.token_sequence.into_datum()])
+                    .expect("nextval returned NULL");
             let logged = pg_sys::XactLastRecEnd != before;
-            if logged
-                && pg_sys::synchronous_commit
-                    == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32
+            if logged && pg_sys::synchronous_commit == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32
             {
                 pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
             }
@@ -191,21 +248,21 @@ impl Store {
             now.into_datum(),
             expires_at.into_datum(),
         ];
-        self.execute(Statement::Insert, &args, false) == 1
+        self.execute(Statement::Insert, &args, false, 1) == 1
     }
 
     /// The resource's row, expired or not.
     pub fn current(&self, resource: &str) -> Option<LeaseRow> {
-        if self.execute(Statement::Current, &[resource.into_datum()], false) == 0 {
+        if self.execute(Statement::Current, &[resource.into_datum()], false, 1) == 0 {
             return None;
         }
         // SAFETY: the statement returned one row of (text, int8, regrole, timestamptz), none NULL.
         unsafe {
             Some(LeaseRow {
-                holder: column::<String>(1),
-                token: column::<i64>(2),
-                owner: column::<Oid>(3),
-                expires_at: column::<i64>(4),
+                holder: column::<String>(0, 1),
+                token: column::<i64>(0, 2),
+                owner: column::<Oid>(0, 3),
+                expires_at: column::<i64>(0, 4),
             })
         }
     }
@@ -231,30 +288,25 @@ impl Store {
             now.into_datum(),
             expires_at.into_datum(),
         ];
-        self.execute(Statement::TakeOver, &args, false) == 1
+        self.execute(Statement::TakeOver, &args, false, 1) == 1
     }
 
-    /// Moves the expiry of an unexpired lease; returns its owner, or None if the token does not
-    /// hold the resource.
+    /// Moves the expiry of an unexpired lease; returns its holder, or None if the token does
+    /// not hold the resource.
     pub fn extend(
         &self,
         resource: &str,
         token: i64,
         now: Timestamp,
         expires_at: Timestamp,
-    ) -> Option<Oid> {
-        let args = [
-            resource.into_datum(),
-            token.into_datum(),
-            now.into_datum(),
-            expires_at.into_datum(),
-        ];
-        self.returned_owner(Statement::Extend, &args)
+    ) -> Option<Holder> {
+        let args = [resource.into_datum(), token.into_datum(), now.into_datum(), expires_at.into_datum()];
+        self.returned_holder(Statement::Extend, &args)
     }
 
-    /// Deletes an unexpired lease; returns its owner, or None if the token does not hold it.
-    pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Oid> {
-        self.returned_owner(
+    /// Deletes an unexpired lease; returns its holder, or None if the token does not hold it.
+    pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Holder> {
+        self.returned_holder(
             Statement::Delete,
             &[resource.into_datum(), token.into_datum(), now.into_datum()],
         )
@@ -264,25 +316,45 @@ impl Store {
     /// committed rather than as the transaction's snapshot shows it: a REPEATABLE READ
     /// transaction must not be told that a superseded token still holds.
     pub fn holds(&self, resource: &str, token: i64, now: Timestamp, latest: bool) -> bool {
-        self.execute(
-            Statement::Holds,
-            &[resource.into_datum(), token.into_datum(), now.into_datum()],
-            latest,
-        ) == 1
+        let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
+        self.execute(Statement::Holds, &args, latest, 1) == 1
     }
 
-    fn returned_owner(&self, statement: Statement, args: &[Option<Datum>]) -> Option<Oid> {
-        // SAFETY: both statements return one regrole column, never NULL.
-        (self.execute(statement, args, false) == 1).then(|| unsafe { column::<Oid>(1) })
+    /// Up to `limit` leases expired at `now`, earliest expiry first.
+    pub fn expired_candidates(&self, now: Timestamp, limit: i64) -> Vec<(String, i64)> {
+        let count =
+            self.execute(Statement::ExpiredCandidates, &[now.into_datum(), limit.into_datum()], false, 0);
+        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
+        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
     }
 
-    /// Runs a kept plan with the given arguments; returns the number of rows processed.
-    fn execute(&self, statement: Statement, args: &[Option<Datum>], latest: bool) -> u64 {
+    /// Deletes the lease with `token` if it expired at `now`; returns its holder and expiry.
+    pub fn delete_expired(&self, resource: &str, token: i64, now: Timestamp) -> Option<(String, Timestamp)> {
+        let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
+        // SAFETY: the statement returns one row of (text, timestamptz), none NULL.
+        (self.execute(Statement::DeleteExpired, &args, false, 1) == 1)
+            .then(|| unsafe { (column::<String>(0, 1), column::<i64>(0, 2)) })
+    }
+
+    /// The earliest expiry in the table, if any lease exists.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.execute(Statement::NextExpiry, &[], false, 0);
+        // SAFETY: an aggregate returns exactly one row; min() is NULL on an empty table.
+        unsafe { nullable_column::<i64>(0, 1) }
+    }
+
+    fn returned_holder(&self, statement: Statement, args: &[Option<Datum>]) -> Option<Holder> {
+        // SAFETY: both statements return one row of (regrole, text), never NULL.
+        (self.execute(statement, args, false, 1) == 1)
+            .then(|| unsafe { Holder { owner: column::<Oid>(0, 1), holder: column::<String>(0, 2) } })
+    }
+
+    /// Runs a kept plan with the given arguments, processing at most `limit` rows (0: all);
+    /// returns the number of rows processed.
+    fn execute(&self, statement: Statement, args: &[Option<Datum>], latest: bool, limit: i64) -> u64 {
         let plan = plan(statement);
-        let mut values: Vec<Datum> = args
-            .iter()
-            .map(|a| a.expect("lease store arguments are never NULL"))
-            .collect();
+        let mut values: Vec<Datum> =
+            args.iter().map(|a| a.expect("lease store arguments are never NULL")).collect();
         let nulls = vec![b' ' as std::ffi::c_char; values.len()];
         // SAFETY: the plan was prepared with exactly these argument types and counts; values and
         // nulls outlive the call. SPI errors are raised through the guarded FFI boundary.
@@ -296,16 +368,10 @@ impl Store {
                     std::ptr::null_mut(),
                     false,
                     false,
-                    1,
+                    limit,
                 )
             } else {
-                pg_sys::SPI_execute_plan(
-                    plan.as_ptr(),
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    false,
-                    1,
-                )
+                pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), false, limit)
             };
             if status < 0 {
                 error!("lease store statement failed with SPI status {status}");
@@ -330,17 +396,24 @@ impl Drop for Store {
     }
 }
 
-/// Column `number` (1-based) of the first row of the last statement's result.
+/// Column `number` (1-based) of row `row` (0-based) of the last statement's result.
 ///
 /// # Safety
-/// The last SPI statement must have returned at least one row, with a non-NULL column `number`
-/// of a type that `T` reads.
-unsafe fn column<T: FromDatum>(number: i32) -> T {
+/// The last SPI statement must have returned more than `row` rows, with a non-NULL column
+/// `number` of a type that `T` reads.
+unsafe fn column<T: FromDatum>(row: usize, number: i32) -> T {
+    nullable_column(row, number).expect("lease store column is never NULL")
+}
+
+/// As [`column`], for a column that may be NULL.
+///
+/// # Safety
+/// As for [`column`], except that the column may be NULL.
+unsafe fn nullable_column<T: FromDatum>(row: usize, number: i32) -> Option<T> {
     let table = pg_sys::SPI_tuptable;
     let mut is_null = false;
-    let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, number, &mut is_null);
+    let datum = pg_sys::SPI_getbinval(*(*table).vals.add(row), (*table).tupdesc, number, &mut is_null);
     T::from_polymorphic_datum(datum, is_null, pg_sys::InvalidOid)
-        .expect("lease store column is never NULL")
 }
 
 /// The kept plan for `statement`, preparing all of them on first use.
@@ -354,8 +427,7 @@ fn plan(statement: Statement) -> NonNull<pg_sys::_SPI_plan> {
                 // an argument type array of the stated length. The kept plan lives in
                 // CacheMemoryContext for the life of the backend.
                 unsafe {
-                    let plan =
-                        pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+                    let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
                     let plan = NonNull::new(plan)
                         .unwrap_or_else(|| error!("could not prepare a lease store statement"));
                     pg_sys::SPI_keepplan(plan.as_ptr());

@@ -1,0 +1,68 @@
+//! Expiry: removing leases whose time is up, and announcing each one as `expired`.
+//!
+//! Correctness never waits for this (an expired lease is already free to the next acquire);
+//! the sweep only turns expiry into an event and keeps the table small. [`sweep`] is the one
+//! function that does it: `lease_sweep()` calls it from SQL and the expiry worker schedules it.
+
+use crate::barrier;
+use crate::events::{self, Event, Kind, Reason};
+use crate::store::{clock_now, Store, Timestamp};
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Expired leases found (at most the limit).
+    pub found: i64,
+    /// Leases removed and announced.
+    pub removed: i64,
+    /// Leases left for later because a fence or a change of the resource was in progress.
+    pub busy: i64,
+}
+
+/// Removes up to `limit` expired leases, earliest first, in the current transaction.
+///
+/// Each lease is removed only under its resource's barrier lock, taken without waiting (a
+/// resource whose fence or change is in progress is skipped and counted as busy), and only if
+/// it is still the same grant and still expired by a clock read after the lock: a renew or a
+/// takeover that committed first wins, and a takeover already announced the old token's end.
+pub fn sweep(limit: i64) -> Sweep {
+    let store = Store::open();
+    let candidates = store.expired_candidates(clock_now(), limit);
+    let mut outcome = Sweep { found: candidates.len() as i64, ..Sweep::default() };
+    for (resource, token) in candidates {
+        if !barrier::try_lock_for_change(&resource) {
+            outcome.busy += 1;
+            continue;
+        }
+        let now = clock_now();
+        if let Some((holder, expires_at)) = store.delete_expired(&resource, token, now) {
+            events::record(expired_event(resource, holder, token, expires_at, now));
+            outcome.removed += 1;
+        }
+    }
+    outcome
+}
+
+/// The earliest expiry of any lease, if there is one.
+pub fn next_expiry() -> Option<Timestamp> {
+    Store::open().next_expiry()
+}
+
+/// The `expired` event (reason `ttl`) of a lease that ended at `expires_at`, noticed at `at`.
+pub fn expired_event(
+    resource: String,
+    holder: String,
+    token: i64,
+    expires_at: Timestamp,
+    at: Timestamp,
+) -> Event {
+    Event {
+        kind: Kind::Expired,
+        reason: Reason::Ttl,
+        resource,
+        holder,
+        token,
+        expires_at: Some(expires_at),
+        at,
+    }
+}

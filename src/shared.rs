@@ -1,0 +1,213 @@
+//! Shared memory: the event ring and what backends and the expiry worker tell each other.
+//!
+//! Exists only when the library is in `shared_preload_libraries`; every accessor returns
+//! `None` otherwise, and callers fall back to working without it.
+//!
+//! - The *event ring* holds committed lease events until the worker publishes them. A backend
+//!   appends its transaction's events at commit, under the ring's lock, so each event gets a
+//!   sequence number in commit order. When the ring is full the event is dropped, but its
+//!   sequence number is still used, so a listener sees the gap; drops are counted.
+//! - `next_wakeup` is when the worker plans to wake next; a backend that commits an earlier
+//!   expiry sets the worker's latch. While the worker is awake it is `i64::MAX`, so no change
+//!   made during a sweep can be missed.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use pgrx::pg_sys;
+
+use crate::api::{MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
+
+/// Number of events the ring holds (about 6.6 MB of shared memory).
+pub const RING_CAPACITY: usize = 8192;
+
+/// One event as stored in shared memory: fixed size, names inline.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventSlot {
+    pub seq: u64,
+    pub database: u32,
+    pub kind: u8,
+    pub reason: u8,
+    pub resource_len: u16,
+    pub holder_len: u16,
+    pub token: i64,
+    pub expires_at: i64,
+    pub at: i64,
+    pub resource: [u8; MAX_RESOURCE_BYTES],
+    pub holder: [u8; MAX_HOLDER_BYTES],
+}
+
+/// The ring's indexes; guarded by the ring's LWLock.
+#[repr(C)]
+pub struct RingState {
+    /// Sequence number of the next event committed (the first is 1).
+    pub next_seq: u64,
+    /// Events ever stored; slot `written % RING_CAPACITY` is the next free one.
+    pub written: u64,
+    /// Events ever taken by the publisher.
+    pub read: u64,
+    /// Events dropped because the ring was full.
+    pub dropped: u64,
+}
+
+#[repr(C)]
+pub struct Shared {
+    lock: *mut pg_sys::LWLock,
+    /// The worker's latch, or null while no worker runs.
+    pub worker_latch: AtomicPtr<pg_sys::Latch>,
+    /// The database the worker serves (`InvalidOid` while none).
+    pub worker_database: AtomicU32,
+    /// When the worker will wake next (server clock); `i64::MAX` while it is awake.
+    pub next_wakeup: AtomicI64,
+    /// Set by backends that added events since the worker last drained the ring.
+    pub publish_requested: AtomicBool,
+    /// Events published since server start.
+    pub published: AtomicU64,
+    ring: std::cell::UnsafeCell<RingState>,
+    slots: std::cell::UnsafeCell<[EventSlot; RING_CAPACITY]>,
+}
+
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+static mut PREVIOUS_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREVIOUS_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+const SHMEM_NAME: &std::ffi::CStr = c"lease shared state";
+const LOCK_TRANCHE: &std::ffi::CStr = c"lease events";
+
+/// Asks for shared memory; called from `_PG_init` while preloading.
+pub fn request() {
+    // SAFETY: _PG_init runs once in the postmaster while preloading; chaining the hooks is the
+    // documented way for a library to reserve shared memory and initialise it.
+    unsafe {
+        PREVIOUS_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(on_shmem_request);
+        PREVIOUS_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(on_shmem_startup);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_shmem_request() {
+    // SAFETY: called by the postmaster at shared memory sizing time.
+    unsafe {
+        if let Some(previous) = PREVIOUS_SHMEM_REQUEST_HOOK {
+            previous();
+        }
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_shmem_startup() {
+    // SAFETY: called in the postmaster (and in each backend on EXEC_BACKEND builds) after
+    // shared memory exists; AddinShmemInitLock serialises the initialisation, and the struct
+    // is zero-filled (a valid state for every field) before its lock pointer is set.
+    unsafe {
+        if let Some(previous) = PREVIOUS_SHMEM_STARTUP_HOOK {
+            previous();
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let shared = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found)
+            .cast::<Shared>();
+        if !found {
+            std::ptr::write_bytes(shared, 0, 1);
+            (*shared).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr())).lock;
+            (*(*shared).ring.get()).next_seq = 1;
+            (*shared).next_wakeup.store(i64::MAX, Ordering::Relaxed);
+        }
+        SHARED.store(shared, Ordering::Release);
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// The shared state, if the library was preloaded.
+pub fn get() -> Option<&'static Shared> {
+    // SAFETY: the pointer is either null or points to shared memory that lives as long as the
+    // server; every field is atomic or guarded by `lock`.
+    unsafe { SHARED.load(Ordering::Acquire).as_ref() }
+}
+
+// SAFETY: the ring is only touched under the LWLock; everything else is atomic.
+unsafe impl Sync for Shared {}
+
+/// Exclusive access to the ring; released when dropped (or by PostgreSQL on error).
+pub struct RingGuard<'a> {
+    shared: &'a Shared,
+}
+
+impl Shared {
+    pub fn lock_ring(&self) -> RingGuard<'_> {
+        // SAFETY: `lock` was set at initialisation and is a valid LWLock in shared memory.
+        unsafe { pg_sys::LWLockAcquire(self.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        RingGuard { shared: self }
+    }
+
+    /// Wakes the worker, if one is running.
+    pub fn wake_worker(&self) {
+        let latch = self.worker_latch.load(Ordering::Acquire);
+        if !latch.is_null() {
+            // SAFETY: the latch is the worker's process latch in shared memory; setting a
+            // latch of a process that has exited is harmless.
+            unsafe { pg_sys::SetLatch(latch) };
+        }
+    }
+
+    /// Reads the ring's counters (under its lock).
+    pub fn ring_counters(&self) -> (u64, u64, u64) {
+        let ring = self.lock_ring();
+        let state = ring.state();
+        (state.next_seq - 1, state.written - state.read, state.dropped)
+    }
+}
+
+impl RingGuard<'_> {
+    fn state(&self) -> &mut RingState {
+        // SAFETY: the guard holds the ring's lock exclusively.
+        unsafe { &mut *self.shared.ring.get() }
+    }
+
+    fn slots(&self) -> &mut [EventSlot; RING_CAPACITY] {
+        // SAFETY: as above.
+        unsafe { &mut *self.shared.slots.get() }
+    }
+
+    /// Stores an event (filled in by `fill`) with the next sequence number; drops it if full.
+    pub fn push(&mut self, fill: impl FnOnce(&mut EventSlot)) {
+        let state = self.state();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        if state.written - state.read >= RING_CAPACITY as u64 {
+            state.dropped += 1;
+            return;
+        }
+        let index = (state.written % RING_CAPACITY as u64) as usize;
+        state.written += 1;
+        let slot = &mut self.slots()[index];
+        slot.seq = seq;
+        fill(slot);
+    }
+
+    /// Takes up to `max` of the oldest events, in order.
+    pub fn take(&mut self, max: usize, into: &mut Vec<EventSlot>) {
+        let slots = self.slots();
+        let state = self.state();
+        let count = ((state.written - state.read) as usize).min(max);
+        for _ in 0..count {
+            into.push(slots[(state.read % RING_CAPACITY as u64) as usize]);
+            state.read += 1;
+        }
+    }
+}
+
+impl Drop for RingGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we hold the lock. While unwinding from an error PostgreSQL releases all
+        // LWLocks itself (LWLockReleaseAll) and the lock must not be released twice.
+        if !std::thread::panicking() {
+            unsafe { pg_sys::LWLockRelease(self.shared.lock) };
+        }
+    }
+}

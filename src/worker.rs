@@ -1,0 +1,140 @@
+//! The expiry worker (`pg_stat_activity.backend_type` = `lease expirer`).
+//!
+//! One background worker, started when the library is preloaded, serving `lease.database`. It
+//! starts once the server accepts writes (on a standby: after promotion), and loops:
+//! 1. publish the committed events waiting in the shared ring, with NOTIFY, in batches;
+//! 2. if the extension exists in its database, sweep expired leases ([`crate::expiry::sweep`])
+//!    in transactions of at most `lease.expire_batch` leases, then publish their events;
+//! 3. sleep until the earliest expiry, at most `lease.max_naptime`; a backend that adds events
+//!    or commits an earlier expiry sets its latch.
+//!
+//! SIGHUP reloads the configuration; SIGTERM (shutdown, `pg_terminate_backend`) ends the loop,
+//! and the worker exits with status 1 so that the postmaster starts it again after a second
+//! unless the server is shutting down; so does any error.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::events;
+use crate::expiry;
+use crate::settings;
+use crate::shared::{self, Shared};
+use crate::store::clock_now;
+
+/// Events published per NOTIFY transaction.
+const PUBLISH_BATCH: usize = 1024;
+/// How soon to look again at an expired lease whose resource was busy.
+const BUSY_RETRY_MS: i64 = 10;
+
+/// Registers the worker; called from `_PG_init` while preloading.
+pub fn register() {
+    BackgroundWorkerBuilder::new("lease expirer")
+        .set_type("lease expirer")
+        .set_library("lease")
+        .set_function("lease_expirer_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&settings::database()), None);
+    let shared = shared::get().expect("the lease worker runs only when the library is preloaded");
+    // SAFETY: MyProc and MyDatabaseId are set once the worker is connected; the process latch
+    // lives in shared memory for as long as this process does.
+    unsafe {
+        shared.worker_latch.store(&raw mut (*pg_sys::MyProc).procLatch, Ordering::Release);
+        shared.worker_database.store(pg_sys::MyDatabaseId.to_u32(), Ordering::Release);
+    }
+    log!("lease expirer started for database \"{}\"", settings::database());
+
+    loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reloading the configuration file is what SIGHUP asks for.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // Awake: every commit from now on sets the latch, so nothing is missed while we work.
+        shared.next_wakeup.store(i64::MAX, Ordering::Release);
+        shared.publish_requested.store(false, Ordering::Release);
+        publish(shared);
+        let sleep_ms = sweep_all();
+        publish(shared);
+        shared.next_wakeup.store(clock_now() + sleep_ms * 1_000, Ordering::Release);
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(sleep_ms as u64))) {
+            break;
+        }
+    }
+
+    shared.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
+    shared.worker_database.store(0, Ordering::Release);
+    // SAFETY: ends this process; status 1 asks the postmaster to start the worker again.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Sweeps until no expired lease is left (or only busy ones); returns how long to sleep.
+fn sweep_all() -> i64 {
+    let naptime = settings::max_naptime_ms();
+    loop {
+        let batch = settings::expire_batch();
+        let (sweep, next_expiry) = BackgroundWorker::transaction(|| {
+            // SAFETY: a catalog lookup inside a transaction.
+            let installed =
+                unsafe { pg_sys::get_extension_oid(c"lease".as_ptr(), true) } != pg_sys::InvalidOid;
+            if !installed {
+                return (expiry::Sweep::default(), None);
+            }
+            (expiry::sweep(batch), expiry::next_expiry())
+        });
+        if sweep.found == batch && sweep.removed > 0 {
+            continue; // more may be waiting: next batch, in its own transaction
+        }
+        if sweep.busy > 0 {
+            return BUSY_RETRY_MS.min(naptime);
+        }
+        return match next_expiry {
+            None => naptime,
+            // Round up to whole milliseconds so that we never wake just before the expiry.
+            Some(at) => ((at - clock_now() + 999) / 1_000).clamp(0, naptime),
+        };
+    }
+}
+
+/// Sends the events waiting in the ring with NOTIFY, in transactions of up to
+/// [`PUBLISH_BATCH`] events, in sequence order.
+fn publish(shared: &Shared) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        batch.clear();
+        shared.lock_ring().take(PUBLISH_BATCH, &mut batch);
+        if batch.is_empty() {
+            return;
+        }
+        let channel_ok = valid_channel(&settings::notify_channel());
+        BackgroundWorker::transaction(|| {
+            for slot in &batch {
+                let (seq, event) = events::from_slot(slot);
+                if channel_ok {
+                    events::notify_now(&events::payload(&event, Some(seq)));
+                }
+            }
+        });
+        shared.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A channel name NOTIFY accepts: 1 to 63 bytes.
+fn valid_channel(channel: &str) -> bool {
+    let valid = !channel.is_empty() && channel.len() < pg_sys::NAMEDATALEN as usize;
+    if !valid {
+        warning!("lease.notify_channel \"{channel}\" is not a valid channel name; lease events are not sent");
+    }
+    valid
+}

@@ -79,14 +79,19 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::empty(),
     );
-    GucRegistry::define_string_guc(
-        c"lease.database",
-        c"Database whose leases the expiry worker expires and whose events it publishes.",
-        c"Changing it takes a server restart.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::empty(),
-    );
+    // A restart-only setting can only be defined while the server starts; it matters only to
+    // the worker, which exists only when the library is preloaded.
+    // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"lease.database",
+            c"Database whose leases the expiry worker expires and whose events it publishes.",
+            c"Changing it takes a server restart.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::empty(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"lease.max_naptime",
         c"Longest time the expiry worker sleeps when no lease is due earlier.",

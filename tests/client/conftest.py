@@ -1,6 +1,7 @@
 """Shared helpers for the out-of-process tests: real client connections (psycopg 3) to the
 throwaway test server that scripts/test.sh started, and control of that server."""
 
+import json
 import os
 import subprocess
 import threading
@@ -14,7 +15,8 @@ DATA_DIR = os.path.join(os.environ.get("LEASE_TEST_DIR", "/tmp/lease/test"), "da
 RUN_DIR = os.environ.get("LEASE_RUN_DIR", "/tmp/lease")
 SERVER_USER = os.environ.get("LEASE_SERVER_USER", "postgres")
 PG_BIN = "/usr/lib/postgresql/15/bin"
-DATABASE = "lease_client_tests"
+# The expiry worker serves lease.database (default postgres): the client tests use that database.
+DATABASE = "postgres"
 
 
 def dsn(port=PORT, dbname=DATABASE):
@@ -45,8 +47,8 @@ def as_server_user(*args, check=True):
     return subprocess.run(prefix + command, cwd="/", check=check, capture_output=True, text=True)
 
 
-def pg_ctl(*args, data_dir=DATA_DIR):
-    return as_server_user(f"{PG_BIN}/pg_ctl", "-D", data_dir, *args)
+def pg_ctl(*args, data_dir=DATA_DIR, check=True):
+    return as_server_user(f"{PG_BIN}/pg_ctl", "-D", data_dir, *args, check=check)
 
 
 def is_waiting_on_lock(observer, pid):
@@ -87,10 +89,8 @@ class Background:
 
 @pytest.fixture(scope="session", autouse=True)
 def database():
-    with connect(dbname="postgres") as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        admin.execute(f"CREATE DATABASE {DATABASE}")
     with connect() as conn:
+        conn.execute("DROP EXTENSION IF EXISTS lease CASCADE")
         conn.execute("CREATE EXTENSION lease")
     yield DATABASE
 
@@ -103,3 +103,92 @@ def conn():
 
 def one(conn, sql, params=()):
     return conn.execute(sql, params).fetchone()[0]
+
+
+class Listener:
+    """A connection that LISTENs on the lease event channel and collects parsed payloads."""
+
+    def __init__(self, channel="lease_events", port=PORT, dbname=DATABASE):
+        self.connection = connect(port=port, dbname=dbname)
+        self.connection.execute(f"LISTEN {channel}")
+        self.received = []
+
+    def until(self, predicate, timeout=30.0, what="events"):
+        """Collects events until `predicate(events)` holds; returns the events received."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.received):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {what}; received {self.received}")
+            for notify in self.connection.notifies(timeout=min(remaining, 0.5), stop_after=1):
+                self.received.append(json.loads(notify.payload))
+        return self.received
+
+    def events_for(self, resource):
+        return [e for e in self.received if e["resource"] == resource]
+
+    def close(self):
+        self.connection.close()
+
+
+@pytest.fixture
+def listener():
+    listening = Listener()
+    yield listening
+    listening.close()
+
+
+def reload_settings(conn, **settings):
+    """ALTER SYSTEM for each setting (None resets it), then reload and wait until it is seen."""
+    for name, value in settings.items():
+        if value is None:
+            conn.execute(f"ALTER SYSTEM RESET lease.{name}")
+        else:
+            conn.execute(f"ALTER SYSTEM SET lease.{name} = '{value}'")
+    conn.execute("SELECT pg_reload_conf()")
+
+    def applied():
+        with connect() as fresh:
+            for name, value in settings.items():
+                shown = one(fresh, f"SELECT current_setting('lease.{name}')")
+                default = one(fresh, f"SELECT boot_val FROM pg_settings WHERE name = 'lease.{name}'")
+                if shown != (default if value is None else value):
+                    return False
+        return True
+
+    wait_for(applied, what=f"settings {settings} to apply")
+
+
+def worker_pid(conn):
+    row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease expirer'").fetchone()
+    return row[0] if row else None
+
+
+class Standby:
+    """A streaming standby of the test server, made with pg_basebackup, on its own port."""
+
+    def __init__(self, name, port):
+        self.dir = os.path.join(RUN_DIR, name)
+        self.data = os.path.join(self.dir, "data")
+        self.port = port
+        as_server_user("rm", "-rf", self.dir)
+        as_server_user("mkdir", "-p", self.dir)
+        as_server_user(
+            f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
+            "-D", self.data, "-R", "-X", "stream", "-c", "fast",
+        )
+        settings = f"port = {port}\nunix_socket_directories = '{self.dir}'\n"
+        as_server_user("sh", "-c", f"printf \"{settings}\" >> {self.data}/postgresql.auto.conf")
+        pg_ctl("-l", f"{self.dir}/server.log", "-w", "start", data_dir=self.data)
+
+    def wait_for_replay(self, primary):
+        lsn = one(primary, "SELECT pg_current_wal_lsn()")
+        with connect(port=self.port) as replica:
+            wait_for(lambda: one(replica, "SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)), what="replay")
+
+    def promote(self):
+        pg_ctl("-w", "promote", data_dir=self.data)
+
+    def destroy(self):
+        pg_ctl("-m", "immediate", "stop", data_dir=self.data, check=False)
+        as_server_user("rm", "-rf", self.dir, check=False)

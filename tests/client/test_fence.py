@@ -8,11 +8,10 @@ from conftest import Background, connect, is_waiting_on_lock, one, wait_for
 
 
 def expire_now(conn, resource):
-    """Waits until the server clock is past the lease's expiry (no guessed sleep)."""
-    wait_for(
-        lambda: one(conn, "SELECT clock_timestamp() > expires_at FROM lease.leases WHERE resource = %s", (resource,)),
-        what=f"{resource} to expire",
-    )
+    """Waits until the server clock is past the lease's expiry (no guessed sleep). The expiry
+    worker may remove the row meanwhile, so the expiry is read once, first."""
+    expires_at = one(conn, "SELECT expires_at FROM lease.leases WHERE resource = %s", (resource,))
+    wait_for(lambda: one(conn, "SELECT clock_timestamp() > %s", (expires_at,)), what=f"{resource} to expire")
 
 
 def test_takeover_blocks_until_the_fenced_writer_commits(conn):

@@ -1,55 +1,75 @@
-"""On a hot standby the API refuses to change leases (25006, with a hint), and inspection works."""
-
-import os
+"""On a hot standby the API refuses to change leases (25006, with a hint), inspection works,
+and the expiry worker does not run; after promotion it starts, sweeps and announces."""
 
 import psycopg
 import pytest
 
-from conftest import PG_BIN, PORT, RUN_DIR, as_server_user, connect, one, wait_for
-
-STANDBY_PORT = PORT + 1
-STANDBY_DIR = os.path.join(RUN_DIR, "test-standby")
+from conftest import PORT, Listener, Standby, connect, one, wait_for, worker_pid
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def standby():
-    as_server_user("rm", "-rf", STANDBY_DIR)
-    as_server_user("mkdir", "-p", STANDBY_DIR)
-    as_server_user(
-        f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
-        "-D", f"{STANDBY_DIR}/data", "-R", "-X", "stream", "-c", "fast",
-    )
-    as_server_user(
-        "sh", "-c",
-        f"echo \"port = {STANDBY_PORT}\nunix_socket_directories = '{STANDBY_DIR}'\" >> {STANDBY_DIR}/data/postgresql.auto.conf",
-    )
-    as_server_user(f"{PG_BIN}/pg_ctl", "-D", f"{STANDBY_DIR}/data", "-l", f"{STANDBY_DIR}/server.log", "-w", "start")
-    try:
-        yield STANDBY_PORT
-    finally:
-        as_server_user(f"{PG_BIN}/pg_ctl", "-D", f"{STANDBY_DIR}/data", "-m", "immediate", "stop", check=False)
-        as_server_user("rm", "-rf", STANDBY_DIR, check=False)
+    replica = Standby("test-standby", PORT + 1)
+    yield replica
+    replica.destroy()
 
 
 def test_api_on_a_standby(standby):
     with connect() as primary:
         token = one(primary, "SELECT lease_acquire('standby:1', 'primary-holder', '1 hour')")
-        lsn = one(primary, "SELECT pg_current_wal_lsn()")
-    with connect(port=standby) as replica:
+        standby.wait_for_replay(primary)
+    with connect(port=standby.port) as replica:
         assert one(replica, "SELECT pg_is_in_recovery()") is True
-        wait_for(lambda: one(replica, "SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)), what="replay")
-        assert replica.execute("SELECT holder, token FROM lease_info('standby:1')").fetchone() == ("primary-holder", token)
+        assert replica.execute("SELECT holder, token FROM lease_info('standby:1')").fetchone() == (
+            "primary-holder",
+            token,
+        )
         calls = [
             "SELECT lease_acquire('standby:2', 'h')",
             f"SELECT lease_renew('standby:1', {token})",
             f"SELECT lease_release('standby:1', {token})",
             f"SELECT lease_check('standby:1', {token})",
             f"SELECT lease_assert('standby:1', {token})",
+            "SELECT lease_sweep()",
         ]
         for call in calls:
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as raised:
                 replica.execute(call)
-            assert raised.value.diag.message_primary == "cannot acquire, renew, release or check leases during recovery"
+            assert raised.value.diag.message_primary == (
+                "cannot acquire, renew, release or check leases during recovery"
+            )
             assert "primary" in raised.value.diag.message_hint
     with connect() as primary:
         assert one(primary, "SELECT lease_release('standby:1', %s)", (token,)) is True
+
+
+def test_worker_idles_on_a_standby_and_works_after_promotion(standby):
+    with connect() as primary:
+        token = one(primary, "SELECT lease_acquire('failover:1', 'old-primary', '1 s')")
+        standby.wait_for_replay(primary)
+    # A fence on the old primary keeps its own worker from sweeping the lease there, so the
+    # only sweep that can announce it is the promoted server's.
+    fence = connect(autocommit=False)
+    assert one(fence, "SELECT lease_check('failover:1', %s)", (token,)) is True
+    with connect(port=standby.port) as replica:
+        assert one(replica, "SELECT pg_is_in_recovery()") is True
+        assert worker_pid(replica) is None
+        assert one(replica, "SELECT count(*) FROM lease.leases WHERE resource = 'failover:1'") == 1
+    standby.promote()
+    with connect(port=standby.port) as promoted:
+        wait_for(lambda: worker_pid(promoted), what="the worker to start after promotion")
+    listener = Listener(port=standby.port)
+    try:
+        events = listener.until(
+            lambda got: any(e["resource"] == "failover:1" for e in got), what="the expiry on the new primary"
+        )
+        expired = [e for e in events if e["resource"] == "failover:1"]
+        assert [(e["event"], e["reason"], e["holder"], e["token"]) for e in expired] == [
+            ("expired", "ttl", "old-primary", token)
+        ]
+    finally:
+        listener.close()
+        fence.rollback()
+        fence.close()
+    with connect(port=standby.port) as promoted:
+        assert one(promoted, "SELECT count(*) FROM lease.leases WHERE resource = 'failover:1'") == 0

@@ -19,4 +19,8 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 GRANT EXECUTE ON FUNCTION public.attempt(text) TO PUBLIC;
 \dx lease
-\df lease_*
+SELECT p.oid::regprocedure AS function, pg_get_function_result(p.oid) AS returns
+FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'lease')
+ORDER BY p.oid::regprocedure::text;

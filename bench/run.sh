@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Benchmarks, side by side on one server in one run (pgbench, prepared statements):
-#   core: acquire+release cycles on random resources (1..100000) with the extension, a
-#         hand-written lease table, and pg_advisory_lock/unlock, at 1, 8 and 32 clients,
-#         with synchronous_commit on and off.
-# Usage: bench/run.sh [seconds per run, default 5]. Writes bench/results/core.md.
+# Benchmarks, side by side on one server in one run:
+#   core:   acquire+release cycles on random resources (1..100000) with the extension (events
+#           on, and with lease.notify = off), a hand-written lease table, and
+#           pg_advisory_lock/unlock, at 1, 8 and 32 clients, synchronous_commit on and off
+#           (pgbench, prepared statements); a listener counts the events and checks for gaps.
+#   expiry: latency from expires_at to the expired notification, sweep cost, idle cost
+#           (bench/events/expiry.py).
+# Usage: bench/run.sh [seconds per pgbench run, default 5]. Writes bench/results/*.md.
 source "$(dirname "$0")/../scripts/common.sh"
 
 DURATION=${1:-5}
@@ -11,7 +14,7 @@ ROUNDS=${LEASE_BENCH_ROUNDS:-3}
 PORT=${LEASE_BENCH_PORT:-54327}
 read -r -a CLIENTS <<< "${LEASE_BENCH_CLIENTS:-1 8 32}"
 read -r -a SYNC_MODES <<< "${LEASE_BENCH_SYNC:-on off}"
-VARIANTS=(lease table advisory)
+VARIANTS=(lease silent table advisory)
 OUT=$ROOT/bench/results/core.md
 RAW=$ROOT/bench/results/core.raw
 
@@ -25,6 +28,12 @@ psql_bench=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres
 "${psql_bench[@]}" -f "$ROOT/bench/core/setup.sql"
 
 : > "$RAW"
+setup_python
+LISTEN_OUT=$ROOT/bench/results/listener.txt
+rm -f "$LISTEN_OUT"
+"$VENV/bin/python" "$ROOT/bench/events/listen.py" "$PORT" "$LISTEN_OUT" &
+listener_pid=$!
+until [ -s "$LISTEN_OUT" ]; do sleep 0.1; done
 declare -A tps failed
 # One pgbench run: prints "cycles/s failed-transactions".
 run_variant() {
@@ -33,10 +42,12 @@ run_variant() {
     # generic plans are made from the statistics of an empty table.
     "${psql_bench[@]}" -c "TRUNCATE lease.leases, bench_leases" -c "CHECKPOINT"
     local threads=$(( clients < 2 ? 1 : 2 ))
-    local log
+    local script=$variant notify=on log
+    if [ "$variant" = silent ]; then script=lease notify=off; fi
+    "${psql_bench[@]}" -c "ALTER SYSTEM SET lease.notify = $notify" -c "SELECT pg_reload_conf()" >/dev/null
     log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -M prepared -T "$DURATION" \
         -c "$clients" -j "$threads" -h 127.0.0.1 -p "$PORT" -U postgres \
-        -f "$ROOT/bench/core/$variant.sql" postgres 2>&1) || { echo "$log" >&2; exit 1; }
+        -f "$ROOT/bench/core/$script.sql" postgres 2>&1) || { echo "$log" >&2; exit 1; }
     { echo "== $key"; echo "$log"; } >> "$RAW"
     echo "$log" | awk '/^tps = / {tps = $3} /number of failed transactions/ {failed = $5} END {printf "%.0f %d", tps, failed}'
 }
@@ -49,8 +60,8 @@ for sync in "${SYNC_MODES[@]}"; do
     for clients in "${CLIENTS[@]}"; do
         declare -A samples=()
         for round in $(seq 1 "$ROUNDS"); do
-            for i in 0 1 2; do
-                variant=${VARIANTS[$(( (i + round) % 3 ))]}
+            for i in "${!VARIANTS[@]}"; do
+                variant=${VARIANTS[$(( (i + round) % ${#VARIANTS[@]} ))]}
                 key="$sync/$clients/$variant"
                 read -r cycles failures <<< "$(run_variant "$variant" "$clients" "$sync" "$key")"
                 samples[$variant]+=" $cycles"
@@ -68,21 +79,35 @@ for sync in "${SYNC_MODES[@]}"; do
     done
 done
 
+kill -TERM "$listener_pid"
+wait "$listener_pid"
+read -r events_received events_gaps < "$LISTEN_OUT"
+read -r events_published events_dropped <<< "$("${psql_bench[@]}" -At -F ' ' -c "SELECT published, dropped FROM lease_event_stats()")"
+
 {
-    echo "| synchronous_commit | clients | lease (cycles/s) | hand-written table | advisory locks | lease / table | failed |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| synchronous_commit | clients | lease (cycles/s) | lease, lease.notify = off | throughput lost to events | hand-written table | advisory locks | lease / table | failed |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for sync in "${SYNC_MODES[@]}"; do
         for clients in "${CLIENTS[@]}"; do
-            l=${tps[$sync/$clients/lease]} t=${tps[$sync/$clients/table]} a=${tps[$sync/$clients/advisory]}
-            f=$(( ${failed[$sync/$clients/lease]:-0} + ${failed[$sync/$clients/table]:-0} + ${failed[$sync/$clients/advisory]:-0} ))
+            l=${tps[$sync/$clients/lease]} s=${tps[$sync/$clients/silent]}
+            t=${tps[$sync/$clients/table]} a=${tps[$sync/$clients/advisory]}
+            f=0
+            for variant in "${VARIANTS[@]}"; do f=$(( f + ${failed[$sync/$clients/$variant]:-0} )); done
             ratio=$(awk -v l="$l" -v t="$t" 'BEGIN {printf "%.2f", l / t}')
-            echo "| $sync | $clients | $l | $t | $a | $ratio | $f |"
+            cost=$(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.1f%%", 100 * (s - l) / s}')
+            echo "| $sync | $clients | $l | $s | $cost | $t | $a | $ratio | $f |"
         done
     done
     echo
     echo "Median of $ROUNDS interleaved runs of $DURATION s each; pgbench -M prepared; one acquire and one"
     echo "release per cycle on a random resource out of 100,000; $(nproc) cores; PostgreSQL"
-    echo "$("$PG_BIN/postgres" --version | awk '{print $3}'), release build; $(date -u +%Y-%m-%d)."
+    echo "$("$PG_BIN/postgres" --version | awk '{print $3}'), release build; $(date -u +%Y-%m-%d). A client listening"
+    echo "on lease_events during all runs received $events_received events with $events_gaps missing sequence"
+    echo "numbers; the worker published $events_published and dropped $events_dropped (full ring)."
 } > "$OUT"
 echo
 cat "$OUT"
+
+say "expiry latency, sweep cost and idle cost"
+"$VENV/bin/python" "$ROOT/bench/events/expiry.py" "$PORT" 100000 10000 10 60 > "$ROOT/bench/results/expiry.md"
+cat "$ROOT/bench/results/expiry.md"

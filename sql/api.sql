@@ -3,10 +3,11 @@
 -- They are C functions that run their table work as the owner of lease.leases, with every
 -- name schema-qualified, so the caller's search_path cannot change what they do.
 
-CREATE FUNCTION lease_acquire(resource text, holder text, ttl interval DEFAULT NULL, wait interval DEFAULT NULL)
+CREATE FUNCTION lease_acquire(resource text, holder text, ttl interval DEFAULT NULL, wait interval DEFAULT NULL,
+                              session_bound boolean DEFAULT false)
 RETURNS bigint VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_acquire_wrapper';
-COMMENT ON FUNCTION lease_acquire(text, text, interval, interval) IS
-'Grants resource to holder for ttl (NULL: lease.default_ttl) and returns a fencing token, or NULL when another holder has it. Re-acquiring by the same holder and role returns the same token and extends the lease.';
+COMMENT ON FUNCTION lease_acquire(text, text, interval, interval, boolean) IS
+'Grants resource to holder for ttl (NULL: lease.default_ttl) and returns a fencing token, or NULL when another holder has it. Re-acquiring by the same holder and role returns the same token and extends the lease. wait > 0 queues first come, first served until granted or the wait runs out; session_bound also ends the lease when the calling session ends.';
 
 CREATE FUNCTION lease_renew(resource text, token bigint, ttl interval DEFAULT NULL)
 RETURNS boolean VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_renew_wrapper';
@@ -48,12 +49,14 @@ COMMENT ON FUNCTION lease._valid_resource(text) IS
 
 CREATE FUNCTION lease_info(resource text)
 RETURNS TABLE(resource text, holder text, token bigint, owner name,
-              acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz)
+              acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz,
+              session_pid integer, application_name text)
 VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp LANGUAGE sql
 AS $$
-    SELECT l.resource, l.holder, l.token, l.owner::text::name, l.acquired_at, l.renewed_at, l.expires_at
+    SELECT l.resource, l.holder, l.token, l.owner::text::name, l.acquired_at, l.renewed_at, l.expires_at,
+           l.session_pid, l.application_name
     FROM lease.leases AS l
     WHERE l.resource = lease._valid_resource($1) AND l.expires_at > clock_timestamp()
 $$;
 COMMENT ON FUNCTION lease_info(text) IS
-'The live lease on resource: one row while it is held, no row when it is free or expired.';
+'The live lease on resource: one row while it is held, no row when it is free or expired. session_pid and application_name identify the holder''s session of a session-bound lease.';

@@ -13,9 +13,12 @@ CREATE TABLE lease.leases (
     owner       regrole NOT NULL,
     acquired_at timestamptz NOT NULL,
     renewed_at  timestamptz NOT NULL,
-    expires_at  timestamptz NOT NULL
+    expires_at  timestamptz NOT NULL,
+    session_pid integer,
+    application_name text
 );
 CREATE INDEX leases_expires_at_idx ON lease.leases (expires_at);
+CREATE INDEX leases_session_bound_idx ON lease.leases (token) WHERE session_pid IS NOT NULL;
 REVOKE ALL ON lease.leases FROM PUBLIC;
 COMMENT ON TABLE lease.leases IS 'One row per lease. A lease is held while clock_timestamp() < expires_at; expired rows are free and are replaced by the next acquire.';
 COMMENT ON COLUMN lease.leases.resource IS 'Name of the leased resource.';
@@ -25,6 +28,8 @@ COMMENT ON COLUMN lease.leases.owner IS 'Role that acquired the lease; only its 
 COMMENT ON COLUMN lease.leases.acquired_at IS 'Server time of the grant.';
 COMMENT ON COLUMN lease.leases.renewed_at IS 'Server time of the last renewal (the grant time if never renewed).';
 COMMENT ON COLUMN lease.leases.expires_at IS 'Server time at which the lease ends unless renewed.';
+COMMENT ON COLUMN lease.leases.session_pid IS 'For a session-bound lease: pid of the holder''s backend (NULL otherwise). The lease also ends when that session ends.';
+COMMENT ON COLUMN lease.leases.application_name IS 'For a session-bound lease: application_name of the holder''s session.';
 
 CREATE SEQUENCE lease.token_seq AS bigint MINVALUE 1 NO CYCLE;
 REVOKE ALL ON SEQUENCE lease.token_seq FROM PUBLIC;

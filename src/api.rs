@@ -16,7 +16,8 @@ use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::events::{self, Event, Kind, Reason};
 use crate::expiry;
 use crate::settings;
-use crate::store::{clock_now, Holder, Store, Timestamp};
+use crate::store::{clock_now, Binding, Holder, Store, Timestamp};
+use crate::{session, waiting};
 
 /// Longest resource name, in bytes.
 pub const MAX_RESOURCE_BYTES: usize = 512;
@@ -29,15 +30,18 @@ const DAYS_PER_MONTH: i128 = 30;
 
 /// Grants `resource` to `holder` for `ttl` and returns a fencing token, or NULL when another
 /// holder has it. Re-acquiring a lease one already holds (same holder name, same role) returns
-/// the same token and moves the expiry to now + ttl.
+/// the same token and moves the expiry to now + ttl. With `wait` > 0 it queues (first come,
+/// first served) until granted or the wait runs out; with `session_bound` the lease also ends
+/// when the calling session ends.
 #[pg_extern(sql = false)]
 fn lease_acquire(
     resource: Option<&str>,
     holder: Option<&str>,
     ttl: Option<Interval>,
     wait: Option<Interval>,
+    session_bound: Option<bool>,
 ) -> Option<i64> {
-    acquire(resource, holder, ttl, wait).or_raise()
+    acquire(resource, holder, ttl, wait, session_bound).or_raise()
 }
 
 /// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.
@@ -109,58 +113,181 @@ fn valid_resource(resource: Option<&str>) -> String {
     name_argument(resource, "resource", MAX_RESOURCE_BYTES).or_raise().to_owned()
 }
 
+/// What an acquire asks for, validated.
+struct Request<'a> {
+    resource: &'a str,
+    holder: &'a str,
+    ttl: i64,
+    session_bound: bool,
+}
+
+/// The outcome of one attempt to acquire.
+enum Attempt {
+    Granted(i64),
+    /// Someone else holds it until this time (server clock).
+    Held(Timestamp),
+    /// Free, but queued waiters come first.
+    Yielded,
+}
+
 pub fn acquire(
     resource: Option<&str>,
     holder: Option<&str>,
     ttl: Option<Interval>,
     wait: Option<Interval>,
+    session_bound: Option<bool>,
 ) -> LeaseResult<Option<i64>> {
-    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
-    let holder = name_argument(holder, "holder", MAX_HOLDER_BYTES)?;
-    let ttl = ttl_argument(ttl)?;
+    let request = Request {
+        resource: name_argument(resource, "resource", MAX_RESOURCE_BYTES)?,
+        holder: name_argument(holder, "holder", MAX_HOLDER_BYTES)?,
+        ttl: ttl_argument(ttl)?,
+        session_bound: session_bound.unwrap_or(false),
+    };
     let wait = wait_argument(wait)?;
     ensure_primary()?;
-    if wait > 0 {
-        return Err(LeaseError::NotSupported("waiting for a lease (wait > 0)"));
+    if wait == 0 {
+        return Ok(match attempt(&request, None) {
+            Attempt::Granted(token) => Some(token),
+            Attempt::Held(_) | Attempt::Yielded => None,
+        });
     }
+    wait_for(&request, wait)
+}
 
+/// Queues for the lease until it is granted (its token), `wait` microseconds pass (None), or
+/// `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise 57014.
+fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
+    let key = barrier::resource_key(request.resource);
+    let ticket = waiting::enqueue(key).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
+    let start = clock_now();
+    let deadline = start.saturating_add(wait);
+    // SAFETY: LockTimeout is the backend's lock_timeout setting, in milliseconds.
+    let lock_timeout_ms = i64::from(unsafe { pg_sys::LockTimeout });
+    let lock_deadline = if lock_timeout_ms > 0 { start + lock_timeout_ms * 1_000 } else { i64::MAX };
+    loop {
+        let mut sleep_until = deadline.min(lock_deadline);
+        if ticket.is_head() {
+            match in_subtransaction(|| attempt(request, Some(ticket.number()))) {
+                Attempt::Granted(token) => return Ok(Some(token)),
+                Attempt::Held(expires_at) => sleep_until = sleep_until.min(expires_at),
+                Attempt::Yielded => {}
+            }
+        }
+        let now = clock_now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        if now >= lock_deadline {
+            return Err(LeaseError::LockTimeout { resource: request.resource.into() });
+        }
+        waiting::sleep((sleep_until - now + 999) / 1_000);
+    }
+}
+
+/// Runs one attempt in an internal subtransaction that is kept if the lease was granted and
+/// rolled back otherwise, so that a waiter holds no lock while it sleeps.
+fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
+    // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, restore
+    // the caller's memory context and resource owner after it ends. An error inside unwinds to
+    // the caller's transaction, whose abort also ends the subtransaction.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let outcome = attempt();
+        match outcome {
+            Attempt::Granted(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        outcome
+    }
+}
+
+/// One attempt: grant if free (or expired, or its session ended), extend if already ours.
+/// `ticket` is the caller's place in the queue when it waits; while others are queued ahead,
+/// a free lease is left to them.
+fn attempt(request: &Request, ticket: Option<u64>) -> Attempt {
+    let Request { resource, holder, ttl, session_bound } = *request;
     barrier::lock_for_change(resource);
     let now = clock_now();
     let expires_at = now + ttl;
     let store = Store::open();
     let caller = store.caller();
-    let token = store.next_token();
-    let announce = |kind, token| record(kind, resource, holder, token, Some(expires_at), now);
-    if store.insert(resource, holder, token, caller, now, expires_at) {
-        announce(Kind::Acquired, token);
-        return Ok(Some(token));
+    let yield_to_waiters = waiting::must_yield(barrier::resource_key(resource), ticket);
+    let application_name = current_application_name();
+    // SAFETY: MyProcPid is set at backend start.
+    let binding = session_bound
+        .then(|| Binding { pid: unsafe { pg_sys::MyProcPid }, application_name: &application_name });
+    let grant = |token: i64| {
+        if session_bound {
+            session::bind(&store, token);
+        }
+        record(Kind::Acquired, resource, holder, token, Some(expires_at), now);
+        Attempt::Granted(token)
+    };
+    // A new grant's token, taken before the insert (an insert that finds the row uses up a
+    // number, which a takeover then reuses).
+    let mut new_token = None;
+    if !yield_to_waiters {
+        let token = store.next_token();
+        if store.insert(resource, holder, token, caller, now, expires_at, binding) {
+            return grant(token);
+        }
+        new_token = Some(token);
     }
     let Some(current) = store.current(resource) else {
-        return Ok(None);
+        return Attempt::Yielded;
     };
-    if current.expires_at <= now {
-        if !store.take_over(resource, current.token, holder, token, caller, now, expires_at) {
-            return Ok(None);
+    let ended = if current.expires_at <= now {
+        Some(Reason::Ttl)
+    } else if current.session_bound && session::holder_is_gone(current.token) {
+        Some(Reason::SessionEnded)
+    } else {
+        None
+    };
+    if let Some(reason) = ended {
+        if yield_to_waiters {
+            return Attempt::Yielded;
+        }
+        let token = new_token.unwrap_or_else(|| store.next_token());
+        if !store.take_over(resource, current.token, holder, token, caller, now, expires_at, binding) {
+            return Attempt::Held(now);
         }
         // Not swept yet: announce the old token's end before the new grant.
-        events::record(expiry::expired_event(
+        let mut expired = expiry::expired_event(
             resource.to_owned(),
             current.holder,
             current.token,
             current.expires_at,
             now,
-        ));
-        announce(Kind::Acquired, token);
-        return Ok(Some(token));
+        );
+        expired.reason = reason;
+        events::record(expired);
+        return grant(token);
     }
     if current.holder == holder && current.owner == caller {
-        let extended = store.extend(resource, current.token, now, expires_at).is_some();
-        if extended {
-            announce(Kind::Renewed, current.token);
+        if store.extend(resource, current.token, now, expires_at).is_some() {
+            record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
+            return Attempt::Granted(current.token);
         }
-        return Ok(extended.then_some(current.token));
     }
-    Ok(None)
+    Attempt::Held(current.expires_at)
+}
+
+/// The session's application_name.
+fn current_application_name() -> String {
+    // SAFETY: application_name is a GUC string, NULL or NUL-terminated.
+    unsafe {
+        let name = pg_sys::application_name;
+        if name.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    }
 }
 
 pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) -> LeaseResult<bool> {
@@ -193,6 +320,7 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
         return Ok(false);
     };
     ensure_member(&store, resource, &lease)?;
+    session::unbind_at_commit(token);
     record(Kind::Released, resource, &lease.holder, token, None, now);
     Ok(true)
 }

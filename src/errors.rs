@@ -16,12 +16,14 @@ pub enum LeaseError {
     InvalidArgument(String),
     /// The server is a hot standby: leases can only be granted on the primary (25006).
     ReadOnlyServer,
-    /// A feature that this build does not provide yet (0A000).
-    NotSupported(&'static str),
+    /// A feature that needs the library in `shared_preload_libraries` (55000).
+    NeedsPreload(&'static str),
     /// The caller is not a member of the role that holds the lease (42501).
     NotLeaseOwner { resource: String, owner: String },
     /// `lease_assert` found that the token does not hold the lease (55000).
     NotHeld { resource: String, token: i64 },
+    /// A waiting acquire ran past `lock_timeout` (55P03).
+    LockTimeout { resource: String },
 }
 
 pub type LeaseResult<T> = Result<T, LeaseError>;
@@ -38,9 +40,10 @@ impl LeaseError {
             LeaseError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             LeaseError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             LeaseError::ReadOnlyServer => ERRCODE_READ_ONLY_SQL_TRANSACTION,
-            LeaseError::NotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            LeaseError::NeedsPreload(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             LeaseError::NotLeaseOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             LeaseError::NotHeld { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            LeaseError::LockTimeout { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
         }
     }
 
@@ -51,12 +54,15 @@ impl LeaseError {
             LeaseError::ReadOnlyServer => {
                 "cannot acquire, renew, release or check leases during recovery".into()
             }
-            LeaseError::NotSupported(what) => format!("{what} is not supported yet"),
+            LeaseError::NeedsPreload(what) => format!("{what} requires lease in shared_preload_libraries"),
             LeaseError::NotLeaseOwner { resource, owner } => {
                 format!("permission denied for lease on resource \"{resource}\" held by role \"{owner}\"")
             }
             LeaseError::NotHeld { resource, token } => {
                 format!("lease on resource \"{resource}\" is not held with token {token}")
+            }
+            LeaseError::LockTimeout { resource } => {
+                format!("canceling wait for lease on resource \"{resource}\" due to lock timeout")
             }
         }
     }
@@ -72,6 +78,9 @@ impl LeaseError {
             LeaseError::NotHeld { .. } => Some(
                 "The lease has expired, was released, or was taken over by another holder; stop the protected work.",
             ),
+            LeaseError::NeedsPreload(_) => {
+                Some("Add lease to shared_preload_libraries in postgresql.conf and restart the server.")
+            }
             _ => None,
         }
     }

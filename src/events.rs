@@ -2,7 +2,8 @@
 //!
 //! A call that changes a lease records an [`Event`] in this backend's list for the current
 //! (sub)transaction. A subtransaction that aborts takes its events with it; a transaction that
-//! aborts announces nothing. At commit the events go:
+//! aborts announces nothing ([`crate::transaction`] calls the hooks below). At commit the
+//! waiters of every freed resource are woken, and the events go:
 //! - into the shared event ring ([`crate::shared`]) when the library is preloaded and the
 //!   expiry worker serves this database: the worker publishes them in batches, so callers'
 //!   commits never queue behind NOTIFY's database-wide commit lock;
@@ -18,7 +19,6 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 use crate::settings;
@@ -57,86 +57,110 @@ pub struct Event {
     pub at: Timestamp,
 }
 
-thread_local! {
-    /// This transaction's events, each with the nesting level of the subtransaction that made it.
-    static PENDING: RefCell<Vec<(i32, Event)>> = const { RefCell::new(Vec::new()) };
+/// An event of the current transaction: the level of the subtransaction that made it, and
+/// whether it is to be announced. Every event is kept, announced or not: at commit the ones
+/// that free a resource wake its waiters, and new expiries may wake the expiry worker.
+struct Pending {
+    level: i32,
+    announce: bool,
+    event: Event,
 }
 
-/// Records an event of the current transaction, unless announcing is off.
-pub fn record(event: Event) {
-    if !settings::notify_enabled() || (event.kind == Kind::Renewed && !settings::notify_renewals()) {
-        return;
+thread_local! {
+    /// This transaction's events.
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Kind {
+    /// Whether the event leaves the resource free (its waiters must be woken).
+    fn frees(self) -> bool {
+        matches!(self, Kind::Released | Kind::Expired | Kind::Revoked)
     }
+}
+
+/// Records an event of the current transaction.
+pub fn record(event: Event) {
+    let announce = settings::notify_enabled() && (event.kind != Kind::Renewed || settings::notify_renewals());
     // SAFETY: reads the current transaction's nesting level.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    PENDING.with(|pending| pending.borrow_mut().push((level, event)));
+    PENDING.with(|pending| pending.borrow_mut().push(Pending { level, announce, event }));
 }
 
-/// Registers the transaction callbacks; called from `_PG_init` in every backend.
-pub fn register_callbacks() {
-    // SAFETY: registering static callbacks with no argument.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
-    }
+/// Whether this transaction has recorded events.
+pub fn any_pending() -> bool {
+    PENDING.with(|pending| !pending.borrow().is_empty())
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_transaction_event(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    if PENDING.with(|pending| pending.borrow().is_empty()) {
+/// Before commit: where the ring does not serve this database, announce with NOTIFY now (in
+/// the committing transaction), and mark those events as announced.
+pub fn before_commit() {
+    if !any_pending() || ring_serves_this_database() {
         return;
     }
-    match event {
-        XACT_EVENT_PRE_PREPARE => {
-            ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "cannot PREPARE a transaction that changed leases",
-                "lease",
-            )
-            .set_hint("Acquire, renew and release leases in ordinary transactions.")
-            .report(PgLogLevel::ERROR);
-        }
-        XACT_EVENT_PRE_COMMIT if !ring_serves_this_database() => {
-            for event in take_pending() {
-                notify_now(&payload(&event, None));
-            }
-        }
-        XACT_EVENT_COMMIT => publish_to_ring(take_pending()),
-        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => drop(take_pending()),
-        _ => {}
+    let to_send: Vec<Event> = PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        pending
+            .iter_mut()
+            .filter(|p| p.announce)
+            .map(|p| {
+                p.announce = false;
+                p.event.clone()
+            })
+            .collect()
+    });
+    for event in &to_send {
+        notify_now(&payload(event, None));
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subtransaction_event(
-    event: pg_sys::SubXactEvent::Type,
-    _my_subid: pg_sys::SubTransactionId,
-    _parent_subid: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::SubXactEvent::*;
-    // SAFETY: reads the level of the subtransaction that is ending.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+/// At commit: wake the waiters of freed resources, wake the worker for an earlier expiry, and
+/// hand the events to announce to the ring.
+pub fn at_commit() {
+    let pending = take_pending();
+    if pending.is_empty() {
+        return;
+    }
+    let freed: Vec<u64> = pending
+        .iter()
+        .filter(|p| p.event.kind.frees())
+        .map(|p| crate::barrier::resource_key(&p.event.resource))
+        .collect();
+    crate::waiting::wake_heads(&freed);
+    let Some(shared) = shared::get() else { return };
+    let earliest_expiry = pending
+        .iter()
+        .filter(|p| matches!(p.event.kind, Kind::Acquired | Kind::Renewed))
+        .filter_map(|p| p.event.expires_at)
+        .min();
+    let sweep_earlier = earliest_expiry.is_some_and(|at| at < shared.next_wakeup.load(Ordering::Acquire));
+    let announced: Vec<Event> = pending.into_iter().filter(|p| p.announce).map(|p| p.event).collect();
+    let first_request = !announced.is_empty() && push_to_ring(shared, &announced);
+    if first_request || sweep_earlier {
+        shared.wake_worker();
+    }
+}
+
+/// At abort: nothing happened.
+pub fn at_abort() {
+    drop(take_pending());
+}
+
+/// At subtransaction abort: its events never happened.
+pub fn at_subtransaction_abort(level: i32) {
+    PENDING.with(|pending| pending.borrow_mut().retain(|p| p.level < level));
+}
+
+/// At subtransaction commit: its events belong to the parent now.
+pub fn at_subtransaction_commit(level: i32) {
     PENDING.with(|pending| {
-        let mut pending = pending.borrow_mut();
-        match event {
-            SUBXACT_EVENT_ABORT_SUB => pending.retain(|(made_at, _)| *made_at < level),
-            SUBXACT_EVENT_COMMIT_SUB => {
-                for (made_at, _) in pending.iter_mut().filter(|(made_at, _)| *made_at >= level) {
-                    *made_at = level - 1;
-                }
-            }
-            _ => {}
+        for p in pending.borrow_mut().iter_mut().filter(|p| p.level >= level) {
+            p.level = level - 1;
         }
     });
 }
 
-fn take_pending() -> Vec<Event> {
-    PENDING.with(|pending| pending.borrow_mut().drain(..).map(|(_, event)| event).collect())
+fn take_pending() -> Vec<Pending> {
+    PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()))
 }
 
 /// Whether committed events of this backend go through the shared ring.
@@ -146,31 +170,17 @@ fn ring_serves_this_database() -> bool {
     shared::get().is_some_and(|shared| shared.worker_database.load(Ordering::Acquire) == database)
 }
 
-/// At commit: appends the events to the ring and wakes the worker to publish them (and to
-/// move its next sweep earlier if one of them expires before it).
-fn publish_to_ring(events: Vec<Event>) {
-    let Some(shared) = shared::get() else { return };
-    if events.is_empty() {
-        return;
-    }
+/// Appends the events to the ring; true if the worker had not been asked to publish yet.
+fn push_to_ring(shared: &shared::Shared, events: &[Event]) -> bool {
     // SAFETY: MyDatabaseId is fixed for the life of the backend.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     {
         let mut ring = shared.lock_ring();
-        for event in &events {
+        for event in events {
             ring.push(|slot| fill_slot(slot, event, database));
         }
     }
-    let earliest_expiry = events
-        .iter()
-        .filter(|event| matches!(event.kind, Kind::Acquired | Kind::Renewed))
-        .filter_map(|event| event.expires_at)
-        .min();
-    let sweep_earlier = earliest_expiry.is_some_and(|at| at < shared.next_wakeup.load(Ordering::Acquire));
-    let first_request = !shared.publish_requested.swap(true, Ordering::AcqRel);
-    if first_request || sweep_earlier {
-        shared.wake_worker();
-    }
+    !shared.publish_requested.swap(true, Ordering::AcqRel)
 }
 
 fn fill_slot(slot: &mut EventSlot, event: &Event, database: u32) {

@@ -6,6 +6,7 @@
 
 use crate::barrier;
 use crate::events::{self, Event, Kind, Reason};
+use crate::session;
 use crate::store::{clock_now, Store, Timestamp};
 
 /// What one sweep did.
@@ -37,6 +38,30 @@ pub fn sweep(limit: i64) -> Sweep {
         let now = clock_now();
         if let Some((holder, expires_at)) = store.delete_expired(&resource, token, now) {
             events::record(expired_event(resource, holder, token, expires_at, now));
+            outcome.removed += 1;
+        }
+    }
+    outcome
+}
+
+/// Expires every session-bound lease whose holder's session has ended (its session lock is
+/// free), announcing each as `expired` with reason `session_ended`.
+pub fn sweep_ended_sessions() -> Sweep {
+    let store = Store::open();
+    let mut outcome = Sweep::default();
+    for (resource, token) in store.session_bound() {
+        if !session::holder_is_gone(token) {
+            continue;
+        }
+        outcome.found += 1;
+        if !barrier::try_lock_for_change(&resource) {
+            outcome.busy += 1;
+            continue;
+        }
+        if let Some((holder, expires_at)) = store.delete_grant(&resource, token) {
+            let mut event = expired_event(resource, holder, token, expires_at, clock_now());
+            event.reason = Reason::SessionEnded;
+            events::record(event);
             outcome.removed += 1;
         }
     }

@@ -7,7 +7,10 @@
 //! - [`barrier`]: the per-resource locks that make `lease_check` a fence;
 //! - [`expiry`]: removing expired leases (the sweep);
 //! - [`events`]: recording lease events and announcing them after commit;
-//! - [`shared`]: shared memory (the event ring, the worker's wake-up time);
+//! - [`shared`]: shared memory (the event ring, the waiter table, the worker's wake-up time);
+//! - [`waiting`]: waiting for a lease in first-come-first-served order;
+//! - [`session`]: session-bound leases and the session locks behind them;
+//! - [`transaction`]: what commit and abort do to a transaction's lease work;
 //! - [`worker`]: the expiry worker that sweeps and publishes events;
 //! - [`settings`]: the `lease.*` settings;
 //! - [`errors`]: the error enum and its SQLSTATEs.
@@ -19,9 +22,12 @@ mod barrier;
 mod errors;
 mod events;
 mod expiry;
+mod session;
 mod settings;
 mod shared;
 mod store;
+mod transaction;
+mod waiting;
 mod worker;
 
 pgrx::pg_module_magic!();
@@ -32,7 +38,7 @@ pgrx::extension_sql_file!("../sql/api.sql", name = "api", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
-    events::register_callbacks();
+    transaction::register_callbacks();
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         shared::request();

@@ -10,6 +10,10 @@
 //! - `next_wakeup` is when the worker plans to wake next; a backend that commits an earlier
 //!   expiry sets the worker's latch. While the worker is awake it is `i64::MAX`, so no change
 //!   made during a sweep can be missed.
+//! - The *waiter table* has one slot per backend (indexed by `pgprocno`): the resource key a
+//!   backend waits for and its ticket. Tickets are handed out in order, so the waiter of a
+//!   resource with the smallest ticket is its queue's head ([`crate::waiting`]).
+//! - `sessions_ended` tells the worker that a backend holding session-bound leases exited.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -63,8 +67,26 @@ pub struct Shared {
     pub publish_requested: AtomicBool,
     /// Events published since server start.
     pub published: AtomicU64,
+    /// Set when a backend that held session-bound leases exits; the worker clears it.
+    pub sessions_ended: AtomicBool,
+    /// Number of active waiter slots: lets acquires skip the table when nobody waits.
+    pub waiting: AtomicU32,
+    waiters_lock: *mut pg_sys::LWLock,
+    next_ticket: std::cell::UnsafeCell<u64>,
+    waiters: *mut WaiterSlot,
+    waiter_slots: usize,
     ring: std::cell::UnsafeCell<RingState>,
     slots: std::cell::UnsafeCell<[EventSlot; RING_CAPACITY]>,
+}
+
+/// One backend's wait: guarded by the waiter lock.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WaiterSlot {
+    pub active: bool,
+    pub key: u64,
+    pub ticket: u64,
+    pub latch: *mut pg_sys::Latch,
 }
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
@@ -93,8 +115,8 @@ unsafe extern "C-unwind" fn on_shmem_request() {
         if let Some(previous) = PREVIOUS_SHMEM_REQUEST_HOOK {
             previous();
         }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
-        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1);
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>() + waiter_bytes());
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 2);
     }
 }
 
@@ -110,17 +132,31 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let shared = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found)
-            .cast::<Shared>();
+        let size = std::mem::size_of::<Shared>() + waiter_bytes();
+        let shared = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), size, &mut found).cast::<Shared>();
         if !found {
-            std::ptr::write_bytes(shared, 0, 1);
-            (*shared).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr())).lock;
+            std::ptr::write_bytes(shared.cast::<u8>(), 0, size);
+            let locks = pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr());
+            (*shared).lock = &raw mut (*locks).lock;
+            (*shared).waiters_lock = &raw mut (*locks.add(1)).lock;
+            (*shared).waiters = shared.add(1).cast::<WaiterSlot>();
+            (*shared).waiter_slots = waiter_count();
             (*(*shared).ring.get()).next_seq = 1;
             (*shared).next_wakeup.store(i64::MAX, Ordering::Relaxed);
         }
         SHARED.store(shared, Ordering::Release);
         pg_sys::LWLockRelease(init_lock);
     }
+}
+
+/// One waiter slot per process that can call SQL functions.
+fn waiter_count() -> usize {
+    // SAFETY: MaxBackends is final by the time shared memory is sized.
+    unsafe { pg_sys::MaxBackends as usize }
+}
+
+fn waiter_bytes() -> usize {
+    waiter_count() * std::mem::size_of::<WaiterSlot>()
 }
 
 /// The shared state, if the library was preloaded.
@@ -153,6 +189,13 @@ impl Shared {
             // latch of a process that has exited is harmless.
             unsafe { pg_sys::SetLatch(latch) };
         }
+    }
+
+    /// Exclusive access to the waiter table.
+    pub fn lock_waiters(&self) -> WaitersGuard<'_> {
+        // SAFETY: `waiters_lock` was set at initialisation.
+        unsafe { pg_sys::LWLockAcquire(self.waiters_lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        WaitersGuard { shared: self }
     }
 
     /// Reads the ring's counters (under its lock).
@@ -208,6 +251,38 @@ impl Drop for RingGuard<'_> {
         // LWLocks itself (LWLockReleaseAll) and the lock must not be released twice.
         if !std::thread::panicking() {
             unsafe { pg_sys::LWLockRelease(self.shared.lock) };
+        }
+    }
+}
+
+/// Exclusive access to the waiter table; released when dropped.
+pub struct WaitersGuard<'a> {
+    shared: &'a Shared,
+}
+
+impl WaitersGuard<'_> {
+    /// All slots, indexed by `pgprocno`.
+    pub fn slots(&mut self) -> &mut [WaiterSlot] {
+        // SAFETY: the slots follow the struct in shared memory; the guard holds their lock.
+        unsafe { std::slice::from_raw_parts_mut(self.shared.waiters, self.shared.waiter_slots) }
+    }
+
+    /// The next ticket (tickets only grow).
+    pub fn take_ticket(&mut self) -> u64 {
+        // SAFETY: guarded by the waiter lock.
+        unsafe {
+            let next = &mut *self.shared.next_ticket.get();
+            *next += 1;
+            *next
+        }
+    }
+}
+
+impl Drop for WaitersGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as for RingGuard.
+        if !std::thread::panicking() {
+            unsafe { pg_sys::LWLockRelease(self.shared.waiters_lock) };
         }
     }
 }

@@ -32,6 +32,15 @@ pub struct LeaseRow {
     pub token: i64,
     pub owner: Oid,
     pub expires_at: Timestamp,
+    /// Bound to its holder's session (see [`crate::session`]).
+    pub session_bound: bool,
+}
+
+/// The session a session-bound lease is bound to, as shown to administrators.
+#[derive(Clone, Copy)]
+pub struct Binding<'a> {
+    pub pid: i32,
+    pub application_name: &'a str,
 }
 
 /// Who held a lease that a call just changed or ended.
@@ -52,6 +61,9 @@ enum Statement {
     ExpiredCandidates,
     DeleteExpired,
     NextExpiry,
+    SessionBound,
+    DeleteGrant,
+    SessionTokensAlive,
 }
 
 const TEXT: Oid = pg_sys::TEXTOID;
@@ -60,22 +72,27 @@ const ROLE: Oid = pg_sys::REGROLEOID;
 const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
 
 /// SQL text and parameter types of each [`Statement`].
-const PLAN_SOURCES: [(&CStr, &[Oid]); 9] = [
+const INT4: Oid = pg_sys::INT4OID;
+const INT8_ARRAY: Oid = pg_sys::INT8ARRAYOID;
+
+const PLAN_SOURCES: [(&CStr, &[Oid]); 12] = [
     (
-        c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at)
-          VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (resource) DO NOTHING",
-        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ],
+        c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at,
+                                   session_pid, application_name)
+          VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8) ON CONFLICT (resource) DO NOTHING",
+        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ, INT4, TEXT],
     ),
     (
-        c"SELECT holder, token, owner, expires_at FROM lease.leases
+        c"SELECT holder, token, owner, expires_at, session_pid IS NOT NULL FROM lease.leases
           WHERE resource OPERATOR(pg_catalog.=) $1",
         &[TEXT],
     ),
     (
         c"UPDATE lease.leases
-          SET holder = $3, token = $4, owner = $5, acquired_at = $6, renewed_at = $6, expires_at = $7
+          SET holder = $3, token = $4, owner = $5, acquired_at = $6, renewed_at = $6, expires_at = $7,
+              session_pid = $8, application_name = $9
           WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2",
-        &[TEXT, INT8, TEXT, INT8, ROLE, TSTZ, TSTZ],
+        &[TEXT, INT8, TEXT, INT8, ROLE, TSTZ, TSTZ, INT4, TEXT],
     ),
     (
         c"UPDATE lease.leases SET renewed_at = $3, expires_at = $4
@@ -110,11 +127,23 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 9] = [
         &[TEXT, INT8, TSTZ],
     ),
     (c"SELECT pg_catalog.min(expires_at) FROM lease.leases", &[]),
+    (c"SELECT resource, token FROM lease.leases WHERE session_pid IS NOT NULL", &[]),
+    (
+        c"DELETE FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+          RETURNING holder, expires_at",
+        &[TEXT, INT8],
+    ),
+    (
+        c"SELECT token FROM lease.leases
+          WHERE token OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL",
+        &[INT8_ARRAY],
+    ),
 ];
 
 thread_local! {
     /// This backend's kept plans, prepared on first use.
-    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 9]>> = const { Cell::new(None) };
+    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 12]>> = const { Cell::new(None) };
     /// The lease table's and the token sequence's OIDs and the table's owner, looked up on
     /// first use and forgotten whenever the relation cache says either may have changed.
     static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
@@ -231,6 +260,7 @@ impl Store {
     }
 
     /// Inserts a new lease; false when the resource already has a row.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         resource: &str,
@@ -239,6 +269,7 @@ impl Store {
         owner: Oid,
         now: Timestamp,
         expires_at: Timestamp,
+        binding: Option<Binding>,
     ) -> bool {
         let args = [
             resource.into_datum(),
@@ -247,6 +278,8 @@ impl Store {
             owner.into_datum(),
             now.into_datum(),
             expires_at.into_datum(),
+            binding.map(|b| b.pid).into_datum(),
+            binding.map(|b| b.application_name).into_datum(),
         ];
         self.execute(Statement::Insert, &args, false, 1) == 1
     }
@@ -263,6 +296,7 @@ impl Store {
                 token: column::<i64>(0, 2),
                 owner: column::<Oid>(0, 3),
                 expires_at: column::<i64>(0, 4),
+                session_bound: column::<bool>(0, 5),
             })
         }
     }
@@ -278,6 +312,7 @@ impl Store {
         owner: Oid,
         now: Timestamp,
         expires_at: Timestamp,
+        binding: Option<Binding>,
     ) -> bool {
         let args = [
             resource.into_datum(),
@@ -287,6 +322,8 @@ impl Store {
             owner.into_datum(),
             now.into_datum(),
             expires_at.into_datum(),
+            binding.map(|b| b.pid).into_datum(),
+            binding.map(|b| b.application_name).into_datum(),
         ];
         self.execute(Statement::TakeOver, &args, false, 1) == 1
     }
@@ -343,6 +380,28 @@ impl Store {
         unsafe { nullable_column::<i64>(0, 1) }
     }
 
+    /// Every session-bound lease, as (resource, token).
+    pub fn session_bound(&self) -> Vec<(String, i64)> {
+        let count = self.execute(Statement::SessionBound, &[], false, 0);
+        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
+        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+    }
+
+    /// Deletes the lease with `token`, whatever its expiry; returns its holder and expiry.
+    pub fn delete_grant(&self, resource: &str, token: i64) -> Option<(String, Timestamp)> {
+        let args = [resource.into_datum(), token.into_datum()];
+        // SAFETY: the statement returns one row of (text, timestamptz), none NULL.
+        (self.execute(Statement::DeleteGrant, &args, false, 1) == 1)
+            .then(|| unsafe { (column::<String>(0, 1), column::<i64>(0, 2)) })
+    }
+
+    /// Which of `tokens` still name a session-bound lease.
+    pub fn session_tokens_alive(&self, tokens: &[i64]) -> Vec<i64> {
+        let count = self.execute(Statement::SessionTokensAlive, &[tokens.to_vec().into_datum()], false, 0);
+        // SAFETY: the statement returned `count` rows of one int8 column, never NULL.
+        (0..count as usize).map(|row| unsafe { column::<i64>(row, 1) }).collect()
+    }
+
     fn returned_holder(&self, statement: Statement, args: &[Option<Datum>]) -> Option<Holder> {
         // SAFETY: both statements return one row of (regrole, text), never NULL.
         (self.execute(statement, args, false, 1) == 1)
@@ -353,9 +412,9 @@ impl Store {
     /// returns the number of rows processed.
     fn execute(&self, statement: Statement, args: &[Option<Datum>], latest: bool, limit: i64) -> u64 {
         let plan = plan(statement);
-        let mut values: Vec<Datum> =
-            args.iter().map(|a| a.expect("lease store arguments are never NULL")).collect();
-        let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+        let mut values: Vec<Datum> = args.iter().map(|a| a.unwrap_or(Datum::from(0))).collect();
+        let nulls: Vec<std::ffi::c_char> =
+            args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
         // SAFETY: the plan was prepared with exactly these argument types and counts; values and
         // nulls outlive the call. SPI errors are raised through the guarded FFI boundary.
         unsafe {

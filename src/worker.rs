@@ -55,6 +55,8 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
         shared.worker_database.store(pg_sys::MyDatabaseId.to_u32(), Ordering::Release);
     }
     log!("lease expirer started for database \"{}\"", settings::database());
+    // Sessions may have ended while no worker ran (a crash restarts every backend).
+    shared.sessions_ended.store(true, Ordering::Release);
 
     loop {
         if BackgroundWorker::sighup_received() {
@@ -65,7 +67,11 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
         shared.next_wakeup.store(i64::MAX, Ordering::Release);
         shared.publish_requested.store(false, Ordering::Release);
         publish(shared);
-        let sleep_ms = sweep_all();
+        let mut sleep_ms = sweep_all();
+        if shared.sessions_ended.swap(false, Ordering::AcqRel) && sweep_ended_sessions() > 0 {
+            shared.sessions_ended.store(true, Ordering::Release); // some were busy: look again soon
+            sleep_ms = sleep_ms.min(BUSY_RETRY_MS);
+        }
         publish(shared);
         shared.next_wakeup.store(clock_now() + sleep_ms * 1_000, Ordering::Release);
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(sleep_ms as u64))) {
@@ -105,6 +111,19 @@ fn sweep_all() -> i64 {
             Some(at) => ((at - clock_now() + 999) / 1_000).clamp(0, naptime),
         };
     }
+}
+
+/// Expires the leases of sessions that ended; returns how many were busy (left for later).
+fn sweep_ended_sessions() -> i64 {
+    BackgroundWorker::transaction(|| {
+        // SAFETY: a catalog lookup inside a transaction.
+        let installed = unsafe { pg_sys::get_extension_oid(c"lease".as_ptr(), true) } != pg_sys::InvalidOid;
+        if installed {
+            expiry::sweep_ended_sessions().busy
+        } else {
+            0
+        }
+    })
 }
 
 /// Sends the events waiting in the ring with NOTIFY, in transactions of up to

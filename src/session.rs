@@ -1,0 +1,162 @@
+//! Session-bound leases: leases that end when the holder's database session ends.
+//!
+//! The holder's backend takes a session-level advisory lock keyed by the lease's token (in a
+//! lock space of its own, `pg_locks.objsubid` = [`SESSION_LOCK_SPACE`]) and keeps it for the
+//! life of the lease. PostgreSQL releases it when the session ends in any way, so "the lock is
+//! free" means "the holder is gone", and a reused pid cannot fool the check. Tokens are unique,
+//! so no two leases ever share such a lock.
+//!
+//! When a backend that holds session locks exits, it tells the expiry worker, which expires its
+//! leases (reason `session_ended`); an acquire that finds such a lease takes it over at once.
+//! A lock taken by a transaction that aborts is released again; a lease released by its holder
+//! drops the lock at commit; locks of leases that ended otherwise are dropped the next time the
+//! holder binds a lease.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+use pgrx::pg_sys;
+
+use crate::shared;
+use crate::store::Store;
+
+/// `locktag_field4` of session locks.
+pub const SESSION_LOCK_SPACE: u16 = 0x4C53;
+
+/// Above this many held session locks, binding first drops those of leases that ended.
+const TIDY_THRESHOLD: usize = 64;
+
+thread_local! {
+    /// Tokens whose session lock this backend holds for a committed lease.
+    static HELD: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// Session locks taken in the current transaction, with the subtransaction level.
+    static TAKEN: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
+    /// Held session locks to drop when the current transaction commits.
+    static DROP_AT_COMMIT: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+}
+
+fn tag(token: i64) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once at backend start.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (token as u64 >> 32) as u32,
+        locktag_field3: token as u32,
+        locktag_field4: SESSION_LOCK_SPACE,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// Binds the lease with `token` to this session (at grant time, inside the granting
+/// transaction; undone if it aborts).
+pub fn bind(store: &Store, token: i64) {
+    tidy(store);
+    let tag = tag(token);
+    // SAFETY: a session-level lock on a key no one else uses; it cannot block.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
+    // SAFETY: reads the current nesting level.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    TAKEN.with(|taken| taken.borrow_mut().push((level, token)));
+    register_exit_callback();
+}
+
+/// The lease with `token` is being released: drop its session lock at commit, if it is ours.
+pub fn unbind_at_commit(token: i64) {
+    if HELD.with(|held| held.borrow().contains(&token)) {
+        DROP_AT_COMMIT.with(|drop| drop.borrow_mut().push(token));
+    }
+}
+
+/// Whether the session that holds the session-bound lease with `token` has ended. Takes the
+/// lock, if free, until the end of the current transaction.
+pub fn holder_is_gone(token: i64) -> bool {
+    let ours = HELD.with(|held| held.borrow().contains(&token))
+        || TAKEN.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token));
+    if ours {
+        return false;
+    }
+    let tag = tag(token);
+    // SAFETY: a transaction-level try-lock; released at transaction end.
+    let result = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true) };
+    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// Drops held locks whose leases no longer exist, once there are many of them.
+fn tidy(store: &Store) {
+    let held = HELD.with(|held| held.borrow().clone());
+    if held.len() < TIDY_THRESHOLD {
+        return;
+    }
+    let alive = store.session_tokens_alive(&held);
+    for token in held.iter().filter(|token| !alive.contains(token)) {
+        release_session_lock(*token);
+    }
+    HELD.with(|h| h.borrow_mut().retain(|token| alive.contains(token)));
+}
+
+fn release_session_lock(token: i64) {
+    let tag = tag(token);
+    // SAFETY: releases a session lock this backend holds.
+    unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true) };
+}
+
+/// At commit: locks taken become held; released leases drop theirs.
+pub fn at_commit() {
+    let taken: Vec<i64> = TAKEN.with(|taken| taken.borrow_mut().drain(..).map(|(_, t)| t).collect());
+    let dropped: Vec<i64> = DROP_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).collect());
+    HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        held.extend(taken);
+        for token in dropped {
+            release_session_lock(token);
+            held.retain(|t| *t != token);
+        }
+    });
+}
+
+/// At abort: locks taken by the transaction are released.
+pub fn at_abort() {
+    for (_, token) in TAKEN.with(|taken| taken.borrow_mut().drain(..).collect::<Vec<_>>()) {
+        release_session_lock(token);
+    }
+    DROP_AT_COMMIT.with(|drop| drop.borrow_mut().clear());
+}
+
+/// At subtransaction abort: locks taken at `level` or deeper are released.
+pub fn at_subtransaction_abort(level: i32) {
+    let undone: Vec<i64> = TAKEN.with(|taken| {
+        let mut taken = taken.borrow_mut();
+        let undone = taken.iter().filter(|(at, _)| *at >= level).map(|(_, t)| *t).collect();
+        taken.retain(|(at, _)| *at < level);
+        undone
+    });
+    for token in undone {
+        release_session_lock(token);
+    }
+}
+
+/// At subtransaction commit: its locks belong to the parent now.
+pub fn at_subtransaction_commit(level: i32) {
+    TAKEN.with(|taken| {
+        for (at, _) in taken.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
+            *at = level - 1;
+        }
+    });
+}
+
+fn register_exit_callback() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a static callback once per backend.
+    REGISTERED.call_once(|| unsafe { pg_sys::on_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) });
+}
+
+/// Runs after the session's locks were released (after `before_shmem_exit` callbacks):
+/// tells the worker to expire this session's leases.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, _argument: pg_sys::Datum) {
+    let held = HELD.with(|held| !held.borrow().is_empty());
+    if let (true, Some(shared)) = (held, shared::get()) {
+        shared.sessions_ended.store(true, Ordering::Release);
+        shared.wake_worker();
+    }
+}

@@ -1,0 +1,72 @@
+//! Transaction callbacks: what happens to a transaction's lease work when it commits, aborts,
+//! or a subtransaction ends. Events ([`crate::events`]), session locks ([`crate::session`]) and
+//! waiter slots ([`crate::waiting`]) each keep their part; this module only dispatches.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use crate::{events, session, waiting};
+
+/// Registers the callbacks; called from `_PG_init` in every backend that loads the library.
+pub fn register_callbacks() {
+    // SAFETY: registering static callbacks with no argument.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_PREPARE if events::any_pending() => {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that changed leases",
+                "lease",
+            )
+            .set_hint("Acquire, renew and release leases in ordinary transactions.")
+            .report(PgLogLevel::ERROR);
+        }
+        XACT_EVENT_PRE_COMMIT => events::before_commit(),
+        XACT_EVENT_COMMIT => {
+            session::at_commit();
+            events::at_commit();
+        }
+        XACT_EVENT_ABORT => {
+            waiting::leave_queue();
+            session::at_abort();
+            events::at_abort();
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    // SAFETY: reads the level of the subtransaction that is ending.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            waiting::leave_queue();
+            session::at_subtransaction_abort(level);
+            events::at_subtransaction_abort(level);
+        }
+        SUBXACT_EVENT_COMMIT_SUB => {
+            session::at_subtransaction_commit(level);
+            events::at_subtransaction_commit(level);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,137 @@
+//! Waiting for a lease, first come first served.
+//!
+//! A call with `wait` > 0 takes a ticket and a slot in the shared waiter table
+//! ([`crate::shared`]). Only the head of a resource's queue (its waiter with the smallest
+//! ticket) tries to acquire; the others sleep on their latch. The head tries in a
+//! subtransaction that is rolled back when the lease is still held, so that while it sleeps it
+//! holds no lock on the lease table and no barrier lock. It sleeps until the lease's expiry or
+//! its own deadline, whichever is first, unless woken earlier: a commit that frees the resource
+//! (release, expiry, revocation, session end) sets the head's latch, and a head that leaves the
+//! queue (granted, timed out, cancelled, or its session ended) wakes the next one.
+//!
+//! The rule for calls that do not wait: a grant goes to the queue's head while anyone is
+//! queued, so an acquire without `wait` returns NULL for a free or expired lease that others
+//! are waiting for. (Re-acquiring a lease one already holds is not a grant and is unaffected.)
+
+use std::sync::atomic::Ordering;
+
+use pgrx::pg_sys;
+
+use crate::shared::{self, Shared};
+
+/// This backend's slot in the waiter table.
+fn my_slot() -> usize {
+    // SAFETY: MyProc is set for every backend that can run SQL.
+    unsafe { (*pg_sys::MyProc).pgprocno as usize }
+}
+
+/// A place in a resource's queue; leaving the queue (drop) wakes the next waiter.
+pub struct Ticket {
+    shared: &'static Shared,
+    key: u64,
+    ticket: u64,
+}
+
+/// Joins the queue of the resource with lock key `key`. None without shared memory.
+pub fn enqueue(key: u64) -> Option<Ticket> {
+    let shared = shared::get()?;
+    let mut waiters = shared.lock_waiters();
+    let ticket = waiters.take_ticket();
+    let slot = &mut waiters.slots()[my_slot()];
+    // SAFETY: MyLatch is this process's latch, valid for the life of the process.
+    *slot = shared::WaiterSlot { active: true, key, ticket, latch: unsafe { pg_sys::MyLatch } };
+    shared.waiting.fetch_add(1, Ordering::AcqRel);
+    Some(Ticket { shared, key, ticket })
+}
+
+impl Ticket {
+    /// Whether this waiter is the head of its queue.
+    pub fn is_head(&self) -> bool {
+        let mut waiters = self.shared.lock_waiters();
+        !waiters.slots().iter().any(|slot| slot.active && slot.key == self.key && slot.ticket < self.ticket)
+    }
+
+    pub fn number(&self) -> u64 {
+        self.ticket
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // While unwinding from an error the transaction's abort callback leaves the queue.
+        if !std::thread::panicking() {
+            leave(self.shared);
+        }
+    }
+}
+
+/// Removes this backend from any queue and wakes the next waiter there. Idempotent; called
+/// when a wait ends, on (sub)transaction abort and when the backend exits.
+pub fn leave_queue() {
+    if let Some(shared) = shared::get() {
+        leave(shared);
+    }
+}
+
+fn leave(shared: &Shared) {
+    let mut waiters = shared.lock_waiters();
+    let slot = &mut waiters.slots()[my_slot()];
+    if !slot.active {
+        return;
+    }
+    slot.active = false;
+    let key = slot.key;
+    shared.waiting.fetch_sub(1, Ordering::AcqRel);
+    wake_head_locked(waiters.slots(), key);
+}
+
+/// Whether a grant of the resource with lock key `key` must be left to a queued waiter:
+/// true when someone waits for it and `ticket` (the caller's, if it waits) is not the head.
+pub fn must_yield(key: u64, ticket: Option<u64>) -> bool {
+    let Some(shared) = shared::get() else { return false };
+    if shared.waiting.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let mut waiters = shared.lock_waiters();
+    waiters
+        .slots()
+        .iter()
+        .any(|slot| slot.active && slot.key == key && ticket.is_none_or(|mine| slot.ticket < mine))
+}
+
+/// Wakes the head of the queue for each of these keys (resources that were just freed).
+pub fn wake_heads(keys: &[u64]) {
+    let Some(shared) = shared::get() else { return };
+    if keys.is_empty() || shared.waiting.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut waiters = shared.lock_waiters();
+    for key in keys {
+        wake_head_locked(waiters.slots(), *key);
+    }
+}
+
+fn wake_head_locked(slots: &[shared::WaiterSlot], key: u64) {
+    let head = slots.iter().filter(|slot| slot.active && slot.key == key).min_by_key(|slot| slot.ticket);
+    if let Some(head) = head {
+        // SAFETY: the latch belongs to a live backend (its slot is active; a backend leaves
+        // the table before it exits).
+        unsafe { pg_sys::SetLatch(head.latch) };
+    }
+}
+
+/// Sleeps until the latch is set or `timeout_ms` passes; raises the error of a pending
+/// cancel, statement timeout or termination.
+pub fn sleep(timeout_ms: i64) {
+    // SAFETY: the standard latch wait of a backend; interrupts are serviced right after.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout_ms.max(0) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        pg_sys::check_for_interrupts!();
+    }
+}

@@ -39,7 +39,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
             events::at_commit();
         }
         XACT_EVENT_ABORT => {
-            waiting::leave_queue();
+            waiting::leave_queue_on_abort(1);
             session::at_abort();
             events::at_abort();
         }
@@ -59,7 +59,7 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            waiting::leave_queue();
+            waiting::leave_queue_on_abort(level);
             session::at_subtransaction_abort(level);
             events::at_subtransaction_abort(level);
         }

@@ -13,11 +13,17 @@
 //! queued, so an acquire without `wait` returns NULL for a free or expired lease that others
 //! are waiting for. (Re-acquiring a lease one already holds is not a grant and is unaffected.)
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use pgrx::pg_sys;
 
 use crate::shared::{self, Shared};
+
+thread_local! {
+    /// The (sub)transaction level at which this backend's current wait started, if it waits.
+    static WAIT_LEVEL: Cell<Option<i32>> = const { Cell::new(None) };
+}
 
 /// This backend's slot in the waiter table.
 fn my_slot() -> usize {
@@ -41,6 +47,8 @@ pub fn enqueue(key: u64) -> Option<Ticket> {
     // SAFETY: MyLatch is this process's latch, valid for the life of the process.
     *slot = shared::WaiterSlot { active: true, key, ticket, latch: unsafe { pg_sys::MyLatch } };
     shared.waiting.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: reads the current nesting level.
+    WAIT_LEVEL.with(|level| level.set(Some(unsafe { pg_sys::GetCurrentTransactionNestLevel() })));
     Some(Ticket { shared, key, ticket })
 }
 
@@ -65,15 +73,18 @@ impl Drop for Ticket {
     }
 }
 
-/// Removes this backend from any queue and wakes the next waiter there. Idempotent; called
-/// when a wait ends, on (sub)transaction abort and when the backend exits.
-pub fn leave_queue() {
-    if let Some(shared) = shared::get() {
+/// Leaves the queue if the wait started at subtransaction level `level` or deeper: called on
+/// abort of the transaction (level 1) or of a subtransaction. The wait's own attempts run in
+/// deeper subtransactions, so rolling one back keeps the place in the queue.
+pub fn leave_queue_on_abort(level: i32) {
+    let waits_there = WAIT_LEVEL.with(|wait_level| wait_level.get().is_some_and(|started| started >= level));
+    if let (true, Some(shared)) = (waits_there, shared::get()) {
         leave(shared);
     }
 }
 
 fn leave(shared: &Shared) {
+    WAIT_LEVEL.with(|level| level.set(None));
     let mut waiters = shared.lock_waiters();
     let slot = &mut waiters.slots()[my_slot()];
     if !slot.active {

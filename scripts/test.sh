@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: set-up, then the three layers
 #   1. #[pg_test] unit tests inside a server (cargo pgrx test);
 #   2. the SQL contract: tests/regress/sql/*.sql against tests/regress/expected/*.out
-#      (pg_regress, as a client of a throwaway server run by an ordinary OS user);
+#      (pg_regress, as a client of a throwaway server run by an ordinary OS user), and the
+#      interleavings: tests/isolation/specs/*.spec (pg_isolation_regress, likewise);
 #   3. out-of-process tests with a real client over several connections (tests/client, pytest).
 # Ends with one line "summary: N passed, M failed"; exits non-zero if anything failed.
 source "$(dirname "$0")/common.sh"
@@ -55,6 +56,27 @@ regress_failed=$(grep -cE '^(not ok|test .*\.\.\. FAILED)' "$LOG_DIR/regress.log
 [ -f "$regress_out/regression.diffs" ] && cat "$regress_out/regression.diffs"
 if [ "$regress_status" != 0 ] && [ "$regress_failed" = 0 ]; then regress_failed=1; fi
 count $((regress_total - regress_failed)) "$regress_failed"
+
+say "layer 2b: interleavings (pg_isolation_regress)"
+iso_out=$LOG_DIR/isolation
+rm -rf "$iso_out"
+mkdir -p "$iso_out"
+specs=$(cd "$ROOT/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
+    -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS lease_isolation" -c 'CREATE DATABASE lease_isolation'
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d lease_isolation -c 'CREATE EXTENSION lease'
+set +e
+"$(dirname "$($PG_CONFIG --pgxs)")/../test/isolation/pg_isolation_regress" \
+    --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --bindir="$PG_BIN" \
+    --inputdir="$ROOT/tests/isolation" --outputdir="$iso_out" --dbname=lease_isolation \
+    $specs 2>&1 | tee "$LOG_DIR/isolation.log"
+iso_status=${PIPESTATUS[0]}
+set -e
+iso_total=$(echo "$specs" | wc -w)
+iso_failed=$(grep -cE '^(not ok|test .*\.\.\. FAILED)' "$LOG_DIR/isolation.log" || true)
+[ -f "$iso_out/regression.diffs" ] && cat "$iso_out/regression.diffs"
+if [ "$iso_status" != 0 ] && [ "$iso_failed" = 0 ]; then iso_failed=1; fi
+count $((iso_total - iso_failed)) "$iso_failed"
 
 say "layer 3: out-of-process tests (pytest)"
 set +e

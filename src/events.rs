@@ -72,9 +72,10 @@ thread_local! {
 }
 
 impl Kind {
-    /// Whether the event leaves the resource free (its waiters must be woken).
-    fn frees(self) -> bool {
-        matches!(self, Kind::Released | Kind::Expired | Kind::Revoked)
+    /// Whether a waiter for the resource must look again: it was freed, or its expiry (which
+    /// the head of the queue sleeps until) moved.
+    fn wakes_waiters(self) -> bool {
+        matches!(self, Kind::Released | Kind::Expired | Kind::Revoked | Kind::Renewed)
     }
 }
 
@@ -113,7 +114,7 @@ pub fn before_commit() {
     }
 }
 
-/// At commit: wake the waiters of freed resources, wake the worker for an earlier expiry, and
+/// At commit: wake the waiters of freed (or renewed) resources, wake the worker for an earlier expiry, and
 /// hand the events to announce to the ring.
 pub fn at_commit() {
     let pending = take_pending();
@@ -122,7 +123,7 @@ pub fn at_commit() {
     }
     let freed: Vec<u64> = pending
         .iter()
-        .filter(|p| p.event.kind.frees())
+        .filter(|p| p.event.kind.wakes_waiters())
         .map(|p| crate::barrier::resource_key(&p.event.resource))
         .collect();
     crate::waiting::wake_heads(&freed);

@@ -121,18 +121,23 @@ pub fn at_commit() {
     if pending.is_empty() {
         return;
     }
-    let freed: Vec<u64> = pending
-        .iter()
-        .filter(|p| p.event.kind.wakes_waiters())
-        .map(|p| crate::barrier::resource_key(&p.event.resource))
-        .collect();
-    crate::waiting::wake_heads(&freed);
     let Some(shared) = shared::get() else { return };
+    if shared.waiting.load(Ordering::Acquire) > 0 {
+        let keys: Vec<u64> = pending
+            .iter()
+            .filter(|p| p.event.kind.wakes_waiters())
+            .map(|p| crate::barrier::resource_key(&p.event.resource))
+            .collect();
+        crate::waiting::wake_heads(&keys);
+    }
     let earliest_expiry = pending
         .iter()
         .filter(|p| matches!(p.event.kind, Kind::Acquired | Kind::Renewed))
         .filter_map(|p| p.event.expires_at)
         .min();
+    if let Some(at) = earliest_expiry {
+        shared.earliest_expiry.fetch_min(at, Ordering::AcqRel);
+    }
     let sweep_earlier = earliest_expiry.is_some_and(|at| at < shared.next_wakeup.load(Ordering::Acquire));
     let announced: Vec<Event> = pending.into_iter().filter(|p| p.announce).map(|p| p.event).collect();
     let first_request = !announced.is_empty() && push_to_ring(shared, &announced);
@@ -181,7 +186,8 @@ fn push_to_ring(shared: &shared::Shared, events: &[Event]) -> bool {
             ring.push(|slot| fill_slot(slot, event, database));
         }
     }
-    !shared.publish_requested.swap(true, Ordering::AcqRel)
+    !shared.publish_requested.load(Ordering::Acquire)
+        && !shared.publish_requested.swap(true, Ordering::AcqRel)
 }
 
 fn fill_slot(slot: &mut EventSlot, event: &Event, database: u32) {

@@ -67,6 +67,8 @@ pub struct Shared {
     pub publish_requested: AtomicBool,
     /// Events published since server start.
     pub published: AtomicU64,
+    /// The earliest expiry committed since the worker last looked (`i64::MAX`: none).
+    pub earliest_expiry: AtomicI64,
     /// Set when a backend that held session-bound leases exits; the worker clears it.
     pub sessions_ended: AtomicBool,
     /// Number of active waiter slots: lets acquires skip the table when nobody waits.
@@ -143,6 +145,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
             (*shared).waiter_slots = waiter_count();
             (*(*shared).ring.get()).next_seq = 1;
             (*shared).next_wakeup.store(i64::MAX, Ordering::Relaxed);
+            (*shared).earliest_expiry.store(i64::MAX, Ordering::Relaxed);
         }
         SHARED.store(shared, Ordering::Release);
         pg_sys::LWLockRelease(init_lock);

@@ -27,8 +27,13 @@ use crate::store::clock_now;
 
 /// Events published per NOTIFY transaction.
 const PUBLISH_BATCH: usize = 1024;
+/// Events copied out of the ring per hold of its lock.
+const TAKE_CHUNK: usize = 32;
 /// How soon to look again at an expired lease whose resource was busy.
 const BUSY_RETRY_MS: i64 = 10;
+/// After publishing, events are gathered this long before the next NOTIFY transaction, so that
+/// a busy server pays for one transaction per millisecond rather than one per commit.
+const PUBLISH_INTERVAL_MS: i64 = 1;
 
 /// Registers the worker; called from `_PG_init` while preloading.
 pub fn register() {
@@ -58,6 +63,8 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
     // Sessions may have ended while no worker ran (a crash restarts every backend).
     shared.sessions_ended.store(true, Ordering::Release);
 
+    // When the next sweep is due (server clock): at once, then the earliest expiry known.
+    let mut sweep_at = i64::MIN;
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloading the configuration file is what SIGHUP asks for.
@@ -66,15 +73,25 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
         // Awake: every commit from now on sets the latch, so nothing is missed while we work.
         shared.next_wakeup.store(i64::MAX, Ordering::Release);
         shared.publish_requested.store(false, Ordering::Release);
-        publish(shared);
-        let mut sleep_ms = sweep_all();
+        sweep_at = sweep_at.min(shared.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
+        let mut published = publish(shared);
+        if clock_now() >= sweep_at {
+            sweep_at = sweep_all();
+        }
         if shared.sessions_ended.swap(false, Ordering::AcqRel) && sweep_ended_sessions() > 0 {
             shared.sessions_ended.store(true, Ordering::Release); // some were busy: look again soon
-            sleep_ms = sleep_ms.min(BUSY_RETRY_MS);
+            sweep_at = sweep_at.min(clock_now() + BUSY_RETRY_MS * 1_000);
         }
-        publish(shared);
-        shared.next_wakeup.store(clock_now() + sleep_ms * 1_000, Ordering::Release);
-        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(sleep_ms as u64))) {
+        published += publish(shared);
+        if published > 0 {
+            gather_events();
+        }
+        let now = clock_now();
+        let wake_at = sweep_at.min(now + settings::max_naptime_ms() * 1_000);
+        shared.next_wakeup.store(wake_at, Ordering::Release);
+        // Round up to whole milliseconds so that we never wake just before an expiry.
+        let sleep_ms = ((wake_at - now + 999) / 1_000).max(0) as u64;
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(sleep_ms))) {
             break;
         }
     }
@@ -85,9 +102,8 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// Sweeps until no expired lease is left (or only busy ones); returns how long to sleep.
+/// Sweeps until no expired lease is left (or only busy ones); returns when to sweep next.
 fn sweep_all() -> i64 {
-    let naptime = settings::max_naptime_ms();
     loop {
         let batch = settings::expire_batch();
         let (sweep, next_expiry) = BackgroundWorker::transaction(|| {
@@ -103,13 +119,9 @@ fn sweep_all() -> i64 {
             continue; // more may be waiting: next batch, in its own transaction
         }
         if sweep.busy > 0 {
-            return BUSY_RETRY_MS.min(naptime);
+            return clock_now() + BUSY_RETRY_MS * 1_000;
         }
-        return match next_expiry {
-            None => naptime,
-            // Round up to whole milliseconds so that we never wake just before the expiry.
-            Some(at) => ((at - clock_now() + 999) / 1_000).clamp(0, naptime),
-        };
+        return next_expiry.unwrap_or(i64::MAX);
     }
 }
 
@@ -126,16 +138,38 @@ fn sweep_ended_sessions() -> i64 {
     })
 }
 
+/// Waits [`PUBLISH_INTERVAL_MS`] whatever the latch says (but not past postmaster death).
+fn gather_events() {
+    // SAFETY: a plain timed wait on the process latch's wait machinery, without WL_LATCH_SET.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            PUBLISH_INTERVAL_MS as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+    }
+}
+
 /// Sends the events waiting in the ring with NOTIFY, in transactions of up to
-/// [`PUBLISH_BATCH`] events, in sequence order.
-fn publish(shared: &Shared) {
+/// [`PUBLISH_BATCH`] events, in sequence order; returns how many it sent.
+fn publish(shared: &Shared) -> usize {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    let mut sent = 0;
     loop {
         batch.clear();
-        shared.lock_ring().take(PUBLISH_BATCH, &mut batch);
-        if batch.is_empty() {
-            return;
+        // Copy in small chunks so that committing backends never wait long for the ring.
+        while batch.len() < PUBLISH_BATCH {
+            let before = batch.len();
+            shared.lock_ring().take(TAKE_CHUNK, &mut batch);
+            if batch.len() - before < TAKE_CHUNK {
+                break;
+            }
         }
+        if batch.is_empty() {
+            return sent;
+        }
+        sent += batch.len();
         let channel_ok = valid_channel(&settings::notify_channel());
         BackgroundWorker::transaction(|| {
             for slot in &batch {

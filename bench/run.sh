@@ -6,6 +6,8 @@
 #           (pgbench, prepared statements); a listener counts the events and checks for gaps.
 #   expiry: latency from expires_at to the expired notification, sweep cost, idle cost
 #           (bench/events/expiry.py).
+#   waiting: handover latency against a 50 ms polling client, session end to next holder,
+#           32 waiters handing one resource over 10,000 times (bench/waiting/handover.py).
 # Usage: bench/run.sh [seconds per pgbench run, default 5]. Writes bench/results/*.md.
 source "$(dirname "$0")/../scripts/common.sh"
 
@@ -111,3 +113,7 @@ cat "$OUT"
 say "expiry latency, sweep cost and idle cost"
 "$VENV/bin/python" "$ROOT/bench/events/expiry.py" "$PORT" 100000 10000 10 60 > "$ROOT/bench/results/expiry.md"
 cat "$ROOT/bench/results/expiry.md"
+
+say "handover latency, session end, FIFO under contention"
+"$VENV/bin/python" "$ROOT/bench/waiting/handover.py" "$PORT" 300 30 32 10000 > "$ROOT/bench/results/waiting.md"
+cat "$ROOT/bench/results/waiting.md"

@@ -29,6 +29,12 @@ RETURNS void VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_assert_wrapper';
 COMMENT ON FUNCTION lease_assert(text, bigint) IS
 'Fence: raises SQLSTATE 55000 unless token holds resource; otherwise as lease_check.';
 
+CREATE FUNCTION lease_force_release(resource text)
+RETURNS boolean VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_force_release_wrapper';
+REVOKE ALL ON FUNCTION lease_force_release(text) FROM PUBLIC;
+COMMENT ON FUNCTION lease_force_release(text) IS
+'Administrator''s release: ends the live lease on resource whatever its holder and announces revoked; true if there was one. Superusers and roles granted EXECUTE only.';
+
 CREATE FUNCTION lease_sweep(max_count integer DEFAULT NULL)
 RETURNS integer VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_sweep_wrapper';
 REVOKE ALL ON FUNCTION lease_sweep(integer) FROM PUBLIC;

@@ -31,6 +31,7 @@ COMMENT ON COLUMN lease.leases.expires_at IS 'Server time at which the lease end
 COMMENT ON COLUMN lease.leases.session_pid IS 'For a session-bound lease: pid of the holder''s backend (NULL otherwise). The lease also ends when that session ends.';
 COMMENT ON COLUMN lease.leases.application_name IS 'For a session-bound lease: application_name of the holder''s session.';
 
-CREATE SEQUENCE lease.token_seq AS bigint MINVALUE 1 NO CYCLE;
+-- Tokens are (timeline - 1) << 48 | nextval: the sequence stays below 2^48.
+CREATE SEQUENCE lease.token_seq AS bigint MINVALUE 1 MAXVALUE 281474976710655 NO CYCLE;
 REVOKE ALL ON SEQUENCE lease.token_seq FROM PUBLIC;
 COMMENT ON SEQUENCE lease.token_seq IS 'Source of fencing tokens. Never reset it: tokens must keep increasing.';

@@ -77,6 +77,30 @@ fn lease_assert(resource: Option<&str>, token: Option<i64>) {
         .or_raise()
 }
 
+/// Administrator's release: ends the live lease on `resource` whatever its holder, announcing
+/// `revoked`; true if there was one. Not executable by PUBLIC.
+#[pg_extern(sql = false)]
+fn lease_force_release(resource: Option<&str>) -> bool {
+    force_release(resource).or_raise()
+}
+
+pub fn force_release(resource: Option<&str>) -> LeaseResult<bool> {
+    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
+    ensure_primary()?;
+    barrier::lock_for_change(resource);
+    let now = clock_now();
+    let store = Store::open();
+    let Some(current) = store.current(resource).filter(|lease| lease.expires_at > now) else {
+        return Ok(false);
+    };
+    let Some((holder, _)) = store.delete_grant(resource, current.token) else {
+        return Ok(false);
+    };
+    session::unbind_at_commit(current.token);
+    record(Kind::Revoked, resource, &holder, current.token, None, now);
+    Ok(true)
+}
+
 /// Removes up to `max_count` expired leases (NULL: `lease.expire_batch`), announcing each as
 /// `expired`; returns how many it removed. The expiry worker runs the same sweep.
 #[pg_extern(sql = false)]
@@ -217,7 +241,7 @@ fn attempt(request: &Request, ticket: Option<u64>) -> Attempt {
     let store = Store::open();
     let caller = store.caller();
     let yield_to_waiters = waiting::must_yield(barrier::resource_key(resource), ticket);
-    let application_name = current_application_name();
+    let application_name = if session_bound { current_application_name() } else { String::new() };
     // SAFETY: MyProcPid is set at backend start.
     let binding = session_bound
         .then(|| Binding { pid: unsafe { pg_sys::MyProcPid }, application_name: &application_name });
@@ -556,6 +580,19 @@ mod tests {
     fn default_ttl_over_max_is_rejected() {
         Spi::run("SET LOCAL lease.default_ttl = '2d'").unwrap();
         acquire("'r', 'h'");
+    }
+
+    #[pg_test(error = "waiting for a lease requires lease in shared_preload_libraries")]
+    fn waiting_needs_preloading() {
+        acquire("'r', 'h', '1 min', '1 s'");
+    }
+
+    #[pg_test]
+    fn session_bound_lease_works_without_preloading() {
+        let token = acquire("'r', 'h', '1 min', NULL, true").unwrap();
+        let pid: i32 = Spi::get_one("SELECT session_pid FROM lease_info('r')").unwrap().unwrap();
+        assert_eq!(pid, Spi::get_one::<i32>("SELECT pg_backend_pid()").unwrap().unwrap());
+        assert!(boolean(&format!("SELECT lease_release('r', {token})")));
     }
 
     #[pg_test(error = "token must be positive, not 0")]

@@ -26,6 +26,9 @@ use pgrx::prelude::*;
 /// Microseconds since 2000-01-01 UTC, PostgreSQL's `timestamptz` representation.
 pub type Timestamp = i64;
 
+/// Bits of a token that come from the token sequence; the timeline is above them.
+pub const TOKEN_SEQUENCE_BITS: u32 = 48;
+
 /// A lease as stored, the fields a decision needs.
 pub struct LeaseRow {
     pub holder: String,
@@ -238,6 +241,12 @@ impl Store {
 
     /// The next fencing token: larger than every token granted before in this database.
     ///
+    /// A token is `(timeline - 1) << 48 | n`, with `n` from `lease.token_seq` (at most 2^48 - 1)
+    /// and `timeline` the WAL timeline this server writes on. A standby promoted after an
+    /// asynchronous primary granted tokens it never received starts a new timeline, so every
+    /// token it grants is larger than any token of the old primary. On the first timeline
+    /// tokens are the sequence's values.
+    ///
     /// The sequence writes WAL only once per batch of values; if that record were lost in a
     /// crash, the values after it would be handed out again. A commit with
     /// `synchronous_commit = off` does not flush WAL, so in that case the sequence's record is
@@ -255,7 +264,8 @@ impl Store {
             {
                 pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
             }
-            token
+            let timeline = i64::from(pg_sys::GetWALInsertionTimeLine());
+            ((timeline - 1) << TOKEN_SEQUENCE_BITS) | token
         }
     }
 

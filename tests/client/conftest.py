@@ -186,6 +186,13 @@ class Standby:
         with connect(port=self.port) as replica:
             wait_for(lambda: one(replica, "SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)), what="replay")
 
+    def disconnect(self):
+        """Stops streaming from the primary (as a network partition would)."""
+        as_server_user("sh", "-c", f"echo \"primary_conninfo = ''\" >> {self.data}/postgresql.auto.conf")
+        pg_ctl("reload", data_dir=self.data)
+        with connect(port=self.port) as replica:
+            wait_for(lambda: one(replica, "SELECT count(*) FROM pg_stat_wal_receiver") == 0, what="streaming to stop")
+
     def promote(self):
         pg_ctl("-w", "promote", data_dir=self.data)
 

@@ -73,3 +73,29 @@ def test_worker_idles_on_a_standby_and_works_after_promotion(standby):
         fence.close()
     with connect(port=standby.port) as promoted:
         assert one(promoted, "SELECT count(*) FROM lease.leases WHERE resource = 'failover:1'") == 0
+
+
+def test_tokens_stay_monotonic_across_promotion_after_lost_grants(standby):
+    """Asynchronous replication: the old primary grants tokens the standby never receives, then
+    the standby is promoted. Its tokens must still be larger than every token granted before."""
+    with connect() as primary:
+        replayed = [one(primary, "SELECT lease_acquire(%s, 'h', '1 hour')", (f"promote:seen:{n}",)) for n in range(5)]
+        standby.wait_for_replay(primary)
+    standby.disconnect()
+    with connect() as primary:
+        lost = [one(primary, "SELECT lease_acquire(%s, 'h', '1 hour')", (f"promote:lost:{n}",)) for n in range(100)]
+    standby.promote()
+    with connect(port=standby.port) as promoted:
+        wait_for(lambda: one(promoted, "SELECT NOT pg_is_in_recovery()"), what="promotion")
+        # the lost grants really are lost on the new primary...
+        assert one(promoted, "SELECT count(*) FROM lease.leases WHERE resource LIKE 'promote:lost:%%'") == 0
+        assert one(promoted, "SELECT count(*) FROM lease.leases WHERE resource LIKE 'promote:seen:%%'") == 5
+        # ...but their tokens are never handed out again, on any resource
+        new = [one(promoted, "SELECT lease_acquire(%s, 'h', '1 hour')", (f"promote:new:{n}",)) for n in range(5)]
+        assert min(new) > max(lost + replayed)
+        assert all(token >> 48 >= 1 for token in new)  # granted on a later timeline
+    with connect() as primary:
+        for n, token in enumerate(replayed):
+            one(primary, "SELECT lease_release(%s, %s)", (f"promote:seen:{n}", token))
+        for n, token in enumerate(lost):
+            one(primary, "SELECT lease_release(%s, %s)", (f"promote:lost:{n}", token))

@@ -53,6 +53,14 @@ REVOKE ALL ON FUNCTION lease._valid_resource(text) FROM PUBLIC;
 COMMENT ON FUNCTION lease._valid_resource(text) IS
 'Internal: returns resource if it is a valid resource name, raises 22004 or 22023 otherwise.';
 
+CREATE FUNCTION lease._waiter_counts() RETURNS TABLE(resource_key bigint, waiters integer)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'waiter_counts_wrapper';
+COMMENT ON FUNCTION lease._waiter_counts() IS 'Internal: number of waiting acquires per resource lock key.';
+
+CREATE FUNCTION lease._resource_key(resource text) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'resource_key_wrapper';
+COMMENT ON FUNCTION lease._resource_key(text) IS 'Internal: the 64-bit advisory lock key of a resource name.';
+
 CREATE FUNCTION lease_info(resource text)
 RETURNS TABLE(resource text, holder text, token bigint, owner name,
               acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz,
@@ -66,3 +74,18 @@ AS $$
 $$;
 COMMENT ON FUNCTION lease_info(text) IS
 'The live lease on resource: one row while it is held, no row when it is free or expired. session_pid and application_name identify the holder''s session of a session-bound lease.';
+
+CREATE VIEW lease.active WITH (security_barrier) AS
+SELECT l.resource, l.holder, l.token, l.owner::text::name AS owner,
+       l.acquired_at, l.renewed_at, l.expires_at,
+       l.expires_at - clock_timestamp() AS remaining,
+       l.session_pid IS NOT NULL AS session_bound, l.session_pid, l.application_name,
+       coalesce(w.waiters, 0) AS waiters
+FROM lease.leases AS l
+LEFT JOIN lease._waiter_counts() AS w ON w.resource_key = lease._resource_key(l.resource)
+WHERE l.expires_at > clock_timestamp()
+  AND (pg_catalog.pg_has_role(l.owner, 'MEMBER')
+       OR pg_catalog.has_table_privilege('lease.leases', 'SELECT'));
+GRANT SELECT ON lease.active TO PUBLIC;
+COMMENT ON VIEW lease.active IS
+'Every live lease: holder, token, owner, times, time remaining, session binding and waiters. Ordinary roles see the leases of roles they are members of; roles with SELECT on lease.leases (and superusers) see all.';

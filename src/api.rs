@@ -130,6 +130,19 @@ fn lease_event_stats() -> TableIterator<
     TableIterator::once((last_seq as i64, pending as i64, published as i64, dropped as i64))
 }
 
+/// `lease._waiter_counts()`: how many calls wait for each resource, by lock key; `lease.active`
+/// joins it on `lease._resource_key(resource)`.
+#[pg_extern(sql = false)]
+fn waiter_counts() -> TableIterator<'static, (name!(resource_key, i64), name!(waiters, i32))> {
+    TableIterator::new(waiting::counts().into_iter().map(|(key, count)| (key as i64, count)))
+}
+
+/// `lease._resource_key(resource)`: the 64-bit lock key of a resource name.
+#[pg_extern(sql = false)]
+fn resource_key(resource: &str) -> i64 {
+    barrier::resource_key(resource) as i64
+}
+
 /// `lease._valid_resource(resource)`: returns `resource` if it is a valid resource name and
 /// raises the documented error otherwise; `lease_info` filters through it.
 #[pg_extern(sql = false)]

@@ -110,6 +110,23 @@ pub fn must_yield(key: u64, ticket: Option<u64>) -> bool {
         .any(|slot| slot.active && slot.key == key && ticket.is_none_or(|mine| slot.ticket < mine))
 }
 
+/// How many backends wait for each resource key, as (key, waiters).
+pub fn counts() -> Vec<(u64, i32)> {
+    let Some(shared) = shared::get() else { return Vec::new() };
+    if shared.waiting.load(Ordering::Acquire) == 0 {
+        return Vec::new();
+    }
+    let mut counts: Vec<(u64, i32)> = Vec::new();
+    let mut waiters = shared.lock_waiters();
+    for slot in waiters.slots().iter().filter(|slot| slot.active) {
+        match counts.iter_mut().find(|(key, _)| *key == slot.key) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((slot.key, 1)),
+        }
+    }
+    counts
+}
+
 /// Wakes the head of the queue for each of these keys (resources that were just freed).
 pub fn wake_heads(keys: &[u64]) {
     let Some(shared) = shared::get() else { return };

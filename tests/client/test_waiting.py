@@ -125,6 +125,7 @@ def test_a_waiter_holds_no_lock_on_the_lease_table_while_it_sleeps(conn):
     held = one(conn, "SELECT lease_acquire('wait:locks', 'a', '1 min')")
     b = waiter("wait:locks", "b")
     wait_for(lambda: is_waiting(conn, b.pid), what="b to wait")
+    assert one(conn, "SELECT waiters FROM lease.active WHERE resource = 'wait:locks'") == 1
     # Between attempts it holds no lock on the lease table and no barrier lock. (nextval keeps
     # an access-share lock on the token sequence until the transaction ends, as it always does.)
     locks = conn.execute(

@@ -109,8 +109,10 @@ pub fn before_commit() {
             })
             .collect()
     });
-    for event in &to_send {
-        notify_now(&payload(event, None));
+    if notify_channel_is_valid() {
+        for event in &to_send {
+            notify_now(&payload(event, None));
+        }
     }
 }
 
@@ -228,6 +230,17 @@ pub fn from_slot(slot: &EventSlot) -> (u64, Event) {
         at: slot.at,
     };
     (slot.seq, event)
+}
+
+/// Whether `lease.notify_channel` is a name NOTIFY accepts (1 to 63 bytes); warns if not, so
+/// that a bad setting loses events instead of failing every lease transaction.
+pub fn notify_channel_is_valid() -> bool {
+    let channel = settings::notify_channel();
+    let valid = !channel.is_empty() && channel.len() < pg_sys::NAMEDATALEN as usize;
+    if !valid {
+        warning!("lease.notify_channel \"{channel}\" is not a valid channel name; lease events are not sent");
+    }
+    valid
 }
 
 /// Sends one notification on `lease.notify_channel` in the current transaction.

@@ -170,7 +170,7 @@ fn publish(shared: &Shared) -> usize {
             return sent;
         }
         sent += batch.len();
-        let channel_ok = valid_channel(&settings::notify_channel());
+        let channel_ok = events::notify_channel_is_valid();
         BackgroundWorker::transaction(|| {
             for slot in &batch {
                 let (seq, event) = events::from_slot(slot);
@@ -181,13 +181,4 @@ fn publish(shared: &Shared) -> usize {
         });
         shared.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
-}
-
-/// A channel name NOTIFY accepts: 1 to 63 bytes.
-fn valid_channel(channel: &str) -> bool {
-    let valid = !channel.is_empty() && channel.len() < pg_sys::NAMEDATALEN as usize;
-    if !valid {
-        warning!("lease.notify_channel \"{channel}\" is not a valid channel name; lease events are not sent");
-    }
-    valid
 }

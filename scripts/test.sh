@@ -37,46 +37,44 @@ cluster_destroy test
 cluster_start test "$PORT" "fsync = off" "log_min_messages = warning"
 trap 'cluster_stop test; cluster_stop test-standby' EXIT
 
+# run_suite TOOL DIR SUFFIX DATABASE: runs every tests/DIR/*SUFFIX file with pg_regress or
+# pg_isolation_regress (TOOL) as a client of the test server, in a fresh DATABASE (created with
+# the extension for isolation specs; the SQL files create it themselves), and counts results.
+run_suite() {
+    local tool=$1 dir=$2 suffix=$3 database=$4
+    local name=$tool tool_dir=regress
+    [ "$tool" = pg_isolation_regress ] && tool_dir=isolation
+    local out=$LOG_DIR/$name
+    rm -rf "$out"
+    mkdir -p "$out"
+    local items
+    items=$(cd "$ROOT/tests/$dir" && find . -name "*$suffix" | sed "s|^\./||; s|$suffix\$||" | sort)
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
+        -c "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database"
+    if [ "$tool" = pg_isolation_regress ]; then
+        "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$database" -c 'CREATE EXTENSION lease'
+    fi
+    set +e
+    # shellcheck disable=SC2086
+    "$(dirname "$($PG_CONFIG --pgxs)")/../test/$tool_dir/$tool" \
+        --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --bindir="$PG_BIN" \
+        --inputdir="$ROOT/tests/${dir%/*}" --outputdir="$out" --dbname="$database" \
+        $items 2>&1 | tee "$LOG_DIR/$name.log"
+    local status=${PIPESTATUS[0]}
+    set -e
+    local suite_total suite_failed
+    suite_total=$(echo "$items" | wc -w)
+    suite_failed=$(grep -cE '^(not ok|test .*\.\.\. FAILED)' "$LOG_DIR/$name.log" || true)
+    [ -f "$out/regression.diffs" ] && cat "$out/regression.diffs"
+    if [ "$status" != 0 ] && [ "$suite_failed" = 0 ]; then suite_failed=1; fi
+    count $((suite_total - suite_failed)) "$suite_failed"
+}
+
 say "layer 2: SQL contract (pg_regress)"
-regress_out=$LOG_DIR/regress
-rm -rf "$regress_out"
-mkdir -p "$regress_out"
-tests=$(cd "$ROOT/tests/regress/sql" && ls *.sql | sed 's/\.sql$//' | sort)
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
-    -c 'DROP DATABASE IF EXISTS lease_regress' -c 'CREATE DATABASE lease_regress'
-set +e
-"$(dirname "$($PG_CONFIG --pgxs)")/../test/regress/pg_regress" \
-    --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --bindir="$PG_BIN" \
-    --inputdir="$ROOT/tests/regress" --outputdir="$regress_out" --dbname=lease_regress \
-    $tests 2>&1 | tee "$LOG_DIR/regress.log"
-regress_status=${PIPESTATUS[0]}
-set -e
-regress_total=$(echo "$tests" | wc -w)
-regress_failed=$(grep -cE '^(not ok|test .*\.\.\. FAILED)' "$LOG_DIR/regress.log" || true)
-[ -f "$regress_out/regression.diffs" ] && cat "$regress_out/regression.diffs"
-if [ "$regress_status" != 0 ] && [ "$regress_failed" = 0 ]; then regress_failed=1; fi
-count $((regress_total - regress_failed)) "$regress_failed"
+run_suite pg_regress regress/sql .sql lease_regress
 
 say "layer 2b: interleavings (pg_isolation_regress)"
-iso_out=$LOG_DIR/isolation
-rm -rf "$iso_out"
-mkdir -p "$iso_out"
-specs=$(cd "$ROOT/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
-    -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS lease_isolation" -c 'CREATE DATABASE lease_isolation'
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d lease_isolation -c 'CREATE EXTENSION lease'
-set +e
-"$(dirname "$($PG_CONFIG --pgxs)")/../test/isolation/pg_isolation_regress" \
-    --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --bindir="$PG_BIN" \
-    --inputdir="$ROOT/tests/isolation" --outputdir="$iso_out" --dbname=lease_isolation \
-    $specs 2>&1 | tee "$LOG_DIR/isolation.log"
-iso_status=${PIPESTATUS[0]}
-set -e
-iso_total=$(echo "$specs" | wc -w)
-iso_failed=$(grep -cE '^(not ok|test .*\.\.\. FAILED)' "$LOG_DIR/isolation.log" || true)
-[ -f "$iso_out/regression.diffs" ] && cat "$iso_out/regression.diffs"
-if [ "$iso_status" != 0 ] && [ "$iso_failed" = 0 ]; then iso_failed=1; fi
-count $((iso_total - iso_failed)) "$iso_failed"
+run_suite pg_isolation_regress isolation/specs .spec lease_isolation
 
 say "layer 3: out-of-process tests (pytest)"
 set +e

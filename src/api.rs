@@ -87,7 +87,7 @@ fn lease_force_release(resource: Option<&str>) -> bool {
 pub fn force_release(resource: Option<&str>) -> LeaseResult<bool> {
     let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
     ensure_primary()?;
-    barrier::lock_for_change(resource);
+    let _held = barrier::lock_for_change(resource);
     let now = clock_now();
     let store = Store::open();
     let Some(current) = store.current(resource).filter(|lease| lease.expires_at > now) else {
@@ -224,21 +224,34 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
 /// Runs one attempt in an internal subtransaction that is kept if the lease was granted and
 /// rolled back otherwise, so that a waiter holds no lock while it sleeps.
 fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
-    // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, restore
-    // the caller's memory context and resource owner after it ends. An error inside unwinds to
-    // the caller's transaction, whose abort also ends the subtransaction.
+    // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, and after
+    // it ends (kept, rolled back, or rolled back because of an error that is then re-raised)
+    // restore the caller's memory context and resource owner. Rolling back our own
+    // subtransaction on error matters when the caller catches the error (a PL/pgSQL exception
+    // block): its own subtransaction must be the one it rolls back.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
+        let restore = move || {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
-        let outcome = attempt();
+        let attempt = std::panic::AssertUnwindSafe(attempt);
+        let outcome = PgTryBuilder::new(attempt)
+            .catch_others(|error| {
+                restore();
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                restore();
+                error.rethrow()
+            })
+            .execute();
         match outcome {
             Attempt::Granted(_) => pg_sys::ReleaseCurrentSubTransaction(),
             _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
         }
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
+        restore();
         outcome
     }
 }
@@ -247,8 +260,17 @@ fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
 /// `ticket` is the caller's place in the queue when it waits; while others are queued ahead,
 /// a free lease is left to them.
 fn attempt(request: &Request, ticket: Option<u64>) -> Attempt {
+    let held = barrier::lock_for_change(request.resource);
+    let outcome = attempt_locked(request, ticket);
+    if !matches!(outcome, Attempt::Granted(_)) {
+        // Nothing changed: do not keep others out for the rest of the transaction.
+        held.release_if_unused_before();
+    }
+    outcome
+}
+
+fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
     let Request { resource, holder, ttl, session_bound } = *request;
-    barrier::lock_for_change(resource);
     let now = clock_now();
     let expires_at = now + ttl;
     let store = Store::open();
@@ -333,11 +355,13 @@ pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) 
     let ttl = ttl_argument(ttl)?;
     ensure_primary()?;
 
-    barrier::lock_for_change(resource);
+    let held = barrier::lock_for_change(resource);
     let now = clock_now();
     let store = Store::open();
     let expires_at = now + ttl;
     let Some(lease) = store.extend(resource, token, now, expires_at) else {
+        drop(store);
+        held.release_if_unused_before();
         return Ok(false);
     };
     ensure_member(&store, resource, &lease)?;
@@ -350,10 +374,12 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     let token = token_argument(token)?;
     ensure_primary()?;
 
-    barrier::lock_for_change(resource);
+    let held = barrier::lock_for_change(resource);
     let now = clock_now();
     let store = Store::open();
     let Some(lease) = store.delete(resource, token, now) else {
+        drop(store);
+        held.release_if_unused_before();
         return Ok(false);
     };
     ensure_member(&store, resource, &lease)?;
@@ -367,11 +393,16 @@ pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
     let token = token_argument(token)?;
     ensure_primary()?;
 
-    barrier::lock_for_fence(resource);
+    let held = barrier::lock_for_fence(resource);
     let now = clock_now();
     // SAFETY: XactIsoLevel is a backend-local global, read only.
     let snapshot_is_transaction_wide = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
-    Ok(Store::open().holds(resource, token, now, snapshot_is_transaction_wide))
+    let holds = Store::open().holds(resource, token, now, snapshot_is_transaction_wide);
+    if !holds {
+        // A failed fence protects nothing: it must not hold up the lease's owner.
+        held.release_if_unused_before();
+    }
+    Ok(holds)
 }
 
 /// Records an event of this call (announced if the transaction commits).

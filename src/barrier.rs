@@ -17,32 +17,43 @@ use pgrx::pg_sys;
 /// `locktag_field4` of lease locks; `pg_advisory_lock` uses 1 and 2.
 pub const LOCK_SPACE: u16 = 0x4C45;
 
+/// A barrier lock this transaction took: it can be given back early when the call that took
+/// it changed nothing (a refused acquire, a failed fence), unless the transaction held it
+/// already.
+pub struct Held {
+    tag: pg_sys::LOCKTAG,
+    mode: pg_sys::LOCKMODE,
+    first_time: bool,
+}
+
+impl Held {
+    /// Releases the lock now if this call was the one that took it.
+    pub fn release_if_unused_before(self) {
+        if self.first_time {
+            // SAFETY: releases a transaction-level lock this backend holds.
+            unsafe { pg_sys::LockRelease(&self.tag, self.mode, false) };
+        }
+    }
+}
+
 /// Blocks until no fence and no other change of `resource` is in progress, then keeps them out
 /// until this transaction ends.
-pub fn lock_for_change(resource: &str) {
-    lock(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
+pub fn lock_for_change(resource: &str) -> Held {
+    acquire(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false).expect("a waiting lock is granted")
 }
 
 /// Blocks while a change of `resource` is in progress, then keeps changes out until this
 /// transaction ends. Fences do not block each other.
-pub fn lock_for_fence(resource: &str) {
-    lock(resource, pg_sys::ShareLock as pg_sys::LOCKMODE);
+pub fn lock_for_fence(resource: &str) -> Held {
+    acquire(resource, pg_sys::ShareLock as pg_sys::LOCKMODE, false).expect("a waiting lock is granted")
 }
 
-/// As [`lock_for_change`], but gives up at once (returning false) if it would have to wait.
-pub fn try_lock_for_change(resource: &str) -> bool {
-    try_lock(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE)
+/// As [`lock_for_change`], but gives up at once (returning None) if it would have to wait.
+pub fn try_lock_for_change(resource: &str) -> Option<Held> {
+    acquire(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true)
 }
 
-fn lock(resource: &str, mode: pg_sys::LOCKMODE) {
-    acquire(resource, mode, false);
-}
-
-fn try_lock(resource: &str, mode: pg_sys::LOCKMODE) -> bool {
-    acquire(resource, mode, true) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-}
-
-fn acquire(resource: &str, mode: pg_sys::LOCKMODE, dont_wait: bool) -> pg_sys::LockAcquireResult::Type {
+fn acquire(resource: &str, mode: pg_sys::LOCKMODE, dont_wait: bool) -> Option<Held> {
     let key = resource_key(resource);
     let tag = pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
@@ -56,7 +67,11 @@ fn acquire(resource: &str, mode: pg_sys::LOCKMODE, dont_wait: bool) -> pg_sys::L
     // SAFETY: the tag is a fully initialised advisory tag; a transaction-scoped lock is released
     // by the lock manager at transaction end, and errors (cancel, deadlock, timeouts) are raised
     // through the guarded FFI boundary.
-    unsafe { pg_sys::LockAcquire(&tag, mode, false, dont_wait) }
+    let result = unsafe { pg_sys::LockAcquire(&tag, mode, false, dont_wait) };
+    match result {
+        pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL => None,
+        result => Some(Held { tag, mode, first_time: result == pg_sys::LockAcquireResult::LOCKACQUIRE_OK }),
+    }
 }
 
 /// FNV-1a over the name's bytes, then a 64-bit finaliser so that similar names spread across

@@ -31,8 +31,9 @@ thread_local! {
     static HELD: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
     /// Session locks taken in the current transaction, with the subtransaction level.
     static TAKEN: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
-    /// Held session locks to drop when the current transaction commits.
-    static DROP_AT_COMMIT: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// Session locks to drop when the current transaction commits, with the subtransaction
+    /// level of the release that asked for it.
+    static DROP_AT_COMMIT: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn tag(token: i64) -> pg_sys::LOCKTAG {
@@ -60,10 +61,15 @@ pub fn bind(store: &Store, token: i64) {
     register_exit_callback();
 }
 
-/// The lease with `token` is being released: drop its session lock at commit, if it is ours.
+/// The lease with `token` is being released: drop its session lock at commit, if this session
+/// holds it (bound in an earlier transaction or in this one).
 pub fn unbind_at_commit(token: i64) {
-    if HELD.with(|held| held.borrow().contains(&token)) {
-        DROP_AT_COMMIT.with(|drop| drop.borrow_mut().push(token));
+    let ours = HELD.with(|held| held.borrow().contains(&token))
+        || TAKEN.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token));
+    if ours {
+        // SAFETY: reads the current nesting level.
+        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+        DROP_AT_COMMIT.with(|drop| drop.borrow_mut().push((level, token)));
     }
 }
 
@@ -103,7 +109,7 @@ fn release_session_lock(token: i64) {
 /// At commit: locks taken become held; released leases drop theirs.
 pub fn at_commit() {
     let taken: Vec<i64> = TAKEN.with(|taken| taken.borrow_mut().drain(..).map(|(_, t)| t).collect());
-    let dropped: Vec<i64> = DROP_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).collect());
+    let dropped: Vec<i64> = DROP_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).map(|(_, t)| t).collect());
     HELD.with(|held| {
         let mut held = held.borrow_mut();
         held.extend(taken);
@@ -122,8 +128,10 @@ pub fn at_abort() {
     DROP_AT_COMMIT.with(|drop| drop.borrow_mut().clear());
 }
 
-/// At subtransaction abort: locks taken at `level` or deeper are released.
+/// At subtransaction abort: locks taken at `level` or deeper are released, and releases made
+/// there never happened.
 pub fn at_subtransaction_abort(level: i32) {
+    DROP_AT_COMMIT.with(|drop| drop.borrow_mut().retain(|(at, _)| *at < level));
     let undone: Vec<i64> = TAKEN.with(|taken| {
         let mut taken = taken.borrow_mut();
         let undone = taken.iter().filter(|(at, _)| *at >= level).map(|(_, t)| *t).collect();
@@ -135,13 +143,15 @@ pub fn at_subtransaction_abort(level: i32) {
     }
 }
 
-/// At subtransaction commit: its locks belong to the parent now.
+/// At subtransaction commit: its locks and releases belong to the parent now.
 pub fn at_subtransaction_commit(level: i32) {
-    TAKEN.with(|taken| {
-        for (at, _) in taken.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
-            *at = level - 1;
-        }
-    });
+    for list in [&TAKEN, &DROP_AT_COMMIT] {
+        list.with(|entries| {
+            for (at, _) in entries.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
+                *at = level - 1;
+            }
+        });
+    }
 }
 
 fn register_exit_callback() {

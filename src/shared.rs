@@ -86,6 +86,8 @@ pub struct Shared {
 #[derive(Clone, Copy)]
 pub struct WaiterSlot {
     pub active: bool,
+    /// The database of the resource (resource names are per database).
+    pub database: u32,
     pub key: u64,
     pub ticket: u64,
     pub latch: *mut pg_sys::Latch,

@@ -247,22 +247,20 @@ impl Store {
     /// token it grants is larger than any token of the old primary. On the first timeline
     /// tokens are the sequence's values.
     ///
-    /// The sequence writes WAL only once per batch of values; if that record were lost in a
-    /// crash, the values after it would be handed out again. A commit with
-    /// `synchronous_commit = off` does not flush WAL, so in that case the sequence's record is
-    /// flushed here before its value leaves the server (once per batch, not per call).
+    /// The sequence writes WAL only once per batch of values (whichever backend crosses into
+    /// the next batch writes it); if that record were lost in a crash, the values after it would
+    /// be handed out again. A commit with `synchronous_commit = off` does not flush WAL, so in
+    /// that case WAL is flushed here up to the sequence page's LSN before the value leaves the
+    /// server: a no-op unless the batch's record is not on disk yet.
     pub fn next_token(&self) -> i64 {
         // SAFETY: XactLastRecEnd and synchronous_commit are backend-local globals; nextval_oid
         // is called through the guarded fmgr path with a valid sequence OID.
         unsafe {
-            let before = pg_sys::XactLastRecEnd;
             let token =
                 pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[self.token_sequence.into_datum()])
                     .expect("nextval returned NULL");
-            let logged = pg_sys::XactLastRecEnd != before;
-            if logged && pg_sys::synchronous_commit == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32
-            {
-                pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
+            if pg_sys::synchronous_commit == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32 {
+                pg_sys::XLogFlush(sequence_page_lsn(self.token_sequence));
             }
             let timeline = i64::from(pg_sys::GetWALInsertionTimeLine());
             ((timeline - 1) << TOKEN_SEQUENCE_BITS) | token
@@ -463,6 +461,28 @@ impl Drop for Store {
             pg_sys::SetUserIdAndSecContext(self.caller, self.saved_security_context);
         }
     }
+}
+
+/// The LSN of the last WAL record that changed the sequence's page: the record that logged
+/// ahead the batch of values `nextval` just handed out from.
+///
+/// # Safety
+/// `sequence` must be a sequence (one permanent page in shared buffers) that the caller has
+/// just called `nextval` on.
+unsafe fn sequence_page_lsn(sequence: Oid) -> pg_sys::XLogRecPtr {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let relation = pg_sys::relation_open(sequence, lock);
+    let buffer = pg_sys::ReadBuffer(relation, 0);
+    pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+    // A shared buffer's page is at BufferBlocks + (buffer - 1) * BLCKSZ; its header starts with
+    // the page LSN.
+    let page = pg_sys::BufferBlocks
+        .add((buffer as usize - 1) * pg_sys::BLCKSZ as usize)
+        .cast::<pg_sys::PageHeaderData>();
+    let lsn = (u64::from((*page).pd_lsn.xlogid) << 32) | u64::from((*page).pd_lsn.xrecoff);
+    pg_sys::UnlockReleaseBuffer(buffer);
+    pg_sys::relation_close(relation, lock);
+    lsn
 }
 
 /// Column `number` (1-based) of row `row` (0-based) of the last statement's result.

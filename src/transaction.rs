@@ -35,6 +35,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
         }
         XACT_EVENT_PRE_COMMIT => events::before_commit(),
         XACT_EVENT_COMMIT => {
+            waiting::leave_queue_on_abort(1); // a wait never outlives its transaction
             session::at_commit();
             events::at_commit();
         }

@@ -25,6 +25,17 @@ thread_local! {
     static WAIT_LEVEL: Cell<Option<i32>> = const { Cell::new(None) };
 }
 
+/// This backend's database: queues are per database, like resources.
+fn my_database() -> u32 {
+    // SAFETY: MyDatabaseId is set once at backend start.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// Whether a slot waits for the resource with lock key `key` in database `database`.
+fn waits_for(slot: &shared::WaiterSlot, database: u32, key: u64) -> bool {
+    slot.active && slot.database == database && slot.key == key
+}
+
 /// This backend's slot in the waiter table.
 fn my_slot() -> usize {
     // SAFETY: MyProc is set for every backend that can run SQL.
@@ -45,7 +56,13 @@ pub fn enqueue(key: u64) -> Option<Ticket> {
     let ticket = waiters.take_ticket();
     let slot = &mut waiters.slots()[my_slot()];
     // SAFETY: MyLatch is this process's latch, valid for the life of the process.
-    *slot = shared::WaiterSlot { active: true, key, ticket, latch: unsafe { pg_sys::MyLatch } };
+    *slot = shared::WaiterSlot {
+        active: true,
+        database: my_database(),
+        key,
+        ticket,
+        latch: unsafe { pg_sys::MyLatch },
+    };
     shared.waiting.fetch_add(1, Ordering::AcqRel);
     // SAFETY: reads the current nesting level.
     WAIT_LEVEL.with(|level| level.set(Some(unsafe { pg_sys::GetCurrentTransactionNestLevel() })));
@@ -56,7 +73,8 @@ impl Ticket {
     /// Whether this waiter is the head of its queue.
     pub fn is_head(&self) -> bool {
         let mut waiters = self.shared.lock_waiters();
-        !waiters.slots().iter().any(|slot| slot.active && slot.key == self.key && slot.ticket < self.ticket)
+        let database = my_database();
+        !waiters.slots().iter().any(|slot| waits_for(slot, database, self.key) && slot.ticket < self.ticket)
     }
 
     pub fn number(&self) -> u64 {
@@ -91,9 +109,9 @@ fn leave(shared: &Shared) {
         return;
     }
     slot.active = false;
-    let key = slot.key;
+    let (database, key) = (slot.database, slot.key);
     shared.waiting.fetch_sub(1, Ordering::AcqRel);
-    wake_head_locked(waiters.slots(), key);
+    wake_head_locked(waiters.slots(), database, key);
 }
 
 /// Whether a grant of the resource with lock key `key` must be left to a queued waiter:
@@ -103,11 +121,12 @@ pub fn must_yield(key: u64, ticket: Option<u64>) -> bool {
     if shared.waiting.load(Ordering::Acquire) == 0 {
         return false;
     }
+    let database = my_database();
     let mut waiters = shared.lock_waiters();
     waiters
         .slots()
         .iter()
-        .any(|slot| slot.active && slot.key == key && ticket.is_none_or(|mine| slot.ticket < mine))
+        .any(|slot| waits_for(slot, database, key) && ticket.is_none_or(|mine| slot.ticket < mine))
 }
 
 /// How many backends wait for each resource key, as (key, waiters).
@@ -118,7 +137,8 @@ pub fn counts() -> Vec<(u64, i32)> {
     }
     let mut counts: Vec<(u64, i32)> = Vec::new();
     let mut waiters = shared.lock_waiters();
-    for slot in waiters.slots().iter().filter(|slot| slot.active) {
+    let database = my_database();
+    for slot in waiters.slots().iter().filter(|slot| slot.active && slot.database == database) {
         match counts.iter_mut().find(|(key, _)| *key == slot.key) {
             Some((_, count)) => *count += 1,
             None => counts.push((slot.key, 1)),
@@ -133,14 +153,15 @@ pub fn wake_heads(keys: &[u64]) {
     if keys.is_empty() || shared.waiting.load(Ordering::Acquire) == 0 {
         return;
     }
+    let database = my_database();
     let mut waiters = shared.lock_waiters();
     for key in keys {
-        wake_head_locked(waiters.slots(), *key);
+        wake_head_locked(waiters.slots(), database, *key);
     }
 }
 
-fn wake_head_locked(slots: &[shared::WaiterSlot], key: u64) {
-    let head = slots.iter().filter(|slot| slot.active && slot.key == key).min_by_key(|slot| slot.ticket);
+fn wake_head_locked(slots: &[shared::WaiterSlot], database: u32, key: u64) {
+    let head = slots.iter().filter(|slot| waits_for(slot, database, key)).min_by_key(|slot| slot.ticket);
     if let Some(head) = head {
         // SAFETY: the latch belongs to a live backend (its slot is active; a backend leaves
         // the table before it exits).

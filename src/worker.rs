@@ -86,8 +86,13 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
         if published > 0 {
             gather_events();
         }
+        // Our own waits (locks, the NOTIFY queue, a synchronous standby) may have consumed a
+        // latch wake-up: look again at everything a backend may have asked for meanwhile.
+        sweep_at = sweep_at.min(shared.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
         let now = clock_now();
-        let wake_at = sweep_at.min(now + settings::max_naptime_ms() * 1_000);
+        let more_to_do =
+            shared.publish_requested.load(Ordering::Acquire) || shared.sessions_ended.load(Ordering::Acquire);
+        let wake_at = if more_to_do { now } else { sweep_at.min(now + settings::max_naptime_ms() * 1_000) };
         shared.next_wakeup.store(wake_at, Ordering::Release);
         // Round up to whole milliseconds so that we never wake just before an expiry.
         let sleep_ms = ((wake_at - now + 999) / 1_000).max(0) as u64;
@@ -158,6 +163,8 @@ fn publish(shared: &Shared) -> usize {
     let mut sent = 0;
     loop {
         batch.clear();
+        // Cleared before each take: an event pushed after it sets the flag (and the latch) again.
+        shared.publish_requested.store(false, Ordering::Release);
         // Copy in small chunks so that committing backends never wait long for the ring.
         while batch.len() < PUBLISH_BATCH {
             let before = batch.len();

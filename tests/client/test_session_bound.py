@@ -72,3 +72,30 @@ def test_plain_leases_survive_their_session(conn):
     assert one(conn, "SELECT token FROM lease_info('session:plain')") == token
     assert one(conn, "SELECT session_pid FROM lease_info('session:plain')") is None
     one(conn, "SELECT lease_release('session:plain', %s)", (token,))
+
+
+def test_a_release_rolled_back_with_its_savepoint_keeps_the_session_lock(conn):
+    with connect(autocommit=False) as holder:
+        pid = holder.info.backend_pid
+        token = one(holder, "SELECT lease_acquire('session:savepoint', 'h', '1 hour', NULL, true)")
+        holder.commit()
+        holder.execute("SAVEPOINT s")
+        assert one(holder, "SELECT lease_release('session:savepoint', %s)", (token,)) is True
+        holder.execute("ROLLBACK TO SAVEPOINT s")
+        holder.commit()
+        assert session_locks(conn, pid) == 1
+        assert one(conn, "SELECT token FROM lease_info('session:savepoint')") == token
+        # another session cannot take it over: the holder is alive
+        assert one(conn, "SELECT lease_acquire('session:savepoint', 'other')") is None
+        assert one(holder, "SELECT lease_release('session:savepoint', %s)", (token,)) is True
+        holder.commit()
+        assert session_locks(conn, pid) == 0
+
+
+def test_acquire_and_release_in_one_transaction_leaves_no_session_lock(conn):
+    with connect(autocommit=False) as holder:
+        pid = holder.info.backend_pid
+        token = one(holder, "SELECT lease_acquire('session:same-tx', 'h', '1 hour', NULL, true)")
+        assert one(holder, "SELECT lease_release('session:same-tx', %s)", (token,)) is True
+        holder.commit()
+        assert session_locks(conn, pid) == 0

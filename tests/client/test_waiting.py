@@ -138,3 +138,36 @@ def test_a_waiter_holds_no_lock_on_the_lease_table_while_it_sleeps(conn):
     one(conn, "SELECT lease_release('wait:locks', %s)", (held,))
     token = b.result()
     one(conn, "SELECT lease_release('wait:locks', %s)", (token,))
+
+
+def test_an_error_caught_by_plpgsql_inside_a_wait_leaves_the_session_clean(conn):
+    held = one(conn, "SELECT lease_acquire('wait:caught', 'a', '1 min')")
+    with connect(autocommit=False) as fence:
+        # the fence makes the waiter's attempt wait for the barrier lock, where lock_timeout fires
+        assert one(fence, "SELECT lease_check('wait:caught', %s)", (held,)) is True
+        with connect() as w:
+            w.execute("SET lock_timeout = '100ms'")
+            w.execute("""
+                DO $$ BEGIN
+                    PERFORM lease_acquire('wait:caught', 'w', '1 min', '5 s');
+                EXCEPTION WHEN lock_not_available THEN
+                    RAISE NOTICE 'caught';
+                END $$""")
+            assert one(w, "SELECT 1") == 1
+            assert one(w, "SELECT count(*) FROM lease.active WHERE resource = 'wait:caught' AND waiters > 0") == 0
+        fence.rollback()
+    one(conn, "SELECT lease_release('wait:caught', %s)", (held,))
+    token = one(conn, "SELECT lease_acquire('wait:caught', 'c')")  # no orphaned waiter ahead of us
+    assert token is not None
+    one(conn, "SELECT lease_release('wait:caught', %s)", (token,))
+
+
+def test_a_refused_acquire_and_a_failed_fence_do_not_hold_up_the_owner(conn):
+    held = one(conn, "SELECT lease_acquire('wait:refused', 'a', '1 min')")
+    with connect(autocommit=False) as other:
+        assert one(other, "SELECT lease_acquire('wait:refused', 'b')") is None
+        assert one(other, "SELECT lease_check('wait:refused', 1)") is False
+        # the owner renews and releases while the other transaction is still open
+        assert one(conn, "SELECT lease_renew('wait:refused', %s)", (held,)) is True
+        assert one(conn, "SELECT lease_release('wait:refused', %s)", (held,)) is True
+        other.rollback()

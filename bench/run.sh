@@ -3,7 +3,8 @@
 #   core:   acquire+release cycles on random resources (1..100000) with the extension (events
 #           on, and with lease.notify = off), a hand-written lease table, and
 #           pg_advisory_lock/unlock, at 1, 8 and 32 clients, synchronous_commit on and off
-#           (pgbench, prepared statements); a listener counts the events and checks for gaps.
+#           (pgbench, prepared statements); then the same cycles with a client LISTENing on
+#           the same machine, which counts the events and checks for gaps.
 #   expiry: latency from expires_at to the expired notification, sweep cost, idle cost
 #           (bench/events/expiry.py).
 #   waiting: handover latency against a 50 ms polling client, session end to next holder,
@@ -31,11 +32,6 @@ psql_bench=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres
 
 : > "$RAW"
 setup_python
-LISTEN_OUT=$ROOT/bench/results/listener.txt
-rm -f "$LISTEN_OUT"
-"$VENV/bin/python" "$ROOT/bench/events/listen.py" "$PORT" "$LISTEN_OUT" &
-listener_pid=$!
-until [ -s "$LISTEN_OUT" ]; do sleep 0.1; done
 declare -A tps failed
 # One pgbench run: prints "cycles/s failed-transactions".
 run_variant() {
@@ -81,10 +77,18 @@ for sync in "${SYNC_MODES[@]}"; do
     done
 done
 
+# Delivery: the same cycles with a client listening (a Python process on these same cores).
+LISTEN_OUT=$ROOT/bench/results/listener.txt
+rm -f "$LISTEN_OUT"
+read -r published_before <<< "$("${psql_bench[@]}" -At -c "SELECT published FROM lease_event_stats()")"
+"$VENV/bin/python" "$ROOT/bench/events/listen.py" "$PORT" "$LISTEN_OUT" &
+listener_pid=$!
+until [ -s "$LISTEN_OUT" ]; do sleep 0.1; done
+read -r listened_cycles _ <<< "$(run_variant lease 8 off listened)"
 kill -TERM "$listener_pid"
 wait "$listener_pid"
 read -r events_received events_gaps < "$LISTEN_OUT"
-read -r events_published events_dropped <<< "$("${psql_bench[@]}" -At -F ' ' -c "SELECT published, dropped FROM lease_event_stats()")"
+read -r events_published events_dropped <<< "$("${psql_bench[@]}" -At -F ' ' -c "SELECT published - $published_before, dropped FROM lease_event_stats()")"
 
 {
     echo "| synchronous_commit | clients | lease (cycles/s) | lease, lease.notify = off | throughput lost to events | hand-written table | advisory locks | lease / table | failed |"
@@ -103,9 +107,11 @@ read -r events_published events_dropped <<< "$("${psql_bench[@]}" -At -F ' ' -c 
     echo
     echo "Median of $ROUNDS interleaved runs of $DURATION s each; pgbench -M prepared; one acquire and one"
     echo "release per cycle on a random resource out of 100,000; $(nproc) cores; PostgreSQL"
-    echo "$("$PG_BIN/postgres" --version | awk '{print $3}'), release build; $(date -u +%Y-%m-%d). A client listening"
-    echo "on lease_events during all runs received $events_received events with $events_gaps missing sequence"
-    echo "numbers; the worker published $events_published and dropped $events_dropped (full ring)."
+    echo "$("$PG_BIN/postgres" --version | awk '{print $3}'), release build; $(date -u +%Y-%m-%d)."
+    echo
+    echo "With a client LISTENing on lease_events on the same machine (8 clients, synchronous_commit = off):"
+    echo "$listened_cycles cycles/s; the listener received $events_received events with $events_gaps missing"
+    echo "sequence numbers; the worker published $events_published and dropped $events_dropped (full ring)."
 } > "$OUT"
 echo
 cat "$OUT"

@@ -473,14 +473,17 @@ unsafe fn sequence_page_lsn(sequence: Oid) -> pg_sys::XLogRecPtr {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     let relation = pg_sys::relation_open(sequence, lock);
     let buffer = pg_sys::ReadBuffer(relation, 0);
-    pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
-    // A shared buffer's page is at BufferBlocks + (buffer - 1) * BLCKSZ; its header starts with
-    // the page LSN.
-    let page = pg_sys::BufferBlocks
-        .add((buffer as usize - 1) * pg_sys::BLCKSZ as usize)
-        .cast::<pg_sys::PageHeaderData>();
-    let lsn = (u64::from((*page).pd_lsn.xlogid) << 32) | u64::from((*page).pd_lsn.xrecoff);
-    pg_sys::UnlockReleaseBuffer(buffer);
+    // Pinned, not content-locked: taking the page lock here would queue every acquire behind
+    // every nextval. Our nextval already synchronised with the writer of the LSN we need; a
+    // later nextval may be setting a newer LSN (two 32-bit halves) while we read, so read
+    // until two reads agree. A newer LSN than needed only flushes a little more.
+    let lsn = loop {
+        let first = pg_sys::BufferGetLSNAtomic(buffer);
+        if pg_sys::BufferGetLSNAtomic(buffer) == first {
+            break first;
+        }
+    };
+    pg_sys::ReleaseBuffer(buffer);
     pg_sys::relation_close(relation, lock);
     lsn
 }

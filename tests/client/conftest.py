@@ -39,12 +39,13 @@ def wait_for(condition, timeout=30.0, what="condition"):
         time.sleep(0.01)
 
 
+def as_root(*args, check=True):
+    command = list(args) if os.geteuid() == 0 else ["sudo", *args]
+    return subprocess.run(command, cwd="/", check=check, capture_output=True, text=True)
+
+
 def as_server_user(*args, check=True):
-    prefix = [] if os.geteuid() != 0 else []
-    command = ["sudo", "-u", SERVER_USER, *args]
-    if os.geteuid() != 0:
-        command = ["sudo", *command]
-    return subprocess.run(prefix + command, cwd="/", check=check, capture_output=True, text=True)
+    return as_root("sudo", "-u", SERVER_USER, *args, check=check)
 
 
 def pg_ctl(*args, data_dir=DATA_DIR, check=True):
@@ -171,8 +172,9 @@ class Standby:
         self.dir = os.path.join(RUN_DIR, name)
         self.data = os.path.join(self.dir, "data")
         self.port = port
-        as_server_user("rm", "-rf", self.dir)
-        as_server_user("mkdir", "-p", self.dir)
+        as_root("rm", "-rf", self.dir)
+        as_root("mkdir", "-p", self.dir)
+        as_root("chown", SERVER_USER, self.dir)
         as_server_user(
             f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
             "-D", self.data, "-R", "-X", "stream", "-c", "fast",
@@ -198,4 +200,4 @@ class Standby:
 
     def destroy(self):
         pg_ctl("-m", "immediate", "stop", data_dir=self.data, check=False)
-        as_server_user("rm", "-rf", self.dir, check=False)
+        as_root("rm", "-rf", self.dir, check=False)

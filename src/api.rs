@@ -327,11 +327,10 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
         events::record(expired);
         return grant(token);
     }
-    if current.holder == holder && current.owner == caller {
-        if store.extend(resource, current.token, now, expires_at).is_some() {
-            record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
-            return Attempt::Granted(current.token);
-        }
+    let ours = current.holder == holder && current.owner == caller;
+    if ours && store.extend(resource, current.token, now, expires_at).is_some() {
+        record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
+        return Attempt::Granted(current.token);
     }
     Attempt::Held(current.expires_at)
 }

@@ -205,43 +205,38 @@ impl Shared {
 
     /// Reads the ring's counters (under its lock).
     pub fn ring_counters(&self) -> (u64, u64, u64) {
-        let ring = self.lock_ring();
-        let state = ring.state();
+        let mut ring = self.lock_ring();
+        let (state, _) = ring.parts();
         (state.next_seq - 1, state.written - state.read, state.dropped)
     }
 }
 
 impl RingGuard<'_> {
-    fn state(&self) -> &mut RingState {
-        // SAFETY: the guard holds the ring's lock exclusively.
-        unsafe { &mut *self.shared.ring.get() }
-    }
-
-    fn slots(&self) -> &mut [EventSlot; RING_CAPACITY] {
-        // SAFETY: as above.
-        unsafe { &mut *self.shared.slots.get() }
+    /// The ring's indexes and slots (two distinct cells of the shared struct).
+    fn parts(&mut self) -> (&mut RingState, &mut [EventSlot; RING_CAPACITY]) {
+        // SAFETY: the guard holds the ring's lock exclusively, and `&mut self` keeps this
+        // backend from making a second pair while these are alive.
+        unsafe { (&mut *self.shared.ring.get(), &mut *self.shared.slots.get()) }
     }
 
     /// Stores an event (filled in by `fill`) with the next sequence number; drops it if full.
     pub fn push(&mut self, fill: impl FnOnce(&mut EventSlot)) {
-        let state = self.state();
+        let (state, slots) = self.parts();
         let seq = state.next_seq;
         state.next_seq += 1;
         if state.written - state.read >= RING_CAPACITY as u64 {
             state.dropped += 1;
             return;
         }
-        let index = (state.written % RING_CAPACITY as u64) as usize;
+        let slot = &mut slots[(state.written % RING_CAPACITY as u64) as usize];
         state.written += 1;
-        let slot = &mut self.slots()[index];
         slot.seq = seq;
         fill(slot);
     }
 
     /// Takes up to `max` of the oldest events, in order.
     pub fn take(&mut self, max: usize, into: &mut Vec<EventSlot>) {
-        let slots = self.slots();
-        let state = self.state();
+        let (state, slots) = self.parts();
         let count = ((state.written - state.read) as usize).min(max);
         for _ in 0..count {
             into.push(slots[(state.read % RING_CAPACITY as u64) as usize]);

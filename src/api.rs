@@ -1,5 +1,6 @@
-//! The SQL API: `lease_acquire`, `lease_renew`, `lease_release`, `lease_check`,
-//! `lease_assert`, and the argument checks behind `lease_info`.
+//! The SQL API: `lease_acquire` (with waiting and session binding), `lease_renew`,
+//! `lease_release`, `lease_check`, `lease_assert`, `lease_force_release`, `lease_sweep`,
+//! `lease_event_stats`, and the internal helpers behind `lease_info` and `lease.active`.
 //!
 //! The public signatures (argument names, defaults, comments, grants) live in `sql/api.sql`;
 //! the functions here are their C entry points. Each one validates every argument before it

@@ -11,10 +11,10 @@
 //! cache replans it if the table is recreated or its statistics change. Plans are made with
 //! sequential and bitmap scans disabled: a generic plan made while the table happened to be
 //! empty (right after an ANALYZE of an empty table) would otherwise scan the whole table on
-//! every call for the rest of the backend's life, however large the table grows. Statements name every object and operator with
-//! its schema, so the caller's `search_path` cannot change what they do. They run as the owner
-//! of `lease.leases` (ordinary roles have no rights on it), inside a [`Store`] that switches
-//! the user and restores it when dropped.
+//! every call for the rest of the backend's life, however large the table grows. Statements
+//! name every object and operator with its schema, so the caller's `search_path` cannot change
+//! what they do. They run as the owner of `lease.leases` (ordinary roles have no rights on it),
+//! inside a [`Store`] that switches the user and restores it when dropped.
 
 use std::cell::Cell;
 use std::ffi::CStr;

@@ -65,6 +65,8 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
 
     // When the next sweep is due (server clock): at once, then the earliest expiry known.
     let mut sweep_at = i64::MIN;
+    // When to look again at sessions whose leases were busy (i64::MAX: no such leases).
+    let mut sessions_retry_at = i64::MAX;
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloading the configuration file is what SIGHUP asks for.
@@ -78,9 +80,11 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
         if clock_now() >= sweep_at {
             sweep_at = sweep_all();
         }
-        if shared.sessions_ended.swap(false, Ordering::AcqRel) && sweep_ended_sessions() > 0 {
-            shared.sessions_ended.store(true, Ordering::Release); // some were busy: look again soon
-            sweep_at = sweep_at.min(clock_now() + BUSY_RETRY_MS * 1_000);
+        if shared.sessions_ended.swap(false, Ordering::AcqRel) || clock_now() >= sessions_retry_at {
+            sessions_retry_at = match sweep_ended_sessions() {
+                0 => i64::MAX,
+                _busy => clock_now() + BUSY_RETRY_MS * 1_000, // look again soon
+            };
         }
         published += publish(shared);
         if published > 0 {
@@ -92,7 +96,11 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
         let now = clock_now();
         let more_to_do =
             shared.publish_requested.load(Ordering::Acquire) || shared.sessions_ended.load(Ordering::Acquire);
-        let wake_at = if more_to_do { now } else { sweep_at.min(now + settings::max_naptime_ms() * 1_000) };
+        let wake_at = if more_to_do {
+            now
+        } else {
+            sweep_at.min(sessions_retry_at).min(now + settings::max_naptime_ms() * 1_000)
+        };
         shared.next_wakeup.store(wake_at, Ordering::Release);
         // Round up to whole milliseconds so that we never wake just before an expiry.
         let sleep_ms = ((wake_at - now + 999) / 1_000).max(0) as u64;

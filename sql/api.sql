@@ -89,3 +89,22 @@ WHERE l.expires_at > clock_timestamp()
 GRANT SELECT ON lease.active TO PUBLIC;
 COMMENT ON VIEW lease.active IS
 'Every live lease: holder, token, owner, times, time remaining, session binding and waiters. Ordinary roles see the leases of roles they are members of; roles with SELECT on lease.leases (and superusers) see all.';
+
+CREATE FUNCTION lease._stats()
+RETURNS TABLE(acquired bigint, reacquired bigint, conflicts bigint, renewed bigint, released bigint,
+              expired_ttl bigint, expired_session_end bigint, revoked bigint, waits bigint,
+              wait_seconds double precision, handovers bigint)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'stats_counters_wrapper';
+COMMENT ON FUNCTION lease._stats() IS 'Internal: the counters behind lease.stats.';
+
+CREATE VIEW lease.stats AS
+SELECT s.*, (SELECT count(*) FROM lease.leases AS l WHERE l.expires_at > clock_timestamp()) AS live_leases
+FROM lease._stats() AS s;
+GRANT SELECT ON lease.stats TO PUBLIC;
+COMMENT ON VIEW lease.stats IS
+'Counters since server start or lease_stats_reset(): changes counted at commit (acquired, renewed, released, expired_ttl, expired_session_end, revoked), call outcomes counted when the call returns (reacquired, conflicts, waits, wait_seconds, handovers); and the live lease count. Zero without shared_preload_libraries.';
+
+CREATE FUNCTION lease_stats_reset() RETURNS void
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'lease_stats_reset_wrapper';
+REVOKE ALL ON FUNCTION lease_stats_reset() FROM PUBLIC;
+COMMENT ON FUNCTION lease_stats_reset() IS 'Sets the counters of lease.stats back to zero. Superusers and roles granted EXECUTE only.';

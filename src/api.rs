@@ -17,6 +17,7 @@ use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::events::{self, Event, Kind, Reason};
 use crate::expiry;
 use crate::settings;
+use crate::stats::{self, Counter};
 use crate::store::{clock_now, Binding, Holder, Store, Timestamp};
 use crate::{session, waiting};
 
@@ -144,6 +145,35 @@ fn resource_key(resource: &str) -> i64 {
     barrier::resource_key(resource) as i64
 }
 
+/// `lease._stats()`: the counters behind `lease.stats`.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn stats_counters() -> TableIterator<
+    'static,
+    (
+        name!(acquired, i64),
+        name!(reacquired, i64),
+        name!(conflicts, i64),
+        name!(renewed, i64),
+        name!(released, i64),
+        name!(expired_ttl, i64),
+        name!(expired_session_end, i64),
+        name!(revoked, i64),
+        name!(waits, i64),
+        name!(wait_seconds, f64),
+        name!(handovers, i64),
+    ),
+> {
+    let c = stats::read().map(|value| value as i64);
+    TableIterator::once((c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9] as f64 / 1e6, c[10]))
+}
+
+/// Sets the counters of `lease.stats` back to zero. Not executable by PUBLIC.
+#[pg_extern(sql = false)]
+fn lease_stats_reset() {
+    stats::reset();
+}
+
 /// `lease._valid_resource(resource)`: returns `resource` if it is a valid resource name and
 /// raises the documented error otherwise; `lease_info` filters through it.
 #[pg_extern(sql = false)]
@@ -183,13 +213,26 @@ pub fn acquire(
     };
     let wait = wait_argument(wait)?;
     ensure_primary()?;
-    if wait == 0 {
-        return Ok(match attempt(&request, None) {
+    let token = match wait {
+        0 => match attempt(&request, None) {
             Attempt::Granted(token) => Some(token),
             Attempt::Held(_) | Attempt::Yielded => None,
-        });
+        },
+        _ => wait_for(&request, wait)?,
+    };
+    if token.is_none() {
+        stats::add(Counter::Conflicts, 1);
     }
-    wait_for(&request, wait)
+    Ok(token)
+}
+
+/// Counts a wait and, when it ends in any way, the time it took.
+struct WaitClock(Timestamp);
+
+impl Drop for WaitClock {
+    fn drop(&mut self) {
+        stats::add(Counter::WaitMicros, (clock_now() - self.0).max(0) as u64);
+    }
 }
 
 /// Queues for the lease until it is granted (its token), `wait` microseconds pass (None), or
@@ -198,6 +241,8 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     let key = barrier::resource_key(request.resource);
     let ticket = waiting::enqueue(key).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
     let start = clock_now();
+    stats::add(Counter::Waits, 1);
+    let _clock = WaitClock(start);
     let deadline = start.saturating_add(wait);
     // SAFETY: LockTimeout is the backend's lock_timeout setting, in milliseconds.
     let lock_timeout_ms = i64::from(unsafe { pg_sys::LockTimeout });
@@ -206,7 +251,10 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
         let mut sleep_until = deadline.min(lock_deadline);
         if ticket.is_head() {
             match in_subtransaction(|| attempt(request, Some(ticket.number()))) {
-                Attempt::Granted(token) => return Ok(Some(token)),
+                Attempt::Granted(token) => {
+                    stats::add(Counter::Handovers, 1);
+                    return Ok(Some(token));
+                }
                 Attempt::Held(expires_at) => sleep_until = sleep_until.min(expires_at),
                 Attempt::Yielded => {}
             }
@@ -330,6 +378,7 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
     }
     let ours = current.holder == holder && current.owner == caller;
     if ours && store.extend(resource, current.token, now, expires_at).is_some() {
+        stats::add(Counter::Reacquired, 1);
         record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
         return Attempt::Granted(current.token);
     }

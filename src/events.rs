@@ -23,6 +23,7 @@ use pgrx::prelude::*;
 
 use crate::settings;
 use crate::shared::{self, EventSlot};
+use crate::stats::{self, Counter};
 use crate::store::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +125,17 @@ pub fn at_commit() {
         return;
     }
     let Some(shared) = shared::get() else { return };
+    for p in &pending {
+        let counter = match (p.event.kind, p.event.reason) {
+            (Kind::Acquired, _) => Counter::Acquired,
+            (Kind::Renewed, _) => Counter::Renewed,
+            (Kind::Released, _) => Counter::Released,
+            (Kind::Expired, Reason::SessionEnded) => Counter::ExpiredSessionEnd,
+            (Kind::Expired, _) => Counter::ExpiredTtl,
+            (Kind::Revoked, _) => Counter::Revoked,
+        };
+        stats::add(counter, 1);
+    }
     if shared.waiting.load(Ordering::Acquire) > 0 {
         let keys: Vec<u64> = pending
             .iter()

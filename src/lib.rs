@@ -12,6 +12,7 @@
 //! - [`session`]: session-bound leases and the session locks behind them;
 //! - [`transaction`]: what commit and abort do to a transaction's lease work;
 //! - [`worker`]: the expiry worker that sweeps and publishes events;
+//! - [`stats`]: the counters of `lease.stats`;
 //! - [`settings`]: the `lease.*` settings;
 //! - [`errors`]: the error enum and its SQLSTATEs.
 
@@ -25,6 +26,7 @@ mod expiry;
 mod session;
 mod settings;
 mod shared;
+mod stats;
 mod store;
 mod transaction;
 mod waiting;

@@ -67,6 +67,8 @@ pub struct Shared {
     pub publish_requested: AtomicBool,
     /// Events published since server start.
     pub published: AtomicU64,
+    /// The counters of `lease.stats` ([`crate::stats`]).
+    pub counters: [AtomicU64; crate::stats::COUNTERS],
     /// The earliest expiry committed since the worker last looked (`i64::MAX`: none).
     pub earliest_expiry: AtomicI64,
     /// Set when a backend that held session-bound leases exits; the worker clears it.

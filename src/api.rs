@@ -324,7 +324,7 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
     let expires_at = now + ttl;
     let store = Store::open();
     let caller = store.caller();
-    let yield_to_waiters = waiting::must_yield(barrier::resource_key(resource), ticket);
+    let yield_to_waiters = waiting::must_yield(resource, ticket);
     let application_name = if session_bound { current_application_name() } else { String::new() };
     // SAFETY: MyProcPid is set at backend start.
     let binding = session_bound

@@ -192,20 +192,17 @@ fn ring_serves_this_database() -> bool {
 
 /// Appends the events to the ring; true if the worker had not been asked to publish yet.
 fn push_to_ring(shared: &shared::Shared, events: &[Event]) -> bool {
-    // SAFETY: MyDatabaseId is fixed for the life of the backend.
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     {
         let mut ring = shared.lock_ring();
         for event in events {
-            ring.push(|slot| fill_slot(slot, event, database));
+            ring.push(|slot| fill_slot(slot, event));
         }
     }
     !shared.publish_requested.load(Ordering::Acquire)
         && !shared.publish_requested.swap(true, Ordering::AcqRel)
 }
 
-fn fill_slot(slot: &mut EventSlot, event: &Event, database: u32) {
-    slot.database = database;
+fn fill_slot(slot: &mut EventSlot, event: &Event) {
     slot.kind = event.kind as u8;
     slot.reason = event.reason as u8;
     slot.token = event.token;

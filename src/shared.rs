@@ -29,7 +29,6 @@ pub const RING_CAPACITY: usize = 8192;
 #[derive(Clone, Copy)]
 pub struct EventSlot {
     pub seq: u64,
-    pub database: u32,
     pub kind: u8,
     pub reason: u8,
     pub resource_len: u16,

@@ -114,13 +114,14 @@ fn leave(shared: &Shared) {
     wake_head_locked(waiters.slots(), database, key);
 }
 
-/// Whether a grant of the resource with lock key `key` must be left to a queued waiter:
+/// Whether a grant of `resource` must be left to a queued waiter:
 /// true when someone waits for it and `ticket` (the caller's, if it waits) is not the head.
-pub fn must_yield(key: u64, ticket: Option<u64>) -> bool {
+pub fn must_yield(resource: &str, ticket: Option<u64>) -> bool {
     let Some(shared) = shared::get() else { return false };
     if shared.waiting.load(Ordering::Acquire) == 0 {
         return false;
     }
+    let key = crate::barrier::resource_key(resource);
     let database = my_database();
     let mut waiters = shared.lock_waiters();
     waiters

@@ -60,7 +60,12 @@ install_extension() {
     say "building and installing the extension"
     local sudo_flag=()
     [ "$(id -u)" = 0 ] || sudo_flag=(--sudo)
+    # Running servers have the old library mapped: unlink it rather than let the install
+    # overwrite it in place, which would change the code under their feet.
+    as_root rm -f "$($PG_CONFIG --pkglibdir)/lease.so"
     (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@")
+    # Scripts of earlier versions and version steps (pgrx installs only the steps).
+    as_root install -m 644 "$ROOT"/sql/lease--*.sql "$($PG_CONFIG --sharedir)/extension/"
 }
 
 # cluster_start NAME PORT [postgresql.conf lines...]: starts (creating it if needed) a cluster

@@ -46,6 +46,21 @@ fn lease_acquire(
     acquire(resource, holder, ttl, wait, session_bound).or_raise()
 }
 
+/// Takes up to `max_count` of `resources` that are free (or expired), in the order given, and
+/// returns each with its token. Never waits: resources that another transaction is changing at
+/// this moment, or that are held, or that queued waiters are owed, are skipped. A resource the
+/// caller already holds (same holder, same role) is returned again with its expiry extended.
+#[pg_extern(sql = false)]
+fn lease_acquire_any(
+    resources: Option<Vec<Option<String>>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    max_count: Option<i32>,
+    session_bound: Option<bool>,
+) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
+    TableIterator::new(acquire_any(resources, holder, ttl, max_count, session_bound).or_raise())
+}
+
 /// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.
 #[pg_extern(sql = false)]
 fn lease_renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) -> bool {
@@ -226,6 +241,56 @@ pub fn acquire(
     Ok(token)
 }
 
+pub fn acquire_any(
+    resources: Option<Vec<Option<String>>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    max_count: Option<i32>,
+    session_bound: Option<bool>,
+) -> LeaseResult<Vec<(String, i64)>> {
+    let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
+    for resource in &resources {
+        name_argument(resource.as_deref(), "resources element", MAX_RESOURCE_BYTES)?;
+    }
+    let holder = name_argument(holder, "holder", MAX_HOLDER_BYTES)?;
+    let ttl = ttl_argument(ttl)?;
+    let max_count = match max_count {
+        None => 1,
+        Some(count) if count < 1 => {
+            return Err(LeaseError::invalid("max_count", format_args!("must be at least 1, not {count}")))
+        }
+        Some(count) => count as usize,
+    };
+    let session_bound = session_bound.unwrap_or(false);
+    ensure_primary()?;
+
+    let mut seen = std::collections::HashSet::new();
+    let candidates: Vec<&str> =
+        resources.iter().flatten().map(String::as_str).filter(|resource| seen.insert(*resource)).collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One read of the candidates' live leases: those held by someone else are skipped without
+    // taking their lock. The read is a hint; each grant is decided under the lock.
+    let held_by_others = {
+        let store = Store::open();
+        store.held_by_others(&candidates, holder, clock_now())
+    };
+    let mut granted = Vec::new();
+    for resource in candidates.into_iter().filter(|resource| !held_by_others.contains(*resource)) {
+        // Being changed by another transaction right now (most likely another claimer): skip.
+        let Some(held) = barrier::try_lock_for_change(resource) else { continue };
+        let request = Request { resource, holder, ttl, session_bound };
+        if let Attempt::Granted(token) = attempt_holding(held, &request, None) {
+            granted.push((resource.to_owned(), token));
+        }
+        if granted.len() == max_count {
+            break;
+        }
+    }
+    Ok(granted)
+}
+
 /// Counts a wait and, when it ends in any way, the time it took.
 struct WaitClock(Timestamp);
 
@@ -309,7 +374,11 @@ fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
 /// `ticket` is the caller's place in the queue when it waits; while others are queued ahead,
 /// a free lease is left to them.
 fn attempt(request: &Request, ticket: Option<u64>) -> Attempt {
-    let held = barrier::lock_for_change(request.resource);
+    attempt_holding(barrier::lock_for_change(request.resource), request, ticket)
+}
+
+/// As [`attempt`], with the resource's lock already taken.
+fn attempt_holding(held: barrier::Held, request: &Request, ticket: Option<u64>) -> Attempt {
     let outcome = attempt_locked(request, ticket);
     if !matches!(outcome, Attempt::Granted(_)) {
         // Nothing changed: do not keep others out for the rest of the transaction.

@@ -24,6 +24,14 @@ pub enum LeaseError {
     NotHeld { resource: String, token: i64 },
     /// A waiting acquire ran past `lock_timeout` (55P03).
     LockTimeout { resource: String },
+    /// `lease_fence` rejected a row change whose token does not hold its resource (55000).
+    Unfenced { table: String, resource: Option<String>, token: Option<i64> },
+    /// `lease_fence` was fired in a way it cannot fence (09000).
+    TriggerMisuse(String),
+    /// A trigger argument names a column the table does not have (42703).
+    UndefinedColumn { table: String, column: String },
+    /// A trigger argument names a column of the wrong type (42804).
+    ColumnType { column: String, expected: &'static str },
 }
 
 pub type LeaseResult<T> = Result<T, LeaseError>;
@@ -44,6 +52,10 @@ impl LeaseError {
             LeaseError::NotLeaseOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             LeaseError::NotHeld { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             LeaseError::LockTimeout { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
+            LeaseError::Unfenced { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            LeaseError::TriggerMisuse(_) => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            LeaseError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            LeaseError::ColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
         }
     }
 
@@ -64,6 +76,18 @@ impl LeaseError {
             LeaseError::LockTimeout { resource } => {
                 format!("canceling wait for lease on resource \"{resource}\" due to lock timeout")
             }
+            LeaseError::Unfenced { table, resource, token } => {
+                let resource = resource.as_ref().map_or("NULL".into(), |name| format!("\"{name}\""));
+                let token = token.map_or("NULL".into(), |token| token.to_string());
+                format!("row change on table \"{table}\" rejected: lease on resource {resource} is not held with token {token}")
+            }
+            LeaseError::TriggerMisuse(message) => message.clone(),
+            LeaseError::UndefinedColumn { table, column } => {
+                format!("lease_fence: column \"{column}\" of table \"{table}\" does not exist")
+            }
+            LeaseError::ColumnType { column, expected } => {
+                format!("lease_fence: token column \"{column}\" must be of type {expected}")
+            }
         }
     }
 
@@ -75,7 +99,7 @@ impl LeaseError {
             LeaseError::NotLeaseOwner { .. } => {
                 Some("Only members of the role that acquired a lease may renew or release it.")
             }
-            LeaseError::NotHeld { .. } => Some(
+            LeaseError::NotHeld { .. } | LeaseError::Unfenced { .. } => Some(
                 "The lease has expired, was released, or was taken over by another holder; stop the protected work.",
             ),
             LeaseError::NeedsPreload(_) => {

@@ -3,6 +3,7 @@
 //! A lease is the exclusive, time-limited right of one holder to one resource, kept as a row of
 //! `lease.leases` and guarded by a transaction-scoped advisory lock per resource. Modules:
 //! - [`api`]: the SQL-callable functions and their argument checks;
+//! - [`fence`]: the `lease_fence` trigger that fences row changes of protected tables;
 //! - [`store`]: every statement on the lease table, and the token sequence;
 //! - [`barrier`]: the per-resource locks that make `lease_check` a fence;
 //! - [`expiry`]: removing expired leases (the sweep);
@@ -23,6 +24,7 @@ mod barrier;
 mod errors;
 mod events;
 mod expiry;
+mod fence;
 mod session;
 mod settings;
 mod shared;
@@ -35,7 +37,10 @@ mod worker;
 pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-pgrx::extension_sql_file!("../sql/api.sql", name = "api", finalize);
+pgrx::extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
+// Each version step's upgrade script is also part of a fresh install of the current version,
+// so the objects it adds are defined once.
+pgrx::extension_sql_file!("../sql/lease--0.1.0--0.2.0.sql", name = "v0_2_0", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

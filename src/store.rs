@@ -67,6 +67,7 @@ enum Statement {
     SessionBound,
     DeleteGrant,
     SessionTokensAlive,
+    HeldByOthers,
 }
 
 const TEXT: Oid = pg_sys::TEXTOID;
@@ -74,11 +75,12 @@ const INT8: Oid = pg_sys::INT8OID;
 const ROLE: Oid = pg_sys::REGROLEOID;
 const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
 
-/// SQL text and parameter types of each [`Statement`].
 const INT4: Oid = pg_sys::INT4OID;
 const INT8_ARRAY: Oid = pg_sys::INT8ARRAYOID;
+const TEXT_ARRAY: Oid = pg_sys::TEXTARRAYOID;
 
-const PLAN_SOURCES: [(&CStr, &[Oid]); 12] = [
+/// SQL text and parameter types of each [`Statement`].
+const PLAN_SOURCES: [(&CStr, &[Oid]); 13] = [
     (
         c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at,
                                    session_pid, application_name)
@@ -142,11 +144,18 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 12] = [
           WHERE token OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL",
         &[INT8_ARRAY],
     ),
+    (
+        c"SELECT resource FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) ANY ($1) AND expires_at OPERATOR(pg_catalog.>) $2
+            AND session_pid IS NULL
+            AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4)",
+        &[TEXT_ARRAY, TSTZ, TEXT, ROLE],
+    ),
 ];
 
 thread_local! {
     /// This backend's kept plans, prepared on first use.
-    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 12]>> = const { Cell::new(None) };
+    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 13]>> = const { Cell::new(None) };
     /// The lease table's and the token sequence's OIDs and the table's owner, looked up on
     /// first use and forgotten whenever the relation cache says either may have changed.
     static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
@@ -408,6 +417,25 @@ impl Store {
         let count = self.execute(Statement::SessionTokensAlive, &[tokens.to_vec().into_datum()], false, 0);
         // SAFETY: the statement returned `count` rows of one int8 column, never NULL.
         (0..count as usize).map(|row| unsafe { column::<i64>(row, 1) }).collect()
+    }
+
+    /// Which of `resources` another holder (another name or another role) holds at `now` with
+    /// a lease that is not session-bound.
+    pub fn held_by_others(
+        &self,
+        resources: &[&str],
+        holder: &str,
+        now: Timestamp,
+    ) -> std::collections::HashSet<String> {
+        let args = [
+            resources.to_vec().into_datum(),
+            now.into_datum(),
+            holder.into_datum(),
+            self.caller.into_datum(),
+        ];
+        let count = self.execute(Statement::HeldByOthers, &args, false, 0);
+        // SAFETY: the statement returned `count` rows of one text column, never NULL.
+        (0..count as usize).map(|row| unsafe { column::<String>(row, 1) }).collect()
     }
 
     fn returned_holder(&self, statement: Statement, args: &[Option<Datum>]) -> Option<Holder> {

@@ -1,0 +1,149 @@
+//! `lease_fence`: a trigger function that fences every row change of a protected table, so that
+//! applications need no `lease_check` in their statements.
+//!
+//! `CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON jobs FOR EACH ROW EXECUTE FUNCTION
+//! lease_fence('resource_column', 'token_column' [, 'prefix'])`: the row's resource is `prefix`
+//! followed by the text of `resource_column`, its token is `token_column` (a bigint). A change
+//! passes only while that token holds that resource's lease, exactly as [`crate::api::check`]
+//! decides, and then keeps every other grant of the resource out until the transaction ends.
+//! The row checked is the new one for INSERT and UPDATE and the old one for DELETE; an UPDATE
+//! that changes the resource must also hold the old resource with the new token, so a row
+//! never moves from one lease to another.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::api;
+use crate::errors::{LeaseError, LeaseResult, OrRaise};
+
+/// Trigger function: rejects (55000) a row change unless the row's token holds the lease on
+/// its resource; arguments are the resource column, the token column and an optional prefix.
+///
+/// A plain C entry point rather than `#[pg_trigger]`, so that a call outside a trigger gets
+/// the documented error instead of an internal one.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with a valid `fcinfo`.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn lease_fence_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: fcinfo comes from the function manager; its context is a TriggerData exactly when
+    // called_as_trigger says so, and then PgTrigger may read it for the rest of the call.
+    unsafe {
+        if !pgrx::trigger_support::called_as_trigger(fcinfo) {
+            LeaseError::TriggerMisuse("lease_fence can only be called as a trigger".into()).raise();
+        }
+        let trigger = PgTrigger::from_fcinfo(fcinfo.as_ref().expect("fcinfo is not NULL"))
+            .unwrap_or_else(|error| error!("lease_fence: {error}"));
+        let row = fence(&trigger).or_raise();
+        pg_sys::Datum::from(row)
+    }
+}
+
+/// The function manager's record for [`lease_fence_wrapper`]: version-1 calling convention.
+#[no_mangle]
+pub extern "C" fn pg_finfo_lease_fence_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const VERSION_1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &VERSION_1
+}
+
+/// The trigger's arguments, resolved against the table.
+struct Columns {
+    resource: i32,
+    token: i32,
+    prefix: String,
+}
+
+/// Checks the row change and returns the row the trigger hands back (the new row, or the old
+/// one for DELETE).
+fn fence(trigger: &PgTrigger) -> LeaseResult<pg_sys::HeapTuple> {
+    let misuse = |reason: &str| LeaseError::TriggerMisuse(format!("lease_fence {reason}"));
+    if !matches!(trigger.level(), PgTriggerLevel::Row) || !matches!(trigger.when(), Ok(PgTriggerWhen::Before))
+    {
+        return Err(misuse("must be fired BEFORE, FOR EACH ROW"));
+    }
+    let data = trigger.trigger_data();
+    let table = trigger.table_name().unwrap_or_default();
+    // SAFETY: a row-level trigger's relation is open and locked for the whole call.
+    let descriptor = unsafe { (*data.tg_relation).rd_att };
+    let columns = columns(trigger, descriptor)?;
+    let op = trigger.op().map_err(|_| misuse("must be fired for INSERT, UPDATE or DELETE"))?;
+    // The row that must hold the lease: the new one, or the old one for DELETE.
+    let row = match op {
+        PgTriggerOperation::Update => data.tg_newtuple,
+        _ => data.tg_trigtuple,
+    };
+    // SAFETY: tuples of this trigger event, described by the relation's descriptor.
+    let (resource, token) = unsafe { read_row(row, descriptor, &columns) };
+    check(&table, resource.as_deref(), token)?;
+    if matches!(op, PgTriggerOperation::Update) {
+        // SAFETY: as above; tg_trigtuple is the old row of an UPDATE.
+        let (old_resource, _) = unsafe { read_row(data.tg_trigtuple, descriptor, &columns) };
+        if old_resource != resource {
+            check(&table, old_resource.as_deref(), token)?;
+        }
+    }
+    Ok(row)
+}
+
+/// The columns named by the trigger's arguments: the resource column (any type, read as text)
+/// and the token column (bigint).
+fn columns(trigger: &PgTrigger, descriptor: pg_sys::TupleDesc) -> LeaseResult<Columns> {
+    let arguments = trigger.extra_args().unwrap_or_default();
+    if !(2..=3).contains(&arguments.len()) {
+        return Err(LeaseError::invalid(
+            "lease_fence",
+            format_args!(
+                "expects 2 or 3 trigger arguments (resource column, token column, prefix), not {}",
+                arguments.len()
+            ),
+        ));
+    }
+    let number = |name: &str| -> LeaseResult<i32> {
+        let c_name =
+            CString::new(name).map_err(|_| LeaseError::invalid("lease_fence", "column name has NUL"))?;
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        let number = unsafe { pg_sys::SPI_fnumber(descriptor, c_name.as_ptr()) };
+        if number <= 0 {
+            return Err(LeaseError::UndefinedColumn {
+                table: trigger.table_name().unwrap_or_default(),
+                column: name.into(),
+            });
+        }
+        Ok(number)
+    };
+    let resource = number(&arguments[0])?;
+    let token = number(&arguments[1])?;
+    // SAFETY: `token` is a user column of the descriptor.
+    if unsafe { pg_sys::SPI_gettypeid(descriptor, token) } != pg_sys::INT8OID {
+        return Err(LeaseError::ColumnType { column: arguments[1].clone(), expected: "bigint" });
+    }
+    Ok(Columns { resource, token, prefix: arguments.get(2).cloned().unwrap_or_default() })
+}
+
+/// The row's resource (prefixed, NULL if the column is) and token.
+///
+/// # Safety
+/// `row` must be a valid tuple described by `descriptor`, and `columns` resolved against it.
+unsafe fn read_row(
+    row: pg_sys::HeapTuple,
+    descriptor: pg_sys::TupleDesc,
+    columns: &Columns,
+) -> (Option<String>, Option<i64>) {
+    let text = pg_sys::SPI_getvalue(row, descriptor, columns.resource);
+    let resource =
+        (!text.is_null()).then(|| format!("{}{}", columns.prefix, CStr::from_ptr(text).to_string_lossy()));
+    let mut is_null = false;
+    let datum = pg_sys::SPI_getbinval(row, descriptor, columns.token, &mut is_null);
+    (resource, i64::from_datum(datum, is_null))
+}
+
+fn check(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
+    let unfenced = || LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token };
+    match (resource, token) {
+        (Some(_), Some(_)) if api::check(resource, token)? => Ok(()),
+        _ => Err(unfenced()),
+    }
+}

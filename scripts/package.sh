@@ -4,6 +4,7 @@
 #   ./scripts/package.sh           # release build (several minutes from scratch)
 #   ./scripts/package.sh --debug   # debug build: quicker, for tests only
 #
+# Arguments go to `cargo pgrx package`.
 # The package holds lease.so, lease.control, the generated lease--<version>.sql and every
 # sql/lease--*.sql (scripts of older versions, upgrade steps). It is written to
 # target/debian/postgresql-15-lease_<version>-<revision>_<arch>.deb; stdout gets only that path,

@@ -1,0 +1,98 @@
+"""The upgrade path: a database created at the previous version, holding leases, is updated with
+ALTER EXTENSION lease UPDATE; its leases, tokens and API keep working, and it ends up with the
+same objects as a fresh install of the current version."""
+
+import psycopg
+import pytest
+
+from conftest import connect, one
+
+OLD_VERSION = "0.1.0"
+
+# Every object of the extension, with what an upgrade must get right: signatures, results,
+# volatility, security, settings, ACLs, comments, view definitions, columns, indexes.
+CATALOG = """
+SELECT 'function ' || p.oid::regprocedure || ' -> ' || pg_get_function_result(p.oid)
+       || ' ' || p.provolatile::text || p.prosecdef::text || ' ' || coalesce(p.proconfig::text, '')
+       || ' acl=' || coalesce(p.proacl::text, '') || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), '')
+       || ' args=' || pg_get_function_arguments(p.oid)
+FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'lease') AND d.deptype = 'e'
+UNION ALL
+SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '')
+       || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '')
+       || ' view=' || coalesce(pg_get_viewdef(c.oid), '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'lease'
+UNION ALL
+SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || ' notnull=' || a.attnotnull
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'lease' AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'lease'
+ORDER BY 1
+"""
+
+
+@pytest.fixture
+def databases():
+    names = ("lease_upgrade_old", "lease_upgrade_fresh")
+    with connect() as admin:
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {name}")
+            admin.execute(f"CREATE DATABASE {name}")
+    yield names
+    with connect() as admin:
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases):
+    old_db, fresh_db = databases
+    with connect(dbname=old_db) as conn:
+        conn.execute(f"CREATE EXTENSION lease VERSION '{OLD_VERSION}'")
+        assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == OLD_VERSION
+        held = one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder', '1 hour')")
+        fenced = one(conn, "SELECT lease_acquire('upgrade:fenced', 'old-holder', '1 hour')")
+        # The new functions do not exist before the update.
+        with pytest.raises(psycopg.errors.UndefinedFunction):
+            conn.execute("SELECT lease_acquire_any(ARRAY['x'], 'h')")
+
+        conn.execute("ALTER EXTENSION lease UPDATE")
+        current = one(conn, "SELECT default_version FROM pg_available_extensions WHERE name = 'lease'")
+        assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == current != OLD_VERSION
+
+        # Leases and tokens survived, and the old API works on them.
+        assert conn.execute("SELECT holder, token FROM lease_info('upgrade:held')").fetchall() == [
+            ("old-holder", held)
+        ]
+        assert one(conn, "SELECT lease_check('upgrade:held', %s)", (held,)) is True
+        assert one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder', '1 hour')") == held
+        assert one(conn, "SELECT lease_renew('upgrade:held', %s, '2 hours')", (held,)) is True
+        assert one(conn, "SELECT lease_acquire('upgrade:held', 'someone-else')") is None
+        # New tokens continue the same sequence.
+        claimed = conn.execute(
+            "SELECT resource, token FROM lease_acquire_any(ARRAY['upgrade:held', 'upgrade:new'], 'new-holder')"
+        ).fetchall()
+        assert [resource for resource, _ in claimed] == ["upgrade:new"]
+        assert claimed[0][1] > max(held, fenced)
+        # The fencing trigger of the new version protects a table with a lease taken before the update.
+        conn.execute("CREATE TABLE protected (resource text, token bigint, value int)")
+        conn.execute(
+            "CREATE TRIGGER fence BEFORE INSERT OR UPDATE OR DELETE ON protected FOR EACH ROW "
+            "EXECUTE FUNCTION lease_fence('resource', 'token')"
+        )
+        conn.execute("INSERT INTO protected VALUES ('upgrade:fenced', %s, 1)", (fenced,))
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            conn.execute("INSERT INTO protected VALUES ('upgrade:fenced', %s, 2)", (held,))
+        assert one(conn, "SELECT lease_release('upgrade:held', %s)", (held,)) is True
+        conn.execute("DROP TABLE protected")
+        upgraded = [row[0] for row in conn.execute(CATALOG).fetchall()]
+
+    with connect(dbname=fresh_db) as conn:
+        conn.execute("CREATE EXTENSION lease")
+        fresh = [row[0] for row in conn.execute(CATALOG).fetchall()]
+
+    assert upgraded == fresh

@@ -4,7 +4,8 @@
 #   2. the SQL contract: tests/regress/sql/*.sql against tests/regress/expected/*.out
 #      (pg_regress, as a client of a throwaway server run by an ordinary OS user), and the
 #      interleavings: tests/isolation/specs/*.spec (pg_isolation_regress, likewise);
-#   3. out-of-process tests with a real client over several connections (tests/client, pytest).
+#   3. out-of-process tests with a real client over several connections (tests/client, pytest);
+#   4. the Debian package: built, installed with apt, used and removed (tests/package).
 # Ends with one line "summary: N passed, M failed"; exits non-zero if anything failed.
 source "$(dirname "$0")/common.sh"
 
@@ -85,6 +86,20 @@ py_passed=$(tail -n 1 "$LOG_DIR/pytest.log" | { grep -oE '[0-9]+ passed' || true
 py_failed=$(tail -n 1 "$LOG_DIR/pytest.log" | { grep -oE '[0-9]+ (failed|error|errors)' || true; } | awk '{s+=$1} END {print s+0}')
 [ "$py_passed" -gt 0 ] || [ "$py_failed" -gt 0 ] || py_failed=1
 count "$py_passed" "$py_failed"
+
+say "layer 4: the Debian package (tests/package/install-test.sh)"
+# Last on purpose: removing the package removes the system's lease.so, which the layers above
+# use; the next install_extension puts the development build back.
+set +e
+LEASE_RUN_DIR="$RUN_DIR" LEASE_SERVER_USER="$SERVER_USER" "$ROOT/tests/package/install-test.sh" 2>&1 \
+    | tee "$LOG_DIR/package.log"
+package_status=${PIPESTATUS[0]}
+set -e
+if [ "$package_status" = 0 ] && tail -n 1 "$LOG_DIR/package.log" | grep -q '^package test: PASS'; then
+    count 1 0
+else
+    count 0 1
+fi
 
 echo
 echo "summary: $passed passed, $failed failed"

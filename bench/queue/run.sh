@@ -50,89 +50,103 @@ build_script() {
     echo "$file"
 }
 
-# One run on a fresh queue. Prints: jobs/s, jobs done, completions, duplicates, refused, stale, failed.
+# One run on a fresh queue. Prints: jobs/s, jobs done, completions, jobs completed twice,
+# refused, stale, failed transactions, claims (pgbench transactions), WAL bytes.
 run_queue() {
     local queue=$1 sync=$2 ttl=$3 work_us=$4 key=$5
-    local script started log failed threads=$(( WORKERS < 2 ? 1 : 2 ))
+    local script started lsn log claims failed threads=$(( WORKERS < 2 ? 1 : 2 ))
     script=$(build_script "$queue" "$work_us")
     "${psql_bench[@]}" -v jobs="$JOBS" -f "$HERE/fill.sql"
-    started=$("${psql_bench[@]}" -At -c "SELECT clock_timestamp()")
+    IFS='|' read -r started lsn <<< "$("${psql_bench[@]}" -At -c "SELECT clock_timestamp(), pg_current_wal_lsn()")"
     log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -M prepared -T "$DURATION" \
         -c "$WORKERS" -j "$threads" -h 127.0.0.1 -p "$PORT" -U postgres \
         -D ttl="$ttl" -D batch="$BATCH" -D candidates="$CANDIDATES" -f "$script" postgres 2>&1) \
         || { echo "$log" >&2; exit 1; }
     { echo "== $key"; echo "$log"; } >> "$RAW"
+    claims=$(echo "$log" | awk '/number of transactions actually processed/ {print $6}')
     failed=$(echo "$log" | awk '/number of failed transactions/ {print $5}')
-    "${psql_bench[@]}" -At -F ' ' -v started="$started" -f "$HERE/verify.sql" \
-        | awk -v failed="$failed" '{printf "%.0f %d %d %d %d %d %d\n", ($6 > 0 ? $1 / $6 : 0), $1, $2, $3, $4, $5, failed}'
+    "${psql_bench[@]}" -At -F ' ' -v started="$started" -v lsn="$lsn" -f "$HERE/verify.sql" \
+        | awk -v failed="$failed" -v claims="$claims" \
+            '{printf "%.0f %d %d %d %d %d %d %d %d\n", ($6 > 0 ? $1 / $6 : 0), $1, $2, $3, $4, $5, failed, claims, $7}'
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 "${psql_bench[@]}" -f "$HERE/setup.sql" 2>/dev/null
 : > "$RAW"
-declare -A rate done_jobs completions duplicates refused stale failed
-add() { local -n counter=$1; counter[$2]=$(( ${counter[$2]:-0} + $3 )); }
+FIELDS=(rate done completions twice refused stale failed claims wal)
+declare -A total   # total[key/field], summed over a configuration's runs
+record() {   # record KEY VALUES...: adds one run's figures to the totals
+    local key=$1 i
+    shift
+    local values=("$@")
+    for i in "${!FIELDS[@]}"; do
+        total[$key/${FIELDS[$i]}]=$(( ${total[$key/${FIELDS[$i]}]:-0} + ${values[$i]} ))
+    done
+}
+declare -A rate samples
 
 # Timed runs: each queue ROUNDS times per synchronous_commit mode, in alternating order; the
-# median jobs/s is reported, the checks are summed over all runs.
+# median jobs/s is reported, everything else is summed over all runs.
 for sync in "${SYNC_MODES[@]}"; do
-    declare -A samples=()
     for round in $(seq 1 "$ROUNDS"); do
         for i in "${!QUEUES[@]}"; do
             queue=${QUEUES[$(( (i + round) % ${#QUEUES[@]} ))]}
-            key=$sync/$queue
-            read -r r d c dup ref st f <<< "$(run_queue "$queue" "$sync" "$TTL" 0 "$key")"
-            samples[$queue]+=" $r"
-            add done_jobs "$key" "$d"; add completions "$key" "$c"; add duplicates "$key" "$dup"
-            add refused "$key" "$ref"; add stale "$key" "$st"; add failed "$key" "$f"
+            # shellcheck disable=SC2046
+            set -- $(run_queue "$queue" "$sync" "$TTL" 0 "$sync/$queue")
+            samples[$sync/$queue]+=" $1"
+            record "$sync/$queue" "$@"
         done
     done
     for queue in "${QUEUES[@]}"; do
-        key=$sync/$queue
         # shellcheck disable=SC2086
-        rate[$key]=$(median ${samples[$queue]})
-        printf '%-10s synchronous_commit=%-3s median %6s jobs/s (runs:%s)  duplicates=%s\n' \
-            "$queue" "$sync" "${rate[$key]}" "${samples[$queue]}" "${duplicates[$key]}"
+        rate[$sync/$queue]=$(median ${samples[$sync/$queue]})
+        printf '%-10s synchronous_commit=%-3s median %6s jobs/s (runs:%s)  completed twice: %s\n' \
+            "$queue" "$sync" "${rate[$sync/$queue]}" "${samples[$sync/$queue]}" "${total[$sync/$queue/twice]}"
     done
-    unset samples
 done
 
 # Takeover runs: claims end while their jobs are being worked on.
 for queue in "${QUEUES[@]}"; do
-    key=pressure/$queue
-    read -r r d c dup ref st f <<< "$(run_queue "$queue" on "$PRESSURE_TTL" "$PRESSURE_WORK_US" "$key")"
-    rate[$key]=$r done_jobs[$key]=$d completions[$key]=$c duplicates[$key]=$dup
-    refused[$key]=$ref stale[$key]=$st failed[$key]=$f
+    # shellcheck disable=SC2046
+    record "takeover/$queue" $(run_queue "$queue" on "$PRESSURE_TTL" "$PRESSURE_WORK_US" "takeover/$queue")
 done
 
+# per_job KEY FIELD: a summed field divided by the jobs done.
+per_job() { awk -v v="${total[$1/$2]}" -v d="${total[$1/done]}" 'BEGIN {printf "%.0f", (d > 0 ? v / d : 0)}'; }
+jobs_per_claim() { awk -v d="${total[$1/done]}" -v c="${total[$1/claims]}" 'BEGIN {printf "%.1f", (c > 0 ? d / c : 0)}'; }
+name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
+
 {
-    echo "| synchronous_commit | lease queue (jobs/s) | SKIP LOCKED queue (jobs/s) | lease / SKIP LOCKED | jobs done (lease / SKIP LOCKED) | jobs completed twice | completions − jobs done | failed |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| synchronous_commit | lease queue (jobs/s) | SKIP LOCKED queue (jobs/s) | lease / SKIP LOCKED |"
+    echo "|---|---:|---:|---:|"
     for sync in "${SYNC_MODES[@]}"; do
-        l=$sync/lease s=$sync/skiplocked
-        ratio=$(awk -v l="${rate[$l]}" -v s="${rate[$s]}" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}')
-        dup=$(( ${duplicates[$l]} + ${duplicates[$s]} ))
-        extra=$(( ${completions[$l]} - ${done_jobs[$l]} + ${completions[$s]} - ${done_jobs[$s]} ))
-        echo "| $sync | ${rate[$l]} | ${rate[$s]} | $ratio | ${done_jobs[$l]} / ${done_jobs[$s]} | $dup | $extra | $(( ${failed[$l]} + ${failed[$s]} )) |"
+        l=${rate[$sync/lease]} s=${rate[$sync/skiplocked]}
+        echo "| $sync | $l | $s | $(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}') |"
     done
     echo
-    echo "$WORKERS workers claiming $BATCH jobs at a time from a queue of $JOBS jobs, one transaction per"
-    echo "claim and one per completion; median of $ROUNDS alternating runs of $DURATION s each, every run on a"
-    echo "fresh queue (jobs/s: jobs done from the start to the last completion); duplicates and counts"
-    echo "summed over all runs. The lease queue offers each claim the oldest $CANDIDATES ready jobs nobody"
-    echo "holds, shuffled. pgbench -M prepared; $(nproc) cores; PostgreSQL"
-    echo "$("$PG_BIN/postgres" --version | awk '{print $3}'); $(date -u +%Y-%m-%d)."
+    echo "| queue | synchronous_commit | jobs/s of each run | jobs done | jobs completed twice | completions − jobs done | jobs per claim | WAL bytes per job | granted although done | failed transactions |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    for sync in "${SYNC_MODES[@]}"; do
+        for queue in "${QUEUES[@]}"; do
+            k=$sync/$queue
+            echo "| $(name "$queue") | $sync |${samples[$k]} | ${total[$k/done]} | ${total[$k/twice]} | $(( total[$k/completions] - total[$k/done] )) | $(jobs_per_claim "$k") | $(per_job "$k" wal) | ${total[$k/stale]} | ${total[$k/failed]} |"
+        done
+    done
+    echo
+    echo "$WORKERS workers claiming $BATCH jobs at a time from a queue of $JOBS jobs, one transaction per claim and"
+    echo "one per completion; median of $ROUNDS alternating runs of $DURATION s each, every run on a fresh queue"
+    echo "(jobs/s: jobs done from the start to the last completion). The lease queue offers each claim the"
+    echo "oldest $CANDIDATES ready jobs that nobody holds, shuffled, then fetches the granted jobs still ready."
+    echo "pgbench -M prepared; $(nproc) cores; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); $(date -u +%Y-%m-%d)."
     echo
     echo "| claims of $PRESSURE_TTL, $PRESSURE_WORK_US µs of work per job (synchronous_commit = on, $DURATION s) | lease queue | SKIP LOCKED queue |"
     echo "|---|---:|---:|"
-    echo "| jobs done | ${done_jobs[pressure/lease]} | ${done_jobs[pressure/skiplocked]} |"
-    echo "| completions refused by the fence (claim ended) | ${refused[pressure/lease]} | ${refused[pressure/skiplocked]} |"
-    echo "| jobs granted although already done (dropped after the fetch) | ${stale[pressure/lease]} | - |"
-    echo "| jobs completed twice | ${duplicates[pressure/lease]} | ${duplicates[pressure/skiplocked]} |"
-    echo "| completions − jobs done | $(( ${completions[pressure/lease]} - ${done_jobs[pressure/lease]} )) | $(( ${completions[pressure/skiplocked]} - ${done_jobs[pressure/skiplocked]} )) |"
-    echo
-    echo "Timed runs: jobs granted although already done (lease queue): $(for sync in "${SYNC_MODES[@]}"; do printf '%s with synchronous_commit = %s; ' "${stale[$sync/lease]}" "$sync"; done | sed 's/; $//')."
+    echo "| jobs done | ${total[takeover/lease/done]} | ${total[takeover/skiplocked/done]} |"
+    echo "| completions refused by the fence (claim ended) | ${total[takeover/lease/refused]} | ${total[takeover/skiplocked/refused]} |"
+    echo "| jobs granted although already done (dropped after the fetch) | ${total[takeover/lease/stale]} | - |"
+    echo "| jobs completed twice | ${total[takeover/lease/twice]} | ${total[takeover/skiplocked/twice]} |"
+    echo "| completions − jobs done | $(( total[takeover/lease/completions] - total[takeover/lease/done] )) | $(( total[takeover/skiplocked/completions] - total[takeover/skiplocked/done] )) |"
 } > "$OUT"
 echo
 cat "$OUT"

@@ -1,13 +1,14 @@
 """Expiry benchmark: how late does an application learn that a lease expired, what does the
 sweep cost, and what does the worker cost when there is nothing to do.
 
-Usage: expiry.py PORT [LIVE=100000] [EXPIRING=10000] [WINDOW_S=10] [IDLE_S=60]
+Usage: expiry.py PORT [LIVE=100000] [EXPIRING=10000] [WINDOW_S=10] [IDLE_S=60] [SAMPLES_JSON]
 
 With LIVE leases that stay (ttl 1 hour) in the table, EXPIRING leases are made to expire
 evenly over WINDOW_S seconds. A client LISTENs on lease_events and measures, for each
 `expired` event, the time from the lease's expires_at (server clock) to the notification's
 arrival (same machine, same clock). Then the table is emptied and the worker's CPU time and
-wake-ups are read from /proc over IDLE_S seconds. Prints one Markdown table."""
+wake-ups are read from /proc over IDLE_S seconds. Prints one Markdown table; with SAMPLES_JSON,
+also writes every latency measured there ({"expiry_latency_ms": [...]})."""
 
 import datetime
 import json
@@ -22,6 +23,7 @@ LIVE = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
 EXPIRING = int(sys.argv[3]) if len(sys.argv) > 3 else 10_000
 WINDOW = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
 IDLE = float(sys.argv[5]) if len(sys.argv) > 5 else 60.0
+SAMPLES = sys.argv[6] if len(sys.argv) > 6 else None
 BATCH = 500  # leases per transaction: each holds its resource's lock until commit
 
 
@@ -94,6 +96,9 @@ while len(latencies) < EXPIRING and time.time() < deadline:
         if event["event"] == "expired" and event["resource"].startswith("exp:"):
             latencies.append((arrived - parse(event["expires_at"])) * 1000)
 _, cpu_after, _ = worker_stats(conn)
+if SAMPLES:
+    with open(SAMPLES, "w") as samples:
+        json.dump({"expiry_latency_ms": [round(ms, 4) for ms in latencies]}, samples)
 live_left = one(conn, "SELECT count(*) FROM lease.leases WHERE resource LIKE 'live:%%'")
 
 conn.execute("TRUNCATE lease.leases")

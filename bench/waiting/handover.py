@@ -1,6 +1,6 @@
 """Waiting benchmark: how fast a lease passes from one holder to the next.
 
-Usage: handover.py PORT [ROUNDS=300] [TERMINATIONS=30] [WAITERS=32] [HANDOVERS=10000]
+Usage: handover.py PORT [ROUNDS=300] [TERMINATIONS=30] [WAITERS=32] [HANDOVERS=10000] [SAMPLES_JSON]
 
 1. Handover latency: a holder releases; a waiter blocked in lease_acquire(wait => ...) returns.
    Time from the release's commit (its call returning) to the waiter's call returning,
@@ -12,8 +12,10 @@ Usage: handover.py PORT [ROUNDS=300] [TERMINATIONS=30] [WAITERS=32] [HANDOVERS=1
    order is first come, first served: no call is granted before a call that reached the
    server earlier (each call reads the server clock just before it joins the queue; calls
    less than 0.1 ms apart count as simultaneous).
-Prints one Markdown table."""
+Prints one Markdown table; with SAMPLES_JSON, also writes the latencies of 1 and 2 there
+({"waiting_ms": [...], "polling_ms": [...], "terminated_ms": [...]})."""
 
+import json
 import statistics
 import sys
 import threading
@@ -26,6 +28,7 @@ ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 TERMINATIONS = int(sys.argv[3]) if len(sys.argv) > 3 else 30
 WAITERS = int(sys.argv[4]) if len(sys.argv) > 4 else 32
 HANDOVERS = int(sys.argv[5]) if len(sys.argv) > 5 else 10_000
+SAMPLES = sys.argv[6] if len(sys.argv) > 6 else None
 
 
 def connect():
@@ -180,6 +183,10 @@ blocking = handover_latency(None)
 polling = handover_latency(0.05)
 terminated = termination_latency()
 result = contention()
+if SAMPLES:
+    with open(SAMPLES, "w") as samples:
+        json.dump({name: [round(ms, 4) for ms in values] for name, values in
+                   (("waiting_ms", blocking), ("polling_ms", polling), ("terminated_ms", terminated))}, samples)
 
 print("| measure | waiting acquire | polling every 50 ms |")
 print("|---|---:|---:|")

@@ -131,17 +131,19 @@ fn lease_sweep(max_count: Option<i32>) -> i32 {
     expiry::sweep(limit).removed as i32
 }
 
-/// Counters of the event stream since server start: the last sequence number assigned,
-/// events waiting to be published, events published, and events dropped because the ring
-/// was full. All zero when the library is not preloaded (events then go straight to NOTIFY).
+/// Counters of this database's event stream since its expiry worker was assigned: the last
+/// sequence number, events waiting to be published, events published, and events dropped
+/// because the ring was full. All zero while no worker serves this database (events then go
+/// straight to NOTIFY).
 #[pg_extern(sql = false)]
 fn lease_event_stats() -> TableIterator<
     'static,
     (name!(last_seq, i64), name!(pending, i64), name!(published, i64), name!(dropped, i64)),
 > {
-    let (last_seq, pending, published, dropped) = crate::shared::get().map_or((0, 0, 0, 0), |shared| {
-        let (last_seq, pending, dropped) = shared.ring_counters();
-        let published = shared.published.load(std::sync::atomic::Ordering::Relaxed);
+    let serving = crate::shared::get().and_then(crate::shared::Shared::serving_my_database);
+    let (last_seq, pending, published, dropped) = serving.map_or((0, 0, 0, 0), |state| {
+        let (last_seq, pending, dropped) = state.ring_counters();
+        let published = state.published.load(std::sync::atomic::Ordering::Relaxed);
         (last_seq, pending, published, dropped)
     });
     TableIterator::once((last_seq as i64, pending as i64, published as i64, dropped as i64))

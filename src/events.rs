@@ -4,10 +4,11 @@
 //! (sub)transaction. A subtransaction that aborts takes its events with it; a transaction that
 //! aborts announces nothing ([`crate::transaction`] calls the hooks below). At commit the
 //! waiters of every freed resource are woken, and the events go:
-//! - into the shared event ring ([`crate::shared`]) when the library is preloaded and the
+//! - into this database's event ring ([`crate::shared`]) when the library is preloaded and an
 //!   expiry worker serves this database: the worker publishes them in batches, so callers'
 //!   commits never queue behind NOTIFY's database-wide commit lock;
-//! - otherwise straight to NOTIFY in the committing transaction (ordered by PostgreSQL itself).
+//! - otherwise straight to NOTIFY in the committing transaction (ordered by PostgreSQL itself),
+//!   and the launcher is asked to start a worker for this database.
 //!
 //! Events of one resource are appended while the resource's barrier lock is still held (it is
 //! released after the commit callbacks run), so they are in commit order. Delivery is at most
@@ -144,19 +145,24 @@ pub fn at_commit() {
             .collect();
         crate::waiting::wake_heads(&keys);
     }
+    let Some(state) = shared.serving_my_database() else {
+        // Announced before commit already; a worker must still expire these leases on time.
+        shared.request_worker();
+        return;
+    };
     let earliest_expiry = pending
         .iter()
         .filter(|p| matches!(p.event.kind, Kind::Acquired | Kind::Renewed))
         .filter_map(|p| p.event.expires_at)
         .min();
     if let Some(at) = earliest_expiry {
-        shared.earliest_expiry.fetch_min(at, Ordering::AcqRel);
+        state.earliest_expiry.fetch_min(at, Ordering::AcqRel);
     }
-    let sweep_earlier = earliest_expiry.is_some_and(|at| at < shared.next_wakeup.load(Ordering::Acquire));
+    let sweep_earlier = earliest_expiry.is_some_and(|at| at < state.next_wakeup.load(Ordering::Acquire));
     let announced: Vec<Event> = pending.into_iter().filter(|p| p.announce).map(|p| p.event).collect();
-    let first_request = !announced.is_empty() && push_to_ring(shared, &announced);
+    let first_request = !announced.is_empty() && push_to_ring(state, &announced);
     if first_request || sweep_earlier {
-        shared.wake_worker();
+        state.wake_worker();
     }
 }
 
@@ -185,21 +191,18 @@ fn take_pending() -> Vec<Pending> {
 
 /// Whether committed events of this backend go through the shared ring.
 fn ring_serves_this_database() -> bool {
-    // SAFETY: MyDatabaseId is fixed for the life of the backend.
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    shared::get().is_some_and(|shared| shared.worker_database.load(Ordering::Acquire) == database)
+    shared::get().and_then(shared::Shared::serving_my_database).is_some()
 }
 
 /// Appends the events to the ring; true if the worker had not been asked to publish yet.
-fn push_to_ring(shared: &shared::Shared, events: &[Event]) -> bool {
+fn push_to_ring(state: &shared::DatabaseState, events: &[Event]) -> bool {
     {
-        let mut ring = shared.lock_ring();
+        let mut ring = state.lock_ring();
         for event in events {
             ring.push(|slot| fill_slot(slot, event));
         }
     }
-    !shared.publish_requested.load(Ordering::Acquire)
-        && !shared.publish_requested.swap(true, Ordering::AcqRel)
+    !state.publish_requested.load(Ordering::Acquire) && !state.publish_requested.swap(true, Ordering::AcqRel)
 }
 
 fn fill_slot(slot: &mut EventSlot, event: &Event) {

@@ -165,8 +165,8 @@ fn register_exit_callback() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _argument: pg_sys::Datum) {
     let held = HELD.with(|held| !held.borrow().is_empty());
-    if let (true, Some(shared)) = (held, shared::get()) {
-        shared.sessions_ended.store(true, Ordering::Release);
-        shared.wake_worker();
+    if let (true, Some(state)) = (held, shared::get().and_then(shared::Shared::serving_my_database)) {
+        state.sessions_ended.store(true, Ordering::Release);
+        state.wake_worker();
     }
 }

@@ -25,8 +25,11 @@ pub static NOTIFY_RENEWALS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"lease_events"));
 
-/// `lease.database`: the database the expiry worker serves.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// `lease.database`: if set, the only database that gets an expiry worker.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `lease.max_databases`: how many databases can have an expiry worker at once.
+pub static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
 
 /// `lease.max_naptime`: the longest the worker sleeps when no lease is due.
 pub static MAX_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
@@ -85,9 +88,19 @@ pub fn register() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         GucRegistry::define_string_guc(
             c"lease.database",
-            c"Database whose leases the expiry worker expires and whose events it publishes.",
-            c"Changing it takes a server restart.",
+            c"If set, the only database that gets an expiry worker.",
+            c"Empty (the default): every database where the extension is created gets one. Changing it takes a server restart.",
             &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::empty(),
+        );
+        GucRegistry::define_int_guc(
+            c"lease.max_databases",
+            c"Most databases that can have an expiry worker at once.",
+            c"Each takes a background worker process (see max_worker_processes) and about 3.3 MB of shared memory for its event ring. Changing it takes a server restart.",
+            &MAX_DATABASES,
+            1,
+            1_000,
             GucContext::Postmaster,
             GucFlags::empty(),
         );
@@ -137,8 +150,13 @@ pub fn notify_channel() -> String {
     NOTIFY_CHANNEL.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-pub fn database() -> String {
-    DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+/// The only database to serve, if `lease.database` is set.
+pub fn database() -> Option<String> {
+    DATABASE.get().map(|c| c.to_string_lossy().into_owned()).filter(|name| !name.is_empty())
+}
+
+pub fn max_databases() -> usize {
+    MAX_DATABASES.get().max(1) as usize
 }
 
 pub fn max_naptime_ms() -> i64 {

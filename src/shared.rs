@@ -1,19 +1,25 @@
-//! Shared memory: the event ring and what backends and the expiry worker tell each other.
+//! Shared memory: the event rings and what backends, the launcher and the expiry workers tell
+//! each other.
 //!
 //! Exists only when the library is in `shared_preload_libraries`; every accessor returns
 //! `None` otherwise, and callers fall back to working without it.
 //!
-//! - The *event ring* holds committed lease events until the worker publishes them. A backend
-//!   appends its transaction's events at commit, under the ring's lock, so each event gets a
-//!   sequence number in commit order. When the ring is full the event is dropped, but its
-//!   sequence number is still used, so a listener sees the gap; drops are counted.
+//! - One [`DatabaseState`] per database an expiry worker serves (at most `lease.max_databases`);
+//!   the launcher assigns a free one to a database before it starts that database's worker.
+//! - Its *event ring* holds the database's committed lease events until the worker publishes
+//!   them. A backend appends its transaction's events at commit, under the ring's lock, so
+//!   each event gets a sequence number in commit order. When the ring is full the event is
+//!   dropped, but its sequence number is still used, so a listener sees the gap; drops are
+//!   counted.
 //! - `next_wakeup` is when the worker plans to wake next; a backend that commits an earlier
 //!   expiry sets the worker's latch. While the worker is awake it is `i64::MAX`, so no change
 //!   made during a sweep can be missed.
-//! - The *waiter table* has one slot per backend (indexed by `pgprocno`): the resource key a
-//!   backend waits for and its ticket. Tickets are handed out in order, so the waiter of a
-//!   resource with the smallest ticket is its queue's head ([`crate::waiting`]).
 //! - `sessions_ended` tells the worker that a backend holding session-bound leases exited.
+//! - The *waiter table* has one slot per backend (indexed by `pgprocno`): the database and
+//!   resource key a backend waits for and its ticket. Tickets are handed out in order, so the
+//!   waiter of a resource with the smallest ticket is its queue's head ([`crate::waiting`]).
+//! - `requested_database` is a database whose backends committed lease changes while no worker
+//!   served it: the launcher starts one.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -21,8 +27,8 @@ use pgrx::pg_sys;
 
 use crate::api::{MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
 
-/// Number of events the ring holds (about 6.6 MB of shared memory).
-pub const RING_CAPACITY: usize = 8192;
+/// Number of events each database's ring holds (about 3.3 MB of shared memory).
+pub const RING_CAPACITY: usize = 4096;
 
 /// One event as stored in shared memory: fixed size, names inline.
 #[repr(C)]
@@ -40,7 +46,7 @@ pub struct EventSlot {
     pub holder: [u8; MAX_HOLDER_BYTES],
 }
 
-/// The ring's indexes; guarded by the ring's LWLock.
+/// A ring's indexes; guarded by the ring's LWLock.
 #[repr(C)]
 pub struct RingState {
     /// Sequence number of the next event committed (the first is 1).
@@ -53,33 +59,45 @@ pub struct RingState {
     pub dropped: u64,
 }
 
+/// What one database's expiry worker and that database's backends share.
 #[repr(C)]
-pub struct Shared {
+pub struct DatabaseState {
     lock: *mut pg_sys::LWLock,
-    /// The worker's latch, or null while no worker runs.
+    /// The database served (`InvalidOid`: the slot is free). Set by the launcher, cleared by
+    /// the worker when the extension is gone.
+    pub database: AtomicU32,
+    /// The worker's latch, or null while its worker does not run.
     pub worker_latch: AtomicPtr<pg_sys::Latch>,
-    /// The database the worker serves (`InvalidOid` while none).
-    pub worker_database: AtomicU32,
     /// When the worker will wake next (server clock); `i64::MAX` while it is awake.
     pub next_wakeup: AtomicI64,
     /// Set by backends that added events since the worker last drained the ring.
     pub publish_requested: AtomicBool,
-    /// Events published since server start.
+    /// Events published since the slot was assigned.
     pub published: AtomicU64,
-    /// The counters of `lease.stats` ([`crate::stats`]).
-    pub counters: [AtomicU64; crate::stats::COUNTERS],
     /// The earliest expiry committed since the worker last looked (`i64::MAX`: none).
     pub earliest_expiry: AtomicI64,
     /// Set when a backend that held session-bound leases exits; the worker clears it.
     pub sessions_ended: AtomicBool,
+    ring: std::cell::UnsafeCell<RingState>,
+    slots: std::cell::UnsafeCell<[EventSlot; RING_CAPACITY]>,
+}
+
+#[repr(C)]
+pub struct Shared {
+    /// The launcher's latch, or null while it does not run.
+    pub launcher_latch: AtomicPtr<pg_sys::Latch>,
+    /// A database that needs a worker (`InvalidOid`: none asked).
+    pub requested_database: AtomicU32,
+    /// The counters of `lease.stats` ([`crate::stats`]).
+    pub counters: [AtomicU64; crate::stats::COUNTERS],
     /// Number of active waiter slots: lets acquires skip the table when nobody waits.
     pub waiting: AtomicU32,
     waiters_lock: *mut pg_sys::LWLock,
     next_ticket: std::cell::UnsafeCell<u64>,
     waiters: *mut WaiterSlot,
     waiter_slots: usize,
-    ring: std::cell::UnsafeCell<RingState>,
-    slots: std::cell::UnsafeCell<[EventSlot; RING_CAPACITY]>,
+    databases: *mut DatabaseState,
+    database_slots: usize,
 }
 
 /// One backend's wait: guarded by the waiter lock.
@@ -120,16 +138,17 @@ unsafe extern "C-unwind" fn on_shmem_request() {
         if let Some(previous) = PREVIOUS_SHMEM_REQUEST_HOOK {
             previous();
         }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>() + waiter_bytes());
-        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 2);
+        pg_sys::RequestAddinShmemSpace(shared_bytes());
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1 + database_count() as i32);
     }
 }
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_shmem_startup() {
     // SAFETY: called in the postmaster (and in each backend on EXEC_BACKEND builds) after
-    // shared memory exists; AddinShmemInitLock serialises the initialisation, and the struct
-    // is zero-filled (a valid state for every field) before its lock pointer is set.
+    // shared memory exists; AddinShmemInitLock serialises the initialisation. The memory of a
+    // new segment is zero, a valid state for every field; the headers are zeroed again
+    // explicitly, the event slots (most of the size) are left untouched until used.
     unsafe {
         if let Some(previous) = PREVIOUS_SHMEM_STARTUP_HOOK {
             previous();
@@ -137,22 +156,43 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let size = std::mem::size_of::<Shared>() + waiter_bytes();
-        let shared = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), size, &mut found).cast::<Shared>();
+        let shared =
+            pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), shared_bytes(), &mut found).cast::<Shared>();
         if !found {
-            std::ptr::write_bytes(shared.cast::<u8>(), 0, size);
+            std::ptr::write_bytes(shared.cast::<u8>(), 0, std::mem::size_of::<Shared>() + waiter_bytes());
             let locks = pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr());
-            (*shared).lock = &raw mut (*locks).lock;
-            (*shared).waiters_lock = &raw mut (*locks.add(1)).lock;
+            (*shared).waiters_lock = &raw mut (*locks).lock;
             (*shared).waiters = shared.add(1).cast::<WaiterSlot>();
             (*shared).waiter_slots = waiter_count();
-            (*(*shared).ring.get()).next_seq = 1;
-            (*shared).next_wakeup.store(i64::MAX, Ordering::Relaxed);
-            (*shared).earliest_expiry.store(i64::MAX, Ordering::Relaxed);
+            let databases = shared.cast::<u8>().add(std::mem::size_of::<Shared>() + waiter_bytes());
+            let databases = databases.add(databases.align_offset(std::mem::align_of::<DatabaseState>()));
+            (*shared).databases = databases.cast::<DatabaseState>();
+            (*shared).database_slots = database_count();
+            for index in 0..database_count() {
+                let state = (*shared).databases.add(index);
+                let header = std::mem::offset_of!(DatabaseState, slots);
+                std::ptr::write_bytes(state.cast::<u8>(), 0, header);
+                (*state).lock = &raw mut (*locks.add(1 + index)).lock;
+                (*(*state).ring.get()).next_seq = 1;
+                (*state).next_wakeup.store(i64::MAX, Ordering::Relaxed);
+                (*state).earliest_expiry.store(i64::MAX, Ordering::Relaxed);
+            }
         }
         SHARED.store(shared, Ordering::Release);
         pg_sys::LWLockRelease(init_lock);
     }
+}
+
+/// Databases that can have an expiry worker at once (`lease.max_databases`).
+fn database_count() -> usize {
+    crate::settings::max_databases()
+}
+
+fn shared_bytes() -> usize {
+    std::mem::size_of::<Shared>()
+        + waiter_bytes()
+        + std::mem::align_of::<DatabaseState>()
+        + database_count() * std::mem::size_of::<DatabaseState>()
 }
 
 /// One waiter slot per process that can call SQL functions.
@@ -172,31 +212,13 @@ pub fn get() -> Option<&'static Shared> {
     unsafe { SHARED.load(Ordering::Acquire).as_ref() }
 }
 
-// SAFETY: the ring is only touched under the LWLock; everything else is atomic.
+// SAFETY: the rings and the waiter table are only touched under their LWLocks; everything
+// else is atomic.
 unsafe impl Sync for Shared {}
-
-/// Exclusive access to the ring; released when dropped (or by PostgreSQL on error).
-pub struct RingGuard<'a> {
-    shared: &'a Shared,
-}
+// SAFETY: as for Shared.
+unsafe impl Sync for DatabaseState {}
 
 impl Shared {
-    pub fn lock_ring(&self) -> RingGuard<'_> {
-        // SAFETY: `lock` was set at initialisation and is a valid LWLock in shared memory.
-        unsafe { pg_sys::LWLockAcquire(self.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
-        RingGuard { shared: self }
-    }
-
-    /// Wakes the worker, if one is running.
-    pub fn wake_worker(&self) {
-        let latch = self.worker_latch.load(Ordering::Acquire);
-        if !latch.is_null() {
-            // SAFETY: the latch is the worker's process latch in shared memory; setting a
-            // latch of a process that has exited is harmless.
-            unsafe { pg_sys::SetLatch(latch) };
-        }
-    }
-
     /// Exclusive access to the waiter table.
     pub fn lock_waiters(&self) -> WaitersGuard<'_> {
         // SAFETY: `waiters_lock` was set at initialisation.
@@ -204,7 +226,72 @@ impl Shared {
         WaitersGuard { shared: self }
     }
 
-    /// Reads the ring's counters (under its lock).
+    /// Every database slot, free or not.
+    pub fn database_slots(&self) -> &[DatabaseState] {
+        // SAFETY: the slots were laid out at initialisation and live as long as the server.
+        unsafe { std::slice::from_raw_parts(self.databases, self.database_slots) }
+    }
+
+    /// The slot serving `database`, if one does.
+    pub fn serving(&self, database: pg_sys::Oid) -> Option<&DatabaseState> {
+        let database = database.to_u32();
+        self.database_slots().iter().find(|slot| slot.database.load(Ordering::Acquire) == database)
+    }
+
+    /// The slot serving this backend's database, if one does.
+    pub fn serving_my_database(&self) -> Option<&DatabaseState> {
+        // SAFETY: MyDatabaseId is fixed for the life of the backend.
+        self.serving(unsafe { pg_sys::MyDatabaseId })
+    }
+
+    /// Asks the launcher to start a worker for this backend's database.
+    pub fn request_worker(&self) {
+        // SAFETY: MyDatabaseId is fixed for the life of the backend.
+        let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        if self.requested_database.swap(database, Ordering::AcqRel) != database {
+            set_latch(self.launcher_latch.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Sets a process latch, if there is one.
+pub fn set_latch(latch: *mut pg_sys::Latch) {
+    if !latch.is_null() {
+        // SAFETY: a process latch in shared memory; setting the latch of a process that has
+        // exited is harmless.
+        unsafe { pg_sys::SetLatch(latch) };
+    }
+}
+
+impl DatabaseState {
+    /// Empties the slot's state for a new assignment (the launcher calls it with the slot free).
+    pub fn reset(&self) {
+        {
+            let mut ring = self.lock_ring();
+            let (state, _) = ring.parts();
+            *state = RingState { next_seq: 1, written: 0, read: 0, dropped: 0 };
+        }
+        self.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
+        self.next_wakeup.store(i64::MAX, Ordering::Release);
+        self.publish_requested.store(false, Ordering::Release);
+        self.published.store(0, Ordering::Release);
+        self.earliest_expiry.store(i64::MAX, Ordering::Release);
+        // Sessions may have ended while no worker ran (a crash restarts every backend).
+        self.sessions_ended.store(true, Ordering::Release);
+    }
+
+    pub fn lock_ring(&self) -> RingGuard<'_> {
+        // SAFETY: `lock` was set at initialisation and is a valid LWLock in shared memory.
+        unsafe { pg_sys::LWLockAcquire(self.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        RingGuard { state: self }
+    }
+
+    /// Wakes the worker, if it is running.
+    pub fn wake_worker(&self) {
+        set_latch(self.worker_latch.load(Ordering::Acquire));
+    }
+
+    /// Reads the ring's counters (under its lock): last sequence number, pending, dropped.
     pub fn ring_counters(&self) -> (u64, u64, u64) {
         let mut ring = self.lock_ring();
         let (state, _) = ring.parts();
@@ -212,12 +299,17 @@ impl Shared {
     }
 }
 
+/// Exclusive access to one database's ring; released when dropped (or by PostgreSQL on error).
+pub struct RingGuard<'a> {
+    state: &'a DatabaseState,
+}
+
 impl RingGuard<'_> {
     /// The ring's indexes and slots (two distinct cells of the shared struct).
     fn parts(&mut self) -> (&mut RingState, &mut [EventSlot; RING_CAPACITY]) {
         // SAFETY: the guard holds the ring's lock exclusively, and `&mut self` keeps this
         // backend from making a second pair while these are alive.
-        unsafe { (&mut *self.shared.ring.get(), &mut *self.shared.slots.get()) }
+        unsafe { (&mut *self.state.ring.get(), &mut *self.state.slots.get()) }
     }
 
     /// Stores an event (filled in by `fill`) with the next sequence number; drops it if full.
@@ -251,7 +343,7 @@ impl Drop for RingGuard<'_> {
         // SAFETY: we hold the lock. While unwinding from an error PostgreSQL releases all
         // LWLocks itself (LWLockReleaseAll) and the lock must not be released twice.
         if !std::thread::panicking() {
-            unsafe { pg_sys::LWLockRelease(self.shared.lock) };
+            unsafe { pg_sys::LWLockRelease(self.state.lock) };
         }
     }
 }

@@ -1,28 +1,41 @@
-//! The expiry worker (`pg_stat_activity.backend_type` = `lease expirer`).
+//! The launcher and the expiry workers.
 //!
-//! One background worker, started when the library is preloaded, serving `lease.database`. It
-//! starts once the server accepts writes (on a standby: after promotion), and loops:
-//! 1. publish the committed events waiting in the shared ring, with NOTIFY, in batches;
-//! 2. if the extension exists in its database, sweep expired leases ([`crate::expiry::sweep`])
-//!    in transactions of at most `lease.expire_batch` leases, then publish their events;
+//! The *launcher* (`pg_stat_activity.backend_type` = `lease launcher`) is registered when the
+//! library is preloaded, starts once the server accepts writes (on a standby: after promotion)
+//! and connects to no database. It starts one *expiry worker* (`lease expirer`) per database
+//! that has the extension, each in a slot of shared memory ([`crate::shared::DatabaseState`]):
+//! - at start, for every database that accepts connections (`lease.database`, if set, names the
+//!   only one); a worker whose database lacks the extension exits at once and frees its slot;
+//! - later, for a database whose backends commit lease changes while no worker serves it (the
+//!   extension was created since);
+//! - again, if a worker stopped while its slot is still assigned (terminated, or an error) and
+//!   its database still exists.
+//!
+//! An expiry worker loops:
+//! 1. publish the committed events waiting in its database's ring, with NOTIFY, in batches;
+//! 2. sweep expired leases ([`crate::expiry::sweep`]) in transactions of at most
+//!    `lease.expire_batch` leases, then publish their events;
 //! 3. sleep until the earliest expiry, at most `lease.max_naptime`; a backend that adds events
 //!    or commits an earlier expiry sets its latch.
 //!
-//! SIGHUP reloads the configuration; SIGTERM (shutdown, `pg_terminate_backend`) ends the loop,
-//! and the worker exits with status 1 so that the postmaster starts it again after a second
-//! unless the server is shutting down; so does any error.
+//! It exits, freeing its slot, when it finds the extension dropped. SIGHUP reloads the
+//! configuration; SIGTERM ends either process.
 
+use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::events;
 use crate::expiry;
 use crate::settings;
-use crate::shared::{self, Shared};
+use crate::shared::{self, DatabaseState};
 use crate::store::clock_now;
 
 /// Events published per NOTIFY transaction.
@@ -35,12 +48,12 @@ const BUSY_RETRY_MS: i64 = 10;
 /// a busy server pays for one transaction per millisecond rather than one per commit.
 const PUBLISH_INTERVAL_MS: i64 = 1;
 
-/// Registers the worker; called from `_PG_init` while preloading.
+/// Registers the launcher; called from `_PG_init` while preloading.
 pub fn register() {
-    BackgroundWorkerBuilder::new("lease expirer")
-        .set_type("lease expirer")
+    BackgroundWorkerBuilder::new("lease launcher")
+        .set_type("lease launcher")
         .set_library("lease")
-        .set_function("lease_expirer_main")
+        .set_function("lease_launcher_main")
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(1)))
@@ -49,19 +62,168 @@ pub fn register() {
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
+pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi(Some(&settings::database()), None);
-    let shared = shared::get().expect("the lease worker runs only when the library is preloaded");
-    // SAFETY: MyProc and MyDatabaseId are set once the worker is connected; the process latch
-    // lives in shared memory for as long as this process does.
-    unsafe {
-        shared.worker_latch.store(&raw mut (*pg_sys::MyProc).procLatch, Ordering::Release);
-        shared.worker_database.store(pg_sys::MyDatabaseId.to_u32(), Ordering::Release);
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let shared = shared::get().expect("the lease launcher runs only when the library is preloaded");
+    // SAFETY: MyLatch is this process's latch, in shared memory for as long as it lives.
+    shared.launcher_latch.store(unsafe { pg_sys::MyLatch }, Ordering::Release);
+    let mut launcher = Launcher { workers: (0..shared.database_slots().len()).map(|_| None).collect() };
+    for (database, _) in servable_databases() {
+        launcher.serve(database);
     }
-    log!("lease expirer started for database \"{}\"", settings::database());
-    // Sessions may have ended while no worker ran (a crash restarts every backend).
-    shared.sessions_ended.store(true, Ordering::Release);
+    while BackgroundWorker::wait_latch(Some(Duration::from_millis(settings::max_naptime_ms() as u64))) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reloading the configuration file is what SIGHUP asks for.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let requested = shared.requested_database.swap(0, Ordering::AcqRel);
+        if requested != 0 && shared.serving(requested.into()).is_none() {
+            if servable_databases().iter().any(|(database, _)| database.to_u32() == requested) {
+                launcher.serve(requested.into());
+            }
+        }
+        launcher.restart_stopped_workers();
+    }
+    shared.launcher_latch.store(std::ptr::null_mut(), Ordering::Release);
+}
+
+/// The workers the launcher started, by slot.
+struct Launcher {
+    workers: Vec<Option<DynamicBackgroundWorker>>,
+}
+
+impl Launcher {
+    /// Assigns a free slot to `database` and starts its worker.
+    fn serve(&mut self, database: pg_sys::Oid) {
+        let shared = shared::get().expect("preloaded");
+        if shared.serving(database).is_some() {
+            return;
+        }
+        let free = shared.database_slots().iter().position(|slot| slot.database.load(Ordering::Acquire) == 0);
+        let Some(index) = free else {
+            warning!(
+                "lease: no expiry worker for database with OID {}: all lease.max_databases ({}) slots are in use",
+                database.to_u32(),
+                shared.database_slots().len()
+            );
+            return;
+        };
+        let slot = &shared.database_slots()[index];
+        slot.reset();
+        slot.database.store(database.to_u32(), Ordering::Release);
+        self.start(index);
+    }
+
+    fn start(&mut self, index: usize) {
+        // SAFETY: MyProcPid is this process's pid.
+        let launcher_pid = unsafe { pg_sys::MyProcPid };
+        let worker = BackgroundWorkerBuilder::new("lease expirer")
+            .set_type("lease expirer")
+            .set_library("lease")
+            .set_function("lease_expirer_main")
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            .set_argument(Some(pg_sys::Datum::from(index)))
+            .set_notify_pid(launcher_pid)
+            .load_dynamic();
+        match worker {
+            Ok(worker) => self.workers[index] = Some(worker),
+            Err(_) => warning!("lease: could not start an expiry worker; raise max_worker_processes"),
+        }
+    }
+
+    /// Starts again the worker of every assigned slot whose worker stopped, unless its
+    /// database is gone (then the slot is freed).
+    fn restart_stopped_workers(&mut self) {
+        let shared = shared::get().expect("preloaded");
+        let mut databases = None;
+        for (index, slot) in shared.database_slots().iter().enumerate() {
+            let running = match &self.workers[index] {
+                Some(worker) => !matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)),
+                // Started by an earlier launcher: running while it has a latch.
+                None => !slot.worker_latch.load(Ordering::Acquire).is_null(),
+            };
+            let database = slot.database.load(Ordering::Acquire);
+            if running || database == 0 {
+                if !running {
+                    self.workers[index] = None;
+                }
+                continue;
+            }
+            self.workers[index] = None;
+            let databases = databases.get_or_insert_with(servable_databases);
+            if databases.iter().any(|(oid, _)| oid.to_u32() == database) {
+                self.start(index);
+            } else {
+                slot.database.store(0, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Databases that accept connections and are not templates, with their names; only the one
+/// named by `lease.database` when it is set.
+fn servable_databases() -> Vec<(pg_sys::Oid, String)> {
+    let only = settings::database();
+    let mut databases = BackgroundWorker::transaction(|| {
+        let mut found = Vec::new();
+        // SAFETY: a heap scan of the shared catalog pg_database inside a transaction; each
+        // tuple's data is a FormData_pg_database, read before the next tuple is fetched.
+        unsafe {
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+            let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
+            loop {
+                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tuple.is_null() {
+                    break;
+                }
+                let header = (*tuple).t_data;
+                let row = &*header
+                    .cast::<u8>()
+                    .add((*header).t_hoff as usize)
+                    .cast::<pg_sys::FormData_pg_database>();
+                if row.datallowconn && !row.datistemplate {
+                    let name = CStr::from_ptr(row.datname.data.as_ptr()).to_string_lossy().into_owned();
+                    found.push((row.oid, name));
+                }
+            }
+            pg_sys::heap_endscan(scan);
+            pg_sys::table_close(relation, lock);
+        }
+        found
+    });
+    if let Some(only) = only {
+        databases.retain(|(_, name)| *name == only);
+    }
+    databases
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let shared = shared::get().expect("the lease worker runs only when the library is preloaded");
+    let index = argument.value();
+    let state = &shared.database_slots()[index];
+    let database = pg_sys::Oid::from(state.database.load(Ordering::Acquire));
+    if database == pg_sys::InvalidOid {
+        return; // freed before we started
+    }
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // SAFETY: registers a callback with this worker's slot index; MyLatch is this process's
+    // latch, in shared memory for as long as it lives, and the callback clears it on any exit.
+    unsafe {
+        pg_sys::before_shmem_exit(Some(forget_latch), argument);
+        state.worker_latch.store(pg_sys::MyLatch, Ordering::Release);
+    }
+    let name = BackgroundWorker::transaction(|| {
+        // SAFETY: a catalog lookup inside a transaction; the result is copied at once.
+        unsafe { CStr::from_ptr(pg_sys::get_database_name(database)).to_string_lossy().into_owned() }
+    });
+    log!("lease expirer started for database \"{name}\"");
 
     // When the next sweep is due (server clock): at once, then the earliest expiry known.
     let mut sweep_at = i64::MIN;
@@ -73,68 +235,72 @@ pub extern "C-unwind" fn lease_expirer_main(_argument: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         // Awake: every commit from now on sets the latch, so nothing is missed while we work.
-        shared.next_wakeup.store(i64::MAX, Ordering::Release);
-        shared.publish_requested.store(false, Ordering::Release);
-        sweep_at = sweep_at.min(shared.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
-        let mut published = publish(shared);
+        state.next_wakeup.store(i64::MAX, Ordering::Release);
+        state.publish_requested.store(false, Ordering::Release);
+        sweep_at = sweep_at.min(state.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
+        let mut published = publish(state);
         if clock_now() >= sweep_at {
-            sweep_at = sweep_all();
+            let Some(next) = sweep_all() else {
+                log!("lease expirer for database \"{name}\" exits: the extension is not created there");
+                state.database.store(0, Ordering::Release);
+                return;
+            };
+            // Swept at least every max_naptime: that is also how soon a dropped extension is
+            // noticed.
+            sweep_at = next.min(clock_now() + settings::max_naptime_ms() * 1_000);
         }
-        if shared.sessions_ended.swap(false, Ordering::AcqRel) || clock_now() >= sessions_retry_at {
+        if state.sessions_ended.swap(false, Ordering::AcqRel) || clock_now() >= sessions_retry_at {
             sessions_retry_at = match sweep_ended_sessions() {
                 0 => i64::MAX,
                 _busy => clock_now() + BUSY_RETRY_MS * 1_000, // look again soon
             };
         }
-        published += publish(shared);
+        published += publish(state);
         if published > 0 {
             gather_events();
         }
         // Our own waits (locks, the NOTIFY queue, a synchronous standby) may have consumed a
         // latch wake-up: look again at everything a backend may have asked for meanwhile.
-        sweep_at = sweep_at.min(shared.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
+        sweep_at = sweep_at.min(state.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
         let now = clock_now();
         let more_to_do =
-            shared.publish_requested.load(Ordering::Acquire) || shared.sessions_ended.load(Ordering::Acquire);
-        let wake_at = if more_to_do {
-            now
-        } else {
-            sweep_at.min(sessions_retry_at).min(now + settings::max_naptime_ms() * 1_000)
-        };
-        shared.next_wakeup.store(wake_at, Ordering::Release);
+            state.publish_requested.load(Ordering::Acquire) || state.sessions_ended.load(Ordering::Acquire);
+        let wake_at = if more_to_do { now } else { sweep_at.min(sessions_retry_at) };
+        state.next_wakeup.store(wake_at, Ordering::Release);
         // Round up to whole milliseconds so that we never wake just before an expiry.
         let sleep_ms = ((wake_at - now + 999) / 1_000).max(0) as u64;
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(sleep_ms))) {
-            break;
+            return; // SIGTERM: the slot stays assigned, so the launcher starts us again
         }
     }
-
-    shared.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
-    shared.worker_database.store(0, Ordering::Release);
-    // SAFETY: ends this process; status 1 asks the postmaster to start the worker again.
-    unsafe { pg_sys::proc_exit(1) };
 }
 
-/// Sweeps until no expired lease is left (or only busy ones); returns when to sweep next.
-fn sweep_all() -> i64 {
+/// Clears the worker's latch in its slot when the worker exits in any way.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_latch(_code: i32, argument: pg_sys::Datum) {
+    if let Some(state) = shared::get().and_then(|shared| shared.database_slots().get(argument.value())) {
+        state.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// Sweeps until no expired lease is left (or only busy ones); returns when to sweep next, or
+/// None if the extension does not exist in this database.
+fn sweep_all() -> Option<i64> {
     loop {
         let batch = settings::expire_batch();
         let (sweep, next_expiry) = BackgroundWorker::transaction(|| {
             // SAFETY: a catalog lookup inside a transaction.
             let installed =
                 unsafe { pg_sys::get_extension_oid(c"lease".as_ptr(), true) } != pg_sys::InvalidOid;
-            if !installed {
-                return (expiry::Sweep::default(), None);
-            }
-            (expiry::sweep(batch), expiry::next_expiry())
-        });
+            installed.then(|| (expiry::sweep(batch), expiry::next_expiry()))
+        })?;
         if sweep.found == batch && sweep.removed > 0 {
             continue; // more may be waiting: next batch, in its own transaction
         }
         if sweep.busy > 0 {
-            return clock_now() + BUSY_RETRY_MS * 1_000;
+            return Some(clock_now() + BUSY_RETRY_MS * 1_000);
         }
-        return next_expiry.unwrap_or(i64::MAX);
+        return Some(next_expiry.unwrap_or(i64::MAX));
     }
 }
 
@@ -164,19 +330,19 @@ fn gather_events() {
     }
 }
 
-/// Sends the events waiting in the ring with NOTIFY, in transactions of up to
+/// Sends the events waiting in the database's ring with NOTIFY, in transactions of up to
 /// [`PUBLISH_BATCH`] events, in sequence order; returns how many it sent.
-fn publish(shared: &Shared) -> usize {
+fn publish(state: &DatabaseState) -> usize {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut sent = 0;
     loop {
         batch.clear();
         // Cleared before each take: an event pushed after it sets the flag (and the latch) again.
-        shared.publish_requested.store(false, Ordering::Release);
+        state.publish_requested.store(false, Ordering::Release);
         // Copy in small chunks so that committing backends never wait long for the ring.
         while batch.len() < PUBLISH_BATCH {
             let before = batch.len();
-            shared.lock_ring().take(TAKE_CHUNK, &mut batch);
+            state.lock_ring().take(TAKE_CHUNK, &mut batch);
             if batch.len() - before < TAKE_CHUNK {
                 break;
             }
@@ -194,6 +360,6 @@ fn publish(shared: &Shared) -> usize {
                 }
             }
         });
-        shared.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        state.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
 }

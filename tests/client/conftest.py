@@ -15,7 +15,7 @@ DATA_DIR = os.path.join(os.environ.get("LEASE_TEST_DIR", "/tmp/lease/test"), "da
 RUN_DIR = os.environ.get("LEASE_RUN_DIR", "/tmp/lease")
 SERVER_USER = os.environ.get("LEASE_SERVER_USER", "postgres")
 PG_BIN = "/usr/lib/postgresql/15/bin"
-# The expiry worker serves lease.database (default postgres): the client tests use that database.
+# The client tests use the database postgres (it has the extension and an expiry worker).
 DATABASE = "postgres"
 
 
@@ -161,7 +161,9 @@ def reload_settings(conn, **settings):
 
 
 def worker_pid(conn):
-    row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease expirer'").fetchone()
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease expirer' AND datname = current_database()"
+    ).fetchone()
     return row[0] if row else None
 
 

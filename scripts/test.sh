@@ -35,7 +35,9 @@ count "$unit_passed" "$unit_failed"
 install_extension
 say "starting the test server on 127.0.0.1:$PORT"
 cluster_destroy test
-cluster_start test "$PORT" "fsync = off" "log_min_messages = warning"
+# Only the database postgres gets an expiry worker: the SQL and isolation tests sweep their own
+# databases themselves (tests/client/test_databases.py lifts the restriction).
+cluster_start test "$PORT" "fsync = off" "log_min_messages = warning" "lease.database = 'postgres'"
 trap 'cluster_stop test; cluster_stop test-standby' EXIT
 
 # run_suite TOOL DIR SUFFIX DATABASE: runs every tests/DIR/*SUFFIX file with pg_regress or

@@ -18,6 +18,18 @@ def expirers(conn):
     return sorted(name for (name,) in rows)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def every_database_served():
+    """The test server restricts the workers to the database postgres; lift that here."""
+    with connect() as admin:
+        admin.execute("ALTER SYSTEM SET lease.database = ''")
+    restart("fast")
+    yield
+    with connect() as admin:
+        admin.execute("ALTER SYSTEM RESET lease.database")
+    restart("fast")
+
+
 @pytest.fixture
 def databases():
     with connect() as admin:
@@ -92,5 +104,5 @@ def test_lease_database_restricts_the_workers_to_one_database(databases):
                 assert one(conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lease expirer'") == 1
         finally:
             with connect() as conn:
-                conn.execute("ALTER SYSTEM RESET lease.database")
+                conn.execute("ALTER SYSTEM SET lease.database = ''")
             restart("fast")

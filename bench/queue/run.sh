@@ -11,7 +11,8 @@
 # claims a shorter life than the work (takeovers happen) to show each fence refusing completions.
 # Usage: bench/queue/run.sh PORT [seconds per run, default 10], against a running server with the
 # extension preloaded (bench/run.sh starts one). Writes bench/results/queue.md and queue.raw.
-# Settings: LEASE_BENCH_ROUNDS (3), LEASE_BENCH_SYNC ("on off"), LEASE_QUEUE_JOBS, _WORKERS, _BATCH.
+# Settings: LEASE_BENCH_ROUNDS (3), LEASE_BENCH_SYNC ("on off"), LEASE_BENCH_RESULTS (the output
+# directory), LEASE_QUEUE_JOBS, LEASE_QUEUE_WORKERS, LEASE_QUEUE_BATCH.
 source "$(dirname "$0")/../../scripts/common.sh"
 
 PORT=$1
@@ -27,8 +28,8 @@ PRESSURE_TTL=20ms                # ... and here they do: BATCH jobs of PRESSURE_
 PRESSURE_WORK_US=3000
 QUEUES=(lease skiplocked)
 HERE=$ROOT/bench/queue
-OUT=$ROOT/bench/results/queue.md
-RAW=$ROOT/bench/results/queue.raw
+OUT=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}/queue.md
+RAW=${OUT%.md}.raw
 psql_bench=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 SCRIPTS=$(mktemp -d)
 trap 'rm -rf "$SCRIPTS"' EXIT
@@ -51,14 +52,15 @@ build_script() {
 }
 
 # One run on a fresh queue. Prints: jobs/s, jobs done, completions, jobs completed twice,
-# refused, stale, failed transactions, claims (pgbench transactions), WAL bytes.
+# refused, stale, failed transactions, claims (pgbench transactions), WAL bytes, and the mean
+# latency (µs) of the claim, the fetch (lease queue only) and a completion statement.
 run_queue() {
     local queue=$1 sync=$2 ttl=$3 work_us=$4 key=$5
     local script started lsn log claims failed threads=$(( WORKERS < 2 ? 1 : 2 ))
     script=$(build_script "$queue" "$work_us")
     "${psql_bench[@]}" -v jobs="$JOBS" -f "$HERE/fill.sql"
     IFS='|' read -r started lsn <<< "$("${psql_bench[@]}" -At -c "SELECT clock_timestamp(), pg_current_wal_lsn()")"
-    log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -M prepared -T "$DURATION" \
+    log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -r -M prepared -T "$DURATION" \
         -c "$WORKERS" -j "$threads" -h 127.0.0.1 -p "$PORT" -U postgres \
         -D ttl="$ttl" -D batch="$BATCH" -D candidates="$CANDIDATES" -f "$script" postgres 2>&1) \
         || { echo "$log" >&2; exit 1; }
@@ -66,15 +68,27 @@ run_queue() {
     claims=$(echo "$log" | awk '/number of transactions actually processed/ {print $6}')
     failed=$(echo "$log" | awk '/number of failed transactions/ {print $5}')
     "${psql_bench[@]}" -At -F ' ' -v started="$started" -v lsn="$lsn" -f "$HERE/verify.sql" \
-        | awk -v failed="$failed" -v claims="$claims" \
-            '{printf "%.0f %d %d %d %d %d %d %d %d\n", ($6 > 0 ? $1 / $6 : 0), $1, $2, $3, $4, $5, failed, claims, $7}'
+        | awk -v failed="$failed" -v claims="$claims" -v latencies="$(statement_latencies <<< "$log")" \
+            '{printf "%.0f %d %d %d %d %d %d %d %d %s\n", ($6 > 0 ? $1 / $6 : 0), $1, $2, $3, $4, $5, failed, claims, $7, latencies}'
+}
+
+# From pgbench -r's per-statement latencies (ms): the mean µs of the claim (the script's first
+# statement), the fetch and the completions.
+statement_latencies() {
+    awk '/^ +[0-9.]+ +[0-9]+ +[^\\ ]/ {
+             ms = $1; $1 = $2 = ""; sql = $0
+             if (!seen++) claim = ms
+             else if (sql ~ /WITH granted AS/) fetch = ms
+             else if (sql ~ /WITH done AS/) { done += ms; n++ }
+         }
+         END {printf "%.0f %.0f %.0f", claim * 1000, fetch * 1000, (n ? done / n * 1000 : 0)}'
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-"${psql_bench[@]}" -f "$HERE/setup.sql" 2>/dev/null
+"${psql_bench[@]}" -f "$HERE/setup.sql" >/dev/null 2>&1
 : > "$RAW"
-FIELDS=(rate done completions twice refused stale failed claims wal)
+FIELDS=(rate done completions twice refused stale failed claims wal claim_us fetch_us complete_us)
 declare -A total   # total[key/field], summed over a configuration's runs
 record() {   # record KEY VALUES...: adds one run's figures to the totals
     local key=$1 i
@@ -92,10 +106,10 @@ for sync in "${SYNC_MODES[@]}"; do
     for round in $(seq 1 "$ROUNDS"); do
         for i in "${!QUEUES[@]}"; do
             queue=${QUEUES[$(( (i + round) % ${#QUEUES[@]} ))]}
-            # shellcheck disable=SC2046
-            set -- $(run_queue "$queue" "$sync" "$TTL" 0 "$sync/$queue")
-            samples[$sync/$queue]+=" $1"
-            record "$sync/$queue" "$@"
+            figures=$(run_queue "$queue" "$sync" "$TTL" 0 "$sync/$queue") || exit 1
+            samples[$sync/$queue]+=" ${figures%% *}"
+            # shellcheck disable=SC2086
+            record "$sync/$queue" $figures
         done
     done
     for queue in "${QUEUES[@]}"; do
@@ -108,13 +122,19 @@ done
 
 # Takeover runs: claims end while their jobs are being worked on.
 for queue in "${QUEUES[@]}"; do
-    # shellcheck disable=SC2046
-    record "takeover/$queue" $(run_queue "$queue" on "$PRESSURE_TTL" "$PRESSURE_WORK_US" "takeover/$queue")
+    figures=$(run_queue "$queue" on "$PRESSURE_TTL" "$PRESSURE_WORK_US" "takeover/$queue") || exit 1
+    # shellcheck disable=SC2086
+    record "takeover/$queue" $figures
 done
 
 # per_job KEY FIELD: a summed field divided by the jobs done.
 per_job() { awk -v v="${total[$1/$2]}" -v d="${total[$1/done]}" 'BEGIN {printf "%.0f", (d > 0 ? v / d : 0)}'; }
 jobs_per_claim() { awk -v d="${total[$1/done]}" -v c="${total[$1/claims]}" 'BEGIN {printf "%.1f", (c > 0 ? d / c : 0)}'; }
+# statement_ms KEY: mean latencies of the claim, fetch and completion statements over the runs.
+statement_ms() {
+    awk -v c="${total[$1/claim_us]}" -v f="${total[$1/fetch_us]}" -v d="${total[$1/complete_us]}" -v n="$ROUNDS" \
+        'BEGIN {printf "%.2f / %s / %.2f", c / n / 1000, (f > 0 ? sprintf("%.2f", f / n / 1000) : "-"), d / n / 1000}'
+}
 name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
 
 {
@@ -125,12 +145,12 @@ name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
         echo "| $sync | $l | $s | $(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}') |"
     done
     echo
-    echo "| queue | synchronous_commit | jobs/s of each run | jobs done | jobs completed twice | completions − jobs done | jobs per claim | WAL bytes per job | granted although done | failed transactions |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| queue | synchronous_commit | jobs/s of each run | jobs done | jobs completed twice | completions − jobs done | jobs per claim | WAL bytes per job | granted although done | claim / fetch / completion (ms) | failed transactions |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for sync in "${SYNC_MODES[@]}"; do
         for queue in "${QUEUES[@]}"; do
             k=$sync/$queue
-            echo "| $(name "$queue") | $sync |${samples[$k]} | ${total[$k/done]} | ${total[$k/twice]} | $(( total[$k/completions] - total[$k/done] )) | $(jobs_per_claim "$k") | $(per_job "$k" wal) | ${total[$k/stale]} | ${total[$k/failed]} |"
+            echo "| $(name "$queue") | $sync |${samples[$k]} | ${total[$k/done]} | ${total[$k/twice]} | $(( total[$k/completions] - total[$k/done] )) | $(jobs_per_claim "$k") | $(per_job "$k" wal) | ${total[$k/stale]} | $(statement_ms "$k") | ${total[$k/failed]} |"
         done
     done
     echo
@@ -138,6 +158,7 @@ name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
     echo "one per completion; median of $ROUNDS alternating runs of $DURATION s each, every run on a fresh queue"
     echo "(jobs/s: jobs done from the start to the last completion). The lease queue offers each claim the"
     echo "oldest $CANDIDATES ready jobs that nobody holds, shuffled, then fetches the granted jobs still ready."
+    echo "Statement latencies are pgbench's means per call (one claim, one fetch and $BATCH completions per batch)."
     echo "pgbench -M prepared; $(nproc) cores; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); $(date -u +%Y-%m-%d)."
     echo
     echo "| claims of $PRESSURE_TTL, $PRESSURE_WORK_US µs of work per job (synchronous_commit = on, $DURATION s) | lease queue | SKIP LOCKED queue |"

@@ -4,6 +4,8 @@
 -- looking at `state`, so a job completed twice shows as completions = 2: the only thing that
 -- stops a second completion is each queue's fence.
 CREATE EXTENSION IF NOT EXISTS lease;
+ALTER SYSTEM RESET lease.notify;   -- events on, the default
+SELECT pg_reload_conf();
 DROP TABLE IF EXISTS queue_jobs, queue_misses;
 CREATE TABLE queue_jobs (
     id           bigint PRIMARY KEY,

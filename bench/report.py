@@ -116,7 +116,7 @@ def bar_groups(ax, groups, series, title, ylabel):
 
 def core_panel(ax, rows, sync):
     rows = [row for row in rows if row["synchronous_commit"] == sync]
-    groups = [f"{row['clients']} clients" for row in rows]
+    groups = [f"{row['clients']} client{'s' if row['clients'] != '1' else ''}" for row in rows]
     series = {label: [number(row[column]) for row in rows] for column, label in CORE_VARIANTS}
     bar_groups(ax, groups, series, f"Acquire + release, synchronous_commit = {sync}", "cycles per second")
 
@@ -175,6 +175,7 @@ def handover_panel(ax, tables, data):
             points = percentile_points(tables[0], column, "handover latency ")
             ax.plot([ms for _, ms in points], [f for f, _ in points], marker="o", label=label)
     ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("milliseconds (log scale)")
     ax.set_ylabel("fraction of handovers at most this late")
     ax.set_title(title, fontsize=10)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -343,3 +344,151 @@ def test_the_psql_admin_script_shows_holders_waiters_and_forces_a_release(admin_
             assert observer.execute("SELECT holder, token FROM lease_info('job:42')").fetchone() == (
                 "worker-9", granted["token"])
             assert one(app, "SELECT lease_renew('job:42', %s)", (job,)) is False
+
+
+# --- examples/job-queue --------------------------------------------------------------------
+
+QUEUE = EXAMPLES / "job-queue"
+PSQL_VARIABLE = re.compile(r"(?<![:\w]):('?)(\w+)\1")  # :name and :'name', not ::casts
+
+
+def queue_statement(name):
+    """The statement of examples/job-queue/<name>.sql with its psql variables as psycopg parameters."""
+    return PSQL_VARIABLE.sub(r"%(\2)s", (QUEUE / f"{name}.sql").read_text().replace("%", "%%"))
+
+
+ENQUEUE, CLAIM, HEARTBEAT, COMPLETE = map(queue_statement, ("enqueue", "claim", "heartbeat", "complete"))
+
+
+class QueueWorker:
+    """A worker of the job queue on its own connection, running the example's statements."""
+
+    def __init__(self, name, ttl=timedelta(minutes=1), session_bound=False):
+        self.name, self.ttl, self.session_bound = name, ttl, session_bound
+        self.conn = connect()
+
+    def claim(self, batch, window=100):
+        """{job id: token} of the jobs claimed."""
+        rows = self.conn.execute(CLAIM, {"worker": self.name, "ttl": self.ttl, "batch": batch, "window": window,
+                                         "session_bound": self.session_bound}).fetchall()
+        return {job: token for job, _payload, token in rows}
+
+    def heartbeat(self, job, token):
+        return one(self.conn, HEARTBEAT, {"id": job, "token": token, "ttl": self.ttl})
+
+    def complete(self, job, token):
+        return self.conn.execute(COMPLETE, {"id": job, "token": token, "result": self.name}).fetchall()
+
+
+@pytest.fixture
+def queue(conn):
+    """An empty jobs table; yields a function that enqueues n jobs and returns their ids."""
+    conn.execute("DROP TABLE IF EXISTS jobs")
+    conn.execute("DELETE FROM lease.leases WHERE resource LIKE 'job:%'")
+    apply_schema("job-queue")
+    yield lambda n: [one(conn, ENQUEUE, {"payload": f"job {i}"}) for i in range(n)]
+    conn.execute("DROP TABLE jobs")
+    conn.execute("DELETE FROM lease.leases WHERE resource LIKE 'job:%'")
+
+
+def job_rows(conn, ids):
+    return [row[1:] for row in conn.execute(
+        "SELECT id, state, worker, lease_token, attempts, result FROM jobs WHERE id = ANY(%s) ORDER BY id",
+        (list(ids),)).fetchall()]
+
+
+def live_job_leases(conn, ids):
+    return one(conn, "SELECT count(*) FROM unnest(%s::bigint[]) AS id, lease_info('job:' || id)", (list(ids),))
+
+
+def job_lease_rows(conn, ids):
+    """Lease rows of the jobs, expired or not: a claim skips a lease while the expiry worker
+    (or anyone) is changing it, so the tests wait until an ended lease is removed."""
+    return one(conn, "SELECT count(*) FROM lease.leases WHERE resource = ANY(%s)", ([f"job:{i}" for i in ids],))
+
+
+def test_job_queue_workers_claim_disjoint_jobs_and_finish_each_once(conn, queue):
+    ids = queue(20)
+    workers = [QueueWorker(f"w{i}") for i in range(4)]
+    claimed_together, claimed_all = threading.Barrier(len(workers)), threading.Barrier(len(workers))
+    first_claims, finished, errors = {}, {}, []
+
+    def work(worker):
+        # All claim at once; then each finishes its jobs and claims more until none is left.
+        # (A claim may return fewer jobs than asked: it skips leases being changed at that
+        # moment, including leases of jobs finished after the claim read its candidates.)
+        try:
+            claimed_together.wait(10)
+            first_claims[worker.name] = claimed = worker.claim(3)
+            claimed_all.wait(10)
+            finished[worker.name] = []
+            while claimed:
+                for job, token in claimed.items():
+                    assert worker.heartbeat(job, token) is True
+                    assert worker.complete(job, token) == [(True,)]
+                    finished[worker.name].append(job)
+                claimed = worker.claim(3)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert [len(claimed) for claimed in first_claims.values()] == [3, 3, 3, 3]
+    assert len(set().union(*first_claims.values())) == 12
+    assert sorted(job for jobs in finished.values() for job in jobs) == ids
+    by_worker = {job: name for name, jobs in finished.items() for job in jobs}
+    assert job_rows(conn, ids) == [
+        ("done", by_worker[job], token, 1, by_worker[job])
+        for job, token in conn.execute("SELECT id, lease_token FROM jobs ORDER BY id").fetchall()]
+    assert job_lease_rows(conn, ids) == 0
+    for worker in workers:
+        worker.conn.close()
+
+
+@pytest.mark.parametrize("binding", ["ttl", "session-bound"])
+def test_job_queue_a_dead_workers_jobs_are_claimed_again(conn, queue, binding):
+    # A ttl lease frees the jobs at its expiry (5 s); a session-bound one (ttl 10 min) at once.
+    session_bound = binding == "session-bound"
+    ids = queue(2)
+    dead = QueueWorker("dead", timedelta(minutes=10) if session_bound else timedelta(seconds=5), session_bound)
+    survivor = QueueWorker("survivor")
+    lost = dead.claim(2)
+    assert sorted(lost) == ids
+    dead.conn.close()  # what a killed process's connection does
+    if not session_bound:
+        assert survivor.claim(2) == {}
+        assert live_job_leases(conn, ids) == 2  # that empty claim ran while the leases were live
+    wait_for(lambda: job_lease_rows(conn, ids) == 0, what="the dead worker's leases to end")
+    reclaimed = survivor.claim(2)
+    assert sorted(reclaimed) == ids
+    assert all(reclaimed[job] > lost[job] for job in ids)
+    assert job_rows(conn, ids) == [("running", "survivor", reclaimed[job], 2, None) for job in ids]
+    for job in ids:
+        assert survivor.complete(job, reclaimed[job]) == [(True,)]
+    assert job_rows(conn, ids) == [("done", "survivor", reclaimed[job], 2, "survivor") for job in ids]
+    survivor.conn.close()
+
+
+def test_job_queue_a_stale_workers_late_completion_is_rejected(conn, queue):
+    [job] = queue(1)
+    stale, successor = QueueWorker("stale", ttl=timedelta(seconds=1)), QueueWorker("successor")
+    old = stale.claim(1)[job]
+    wait_for(lambda: job_lease_rows(conn, [job]) == 0, what="the stale worker's lease to expire")
+    assert stale.heartbeat(job, old) is False
+    new = successor.claim(1)[job]
+    assert new > old
+    with pytest.raises(psycopg.Error) as rejected:
+        stale.complete(job, old)
+    assert rejected.value.sqlstate == "55000"
+    assert job_rows(conn, [job]) == [("running", "successor", new, 2, None)]
+    assert successor.complete(job, new) == [(True,)]
+    with pytest.raises(psycopg.Error) as rejected_again:
+        stale.complete(job, old)
+    assert rejected_again.value.sqlstate == "55000"
+    assert job_rows(conn, [job]) == [("done", "successor", new, 2, "successor")]
+    stale.conn.close()
+    successor.conn.close()

@@ -111,10 +111,15 @@ def run_load(config, load, server, prefix):
 
 
 def collect(load, injector, prefix, log_problems):
-    with connect_when_up(load.dsn) as conn:
-        writes = conn.execute("SELECT resource, seq, token, at FROM lease_load.writes").fetchall()
-        protected = {r: (t, w) for r, t, w in conn.execute("SELECT resource, token, writes FROM lease_load.protected")}
-        final = dict(conn.execute("SELECT resource, token FROM lease.leases WHERE resource LIKE %s", (prefix + "%",)))
+    """The record, and what the database holds after the run."""
+    writes, protected, final = [], {}, {}
+    try:
+        with connect_when_up(load.dsn) as conn:
+            writes = conn.execute("SELECT resource, seq, token, at FROM lease_load.writes").fetchall()
+            protected = {r: (t, w) for r, t, w in conn.execute("SELECT resource, token, writes FROM lease_load.protected")}
+            final = dict(conn.execute("SELECT resource, token FROM lease.leases WHERE resource LIKE %s", (prefix + "%",)))
+    except psycopg.Error as error:
+        load.failures.append(f"could not read the database after the run: {error}")
     return Run(load.ops, injector.terminations, injector.restarts, writes, protected, final,
                load.failures, log_problems)
 

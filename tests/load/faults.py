@@ -96,7 +96,6 @@ class FaultInjector(threading.Thread):
 
     def run(self):
         try:
-            self.conn = connect_when_up(self.load.dsn)
             while not self.load.stopping.wait(self.rng.uniform(0.2, 0.8)):
                 if self.crash_times and time.monotonic() >= self.crash_times[0]:
                     self.crash_times.pop(0)
@@ -111,6 +110,15 @@ class FaultInjector(threading.Thread):
                 self.conn.close()
 
     def terminate_a_session(self):
+        try:
+            self.terminate_one()
+        except psycopg.OperationalError:  # the server went away by itself: the log check reports it
+            self.conn.close()
+            self.conn = None
+
+    def terminate_one(self):
+        if self.conn is None:
+            self.conn = connect_when_up(self.load.dsn)
         rows = self.conn.execute(
             "SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE 'lease-load-s%'"
         ).fetchall()
@@ -123,6 +131,8 @@ class FaultInjector(threading.Thread):
 
     def crash_and_restart(self):
         self.load.gate.close()
+        if self.conn is None:
+            self.conn = connect_when_up(self.load.dsn)
         restart = Restart(before=self.conn.execute("SELECT clock_timestamp()").fetchone()[0])
         self.conn.close()
         self.conn = None

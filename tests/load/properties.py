@@ -38,7 +38,12 @@ class Run:
 @dataclass
 class Result:
     checked: int = 0
+    parts: dict = field(default_factory=dict)   # what was checked: kind of item -> count
     violations: list = field(default_factory=list)
+
+    def count(self, part, items=1):
+        self.checked += items
+        self.parts[part] = self.parts.get(part, 0) + items
 
     def fail(self, message):
         self.violations.append(message)
@@ -121,6 +126,8 @@ def build_grants(run):
         if op.info is not None and op.info.token in grants:
             grant = grants[op.info.token]
             grant.acquired_at = grant.acquired_at or op.info.acquired_at
+            # another transaction saw the lease: its grant committed
+            grant.confirmed = grant.confirmed or op is not grant.granted_by
         granting = op.kind in ("acquire", "reacquire") and op.result is not None
         if granting and op.outcome == "committed":
             grants[op.result].confirmed = True
@@ -154,7 +161,7 @@ def check_exclusive(run, grants):
         items.sort(key=lambda g: g.acquired_at)
         longest = None
         for grant in items:
-            result.checked += 1
+            result.count("grants")
             if longest is not None and grant.acquired_at < longest.valid_until:
                 result.fail(f"{resource}: token {grant.token} granted at {grant.acquired_at} while token "
                             f"{longest.token} was valid until at least {longest.valid_until}")
@@ -170,7 +177,7 @@ def check_fencing(run, grants):
         log[resource].append((seq, token, at))
     for resource, (final_token, count) in run.protected.items():
         rows = sorted(log.get(resource, []))
-        result.checked += 1
+        result.count("resources")
         if [seq for seq, _, _ in rows] != list(range(1, count + 1)):
             result.fail(f"{resource}: {count} writes counted but log sequence {[s for s, _, _ in rows][:10]}...")
         for (seq_a, token_a, _), (seq_b, token_b, _) in zip(rows, rows[1:]):
@@ -182,7 +189,7 @@ def check_fencing(run, grants):
     logged = {(resource, seq): token for resource, seq, token, _ in run.writes}
     for op in run.ops:
         if op.kind == "write" and op.outcome == "committed" and op.result is not None:
-            result.checked += 1
+            result.count("committed writes")
             if logged.get((op.resource, op.result)) != op.token:
                 result.fail(f"{op.resource}: committed write {op.result} with token {op.token} not in the log")
     return result
@@ -204,7 +211,7 @@ def check_writes_against_grants(run, grants, result):
             highest.append(running)
         prefix_max[resource] = ([at for at, _ in items], highest)
     for resource, seq, token, at in run.writes:
-        result.checked += 1
+        result.count("logged writes")
         grant = grants.get(token)
         if grant is None or grant.resource != resource:
             result.fail(f"{resource}: write {seq} accepted with token {token}, never granted for it")
@@ -234,7 +241,7 @@ def check_tokens(run, grants):
             known[2] = known[2] or acquired_at
             if (known[0], known[1]) != (resource, holder) or acquired_at not in (None, known[2]):
                 result.fail(f"token {token} stands for {known} and for {(resource, holder, acquired_at)}")
-    result.checked += len(identity)
+    result.count("tokens", len(identity))
     for grant in grants.values():
         if grant.confirmed and grant.granted_by.outcome == "aborted":
             result.fail(f"{grant.resource}: token {grant.token} took effect though its acquire was rolled back")
@@ -245,7 +252,7 @@ def check_tokens(run, grants):
     for resource, items in by_resource.items():
         items.sort(key=lambda g: g.acquired_at)
         for earlier, later in zip(items, items[1:]):
-            result.checked += 1
+            result.count("grant pairs")
             if later.token <= earlier.token:
                 result.fail(f"{resource}: token {later.token} granted at {later.acquired_at} after token "
                             f"{earlier.token} at {earlier.acquired_at}")
@@ -263,7 +270,7 @@ def check_tokens_across_restarts(run, result):
     for gen in sorted(returned):
         highest = max(before, default=0)
         for token in sorted(returned[gen] - before) if before else []:
-            result.checked += 1
+            result.count("tokens after a restart")
             if token <= highest:
                 result.fail(f"token {token} granted after restart {gen} is not above {highest} from before it")
         before |= returned[gen]
@@ -294,7 +301,7 @@ def check_snapshot(run, grants, gen, restart, result):
         grant = grants.get(token)
         if grant is None or grant.session_bound or token in released or until <= restart.up:
             continue
-        result.checked += 1
+        result.count("leases over a restart")
         found = restart.snapshot.get(grant.resource, (None, None))[0]
         if found != token:
             result.fail(f"restart {gen + 1}: {grant.resource} token {token} committed until {until}, "
@@ -315,7 +322,7 @@ def check_no_lease_lost(run, grants, result):
                 if op.kind in ("renew", "release", "reacquire", "write") and usable_by(grant, op):
                     until = known_until.get(op.token)
                     if until is not None and op.t1 < until:
-                        result.checked += 1
+                        result.count("calls while valid")
                         if refused(op):
                             result.fail(f"{op.resource}: {op.kind} ({op.variant}) with token {op.token} refused "
                                         f"at {op.t1}, its lease was committed until {until}")
@@ -332,7 +339,8 @@ def usable_by(grant, op):
 
 
 def check_errors(run, grants):
-    result = Result(checked=len(run.ops))
+    result = Result()
+    result.count("calls", len(run.ops))
     for op in run.ops:
         if op.error_class == UNEXPECTED:
             result.fail(f"session {op.session} {op.kind} ({op.variant}) on {op.resource}: "

@@ -24,6 +24,10 @@ def label(op):
     return str(op.result).lower()
 
 
+def parts(result):
+    return ", ".join(f"{part}: {count}" for part, count in result.parts.items())
+
+
 def grants_count(run):
     return len({op.result for op in run.ops if op.kind == "acquire" and op.result is not None and op.outcome == "committed"})
 
@@ -37,7 +41,8 @@ def summary(config, run, results, elapsed, self_test=None):
         "accepted_writes": len(run.writes),
         "terminations": len(run.terminations),
         "restarts": len(run.restarts),
-        "properties": {name: {"checked": r.checked, "violations": len(r.violations)} for name, r in results.items()},
+        "properties": {name: {"checked": r.checked, "parts": r.parts, "violations": len(r.violations)}
+                       for name, r in results.items()},
         "violations": sum(len(r.violations) for r in results.values()),
         "self_test": self_test,
     }
@@ -46,12 +51,13 @@ def summary(config, run, results, elapsed, self_test=None):
 def operations_table(run):
     counts = Counter((op.kind, op.variant if op.kind != "reacquire" else "", label(op), op.outcome) for op in run.ops)
     rows = sorted({key[:3] for key in counts})
-    lines = ["| operation | variant | answer | committed | aborted | outcome unknown |", "|---|---|---|---:|---:|---:|"]
+    lines = ["| operation | variant | answer | calls | committed | aborted | outcome unknown |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for kind, variant, answer in rows:
         cells = [counts[(kind, variant, answer, outcome)] for outcome in ("committed", "aborted", "unknown")]
-        if kind == "pause":
-            cells = [counts[(kind, variant, answer, "")], 0, 0]
-        lines.append(f"| {kind} | {variant} | {answer} | " + " | ".join(str(c) for c in cells) + " |")
+        total = sum(cells) if kind != "pause" else counts[(kind, variant, answer, "")]
+        shown = [str(c) for c in cells] if kind != "pause" else ["-"] * 3
+        lines.append(f"| {kind} | {variant} | {answer} | {total} | " + " | ".join(shown) + " |")
     return lines
 
 
@@ -84,9 +90,9 @@ def markdown(config, run, results, elapsed, self_test=None):
         "",
         "## Properties",
         "",
-        "| property | items checked | violations |",
-        "|---|---:|---:|",
-        *[f"| {PROPERTIES[name]} | {r.checked} | {len(r.violations)} |" for name, r in results.items()],
+        "| property | items checked | of which | violations |",
+        "|---|---:|---|---:|",
+        *[f"| {PROPERTIES[name]} | {r.checked} | {parts(r)} | {len(r.violations)} |" for name, r in results.items()],
         "",
     ]
     for name, result in results.items():

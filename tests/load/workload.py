@@ -383,12 +383,15 @@ class Session(threading.Thread):
             if variant == "assert":
                 self.conn.execute("SELECT lease_assert(%s, %s)", (resource, token))
                 write_row(UNCHECKED_WRITE)
-            elif variant == "slow":
+            elif variant == "slow":  # pauses inside the fence, past the lease's expiry
                 if not self.conn.execute("SELECT lease_check(%s, %s)", (resource, token)).fetchone()[0]:
                     op.t1 = self.clock()
                     raise Rollback
-                time.sleep(self.rng.uniform(1.2, 2.0) * ttl if ttl < 1 else 0.3)
+                time.sleep(self.rng.uniform(1.2, 2.0) * min(ttl, SHORT_TTL[1]))
                 write_row(UNCHECKED_WRITE)
+            elif variant == "rr":  # the snapshot is older than the check: it must not matter
+                time.sleep(self.rng.uniform(0.0, 1.5) * min(ttl, SHORT_TTL[1]))
+                write_row(CHECKED_WRITE)
             else:
                 write_row(CHECKED_WRITE)
             self.read_info(op)

@@ -54,7 +54,7 @@ describe_machine() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "seconds per run: $DURATION"
     echo "rounds: $ROUNDS"
-    "${psql_bench[@]}" -At -c "SELECT 'setting: ' || name || ' = ' || setting || coalesce(' ' || unit, '')
+    "${psql_bench[@]}" -At -c "SELECT 'setting: ' || name || ' = ' || current_setting(name)
         FROM pg_settings WHERE source = 'configuration file' AND name NOT LIKE 'lc\_%'
           AND name NOT IN ('port', 'listen_addresses', 'unix_socket_directories', 'DateStyle', 'TimeZone',
                            'log_timezone', 'default_text_search_config', 'dynamic_shared_memory_type')

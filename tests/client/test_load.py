@@ -1,7 +1,8 @@
 """Randomized load with faults (tests/load): 32 sessions for LEASE_LOAD_SECONDS (default 30) on
 a throwaway cluster of its own (port LEASE_TEST_PORT + 2, fsync on), with backends terminated
 and one crash and restart; the checker must find zero violations of its five properties, must
-have checked enough, and must catch each fault injected into a copy of the record.
+have checked enough, must catch each fault injected into a copy of the record, and must catch
+the stale writes of a broken model that checks leases without fencing.
 `LEASE_LOAD_SECONDS=600 ./scripts/test.sh` is the long run."""
 
 import json
@@ -19,19 +20,31 @@ GRANTS_PER_SECOND_FLOOR = 25
 PROPERTIES = ["exclusive", "fencing", "tokens", "durable", "errors"]
 
 
-@pytest.fixture(scope="module")
-def load_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("load")
+def run_load(out, seconds, *options):
+    """Runs tests/load/run.sh; returns its exit status, JSON summary and the end of its output."""
     report, summary = out / "load.md", out / "load.json"
     env = dict(os.environ, LEASE_LOAD_PORT=str(PORT + 2), LEASE_RUN_DIR=RUN_DIR, LEASE_SERVER_USER=SERVER_USER)
     finished = subprocess.run(
-        [RUN_SCRIPT, "--seconds", str(SECONDS), "--report", str(report), "--json", str(summary), "--self-test"],
-        env=env, capture_output=True, text=True, timeout=SECONDS + 900,
+        [RUN_SCRIPT, "--seconds", str(seconds), "--report", str(report), "--json", str(summary), *options],
+        env=env, capture_output=True, text=True, timeout=seconds + 900,
     )
     output = finished.stdout[-20000:] + finished.stderr[-5000:]
     assert summary.exists(), f"the load program ended without a summary:\n{output}"
     print(f"report: {report}")
     return finished.returncode, json.loads(summary.read_text()), output
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_the_load_cluster():
+    yield
+    common = os.path.join(os.path.dirname(RUN_SCRIPT), "..", "..", "scripts", "common.sh")
+    subprocess.run(["bash", "-c", f"source {common}; cluster_destroy load"], env=dict(os.environ, LEASE_RUN_DIR=RUN_DIR),
+                   capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def load_run(tmp_path_factory):
+    return run_load(tmp_path_factory.mktemp("load"), SECONDS, "--self-test")
 
 
 def test_load_finds_no_violations(load_run):
@@ -54,3 +67,12 @@ def test_load_checked_enough(load_run):
 def test_checker_catches_every_injected_fault(load_run):
     _, summary, output = load_run
     assert [(t["property"], t["caught"]) for t in summary["self_test"]] == [(p, True) for p in PROPERTIES], output
+
+
+def test_checker_catches_writes_without_a_fence(tmp_path):
+    status, summary, output = run_load(tmp_path, 8, "--restarts", "0", "--unfenced")
+    violations = {name: p["violations"] for name, p in summary["properties"].items()}
+    assert violations["fencing"] > 0, output
+    assert {name: n for name, n in violations.items() if name != "fencing"} == dict.fromkeys(
+        ["exclusive", "tokens", "durable", "errors"], 0), output
+    assert status == 1, output

@@ -30,7 +30,7 @@ from faults import FaultInjector, Server, connect_when_up
 from properties import Run, check
 from report import write
 from selftest import self_test
-from workload import Load, Session
+from workload import FENCE, NO_FENCE, Load, Session
 
 LOG_PROBLEMS = ("terminated by signal", "PANIC:", "TRAP:", "terminating any other active server processes",
                 "was terminated by exception", "exited with exit code")
@@ -59,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--json", help="write a JSON summary here")
     parser.add_argument("--self-test", action="store_true",
                         help="also check broken copies of the record and fail unless each fault is caught")
+    parser.add_argument("--unfenced", action="store_true",
+                        help="a broken model: check leases without fencing the writes (must find violations)")
     parser.add_argument("--dump", help="save the record here (pickle), to check it again with --recheck")
     parser.add_argument("--recheck", help="check a record saved with --dump instead of running a load")
     config = parser.parse_args(argv)
@@ -140,7 +142,7 @@ def record_run(config):
     set_up_database(dsn, short + long)
     server = Server(config.data_dir, config.log, config.server_user) if config.data_dir else None
     offset = server.log_size() if server else 0
-    load = Load(dsn, short, long, config.seed)
+    load = Load(dsn, short, long, config.seed, NO_FENCE if config.unfenced else FENCE)
     started = time.monotonic()
     injector = run_load(config, load, server, prefix)
     elapsed = time.monotonic() - started

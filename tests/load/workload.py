@@ -34,8 +34,11 @@ WITH w AS (UPDATE lease_load.protected SET token = %(token)s, writes = writes + 
 INSERT INTO lease_load.writes (resource, seq, token, at, session)
 SELECT %(resource)s, writes, %(token)s, clock_timestamp(), %(session)s FROM w RETURNING seq
 """
-CHECKED_WRITE = FENCED_WRITE.format(fence="AND lease_check(%(resource)s, %(token)s)")
 UNCHECKED_WRITE = FENCED_WRITE.format(fence="")
+# The fence, and a deliberately broken one for proving that the checker notices: a check that
+# reads the lease (in the transaction's snapshot) but keeps nobody out until commit.
+FENCE = "lease_check(%(resource)s, %(token)s)"
+NO_FENCE = "EXISTS (SELECT 1 FROM lease_info(%(resource)s) WHERE token = %(token)s)"
 
 
 @dataclass
@@ -131,6 +134,7 @@ class Load:
     short_resources: list
     long_resources: list
     seed: int
+    fence: str = FENCE
     gate: Gate = field(default_factory=Gate)
     stopping: threading.Event = field(default_factory=threading.Event)
     ops: list = field(default_factory=list)
@@ -373,6 +377,7 @@ class Session(threading.Thread):
         """A fenced write to lease_load.protected plus its log row, in one transaction."""
         op = self.new_op("write", resource, token, variant=variant)
         params = {"resource": resource, "token": token, "session": self.index}
+        checked_write = FENCED_WRITE.format(fence=f"AND {self.load.fence}")
 
         def write_row(statement):
             row = self.conn.execute(statement, params).fetchone()
@@ -380,20 +385,21 @@ class Session(threading.Thread):
 
         def body(op):
             op.sent = True
-            if variant == "assert":
+            if variant == "assert" and self.load.fence == FENCE:
                 self.conn.execute("SELECT lease_assert(%s, %s)", (resource, token))
                 write_row(UNCHECKED_WRITE)
-            elif variant == "slow":  # pauses inside the fence, past the lease's expiry
-                if not self.conn.execute("SELECT lease_check(%s, %s)", (resource, token)).fetchone()[0]:
+            elif variant in ("slow", "assert"):  # slow: pauses inside the fence, past the lease's expiry
+                if not self.conn.execute(f"SELECT {self.load.fence}", params).fetchone()[0]:
                     op.t1 = self.clock()
                     raise Rollback
-                time.sleep(self.rng.uniform(1.2, 2.0) * min(ttl, SHORT_TTL[1]))
+                if variant == "slow":
+                    time.sleep(self.rng.uniform(1.2, 2.0) * min(ttl, SHORT_TTL[1]))
                 write_row(UNCHECKED_WRITE)
             elif variant == "rr":  # the snapshot is older than the check: it must not matter
                 time.sleep(self.rng.uniform(0.0, 1.5) * min(ttl, SHORT_TTL[1]))
-                write_row(CHECKED_WRITE)
+                write_row(checked_write)
             else:
-                write_row(CHECKED_WRITE)
+                write_row(checked_write)
             self.read_info(op)
 
         allowed = {"assert": {"55000"}, "rr": {"40001"}}.get(variant, set())

@@ -1,7 +1,7 @@
 -- Lease queue, claim: up to :batch jobs from the oldest :candidates ready jobs that nobody
--- holds, offered to lease_acquire_any in random order so that workers claiming at the same
--- moment rarely want the same job (it skips those another claimer is taking). Expired leases
--- count as free: a crashed worker's jobs come back by themselves.
+-- holds (reading lease.leases needs SELECT on it), offered to lease_acquire_any in random order
+-- so that workers claiming at the same moment rarely want the same job (it skips those another
+-- claimer is taking). Expired leases count as free: a crashed worker's jobs come back by themselves.
 SELECT coalesce(array_agg(substr(a.resource, 5)::bigint), '{}') AS ids,
        coalesce(array_agg(a.token), '{}') AS tokens,
        count(*) AS n

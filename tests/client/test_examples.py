@@ -139,6 +139,8 @@ def test_a_killed_leader_is_replaced_within_the_ttl(conn, programs, terms, bindi
     resource, ttl, margin = f"examples:leader:{binding}", 2.0, 2.0
     options = ["--session-bound"] if binding == "session-bound" else []
     candidates = {name: start_candidate(programs, name, resource, ttl, *options) for name in ("a", "b", "c")}
+    for name, candidate in candidates.items():  # all running, connected, and handling SIGTERM
+        candidate.line(rf"{name}: candidate for {re.escape(resource)}")
     first = wait_for(lambda: conn.execute("SELECT holder, token FROM lease_info(%s)", (resource,)).fetchone(),
                      what="a leader")
     leader = candidates[first[0]]

@@ -98,6 +98,7 @@ LEADER = str(EXAMPLES / "leader-election" / "leader.py")
 
 @pytest.fixture
 def terms(conn):
+    conn.execute("DROP TABLE IF EXISTS leader_terms")
     apply_schema("leader-election")
     yield lambda resource: conn.execute(
         "SELECT token, candidate, started_at, last_seen_at FROM leader_terms WHERE resource = %s ORDER BY token",
@@ -203,6 +204,7 @@ def rust_worker():
 
 @pytest.fixture
 def progress(conn):
+    conn.execute("DROP TABLE IF EXISTS rust_worker_progress")
     apply_schema("rust-worker")
     yield lambda resource: conn.execute(
         "SELECT token, step FROM rust_worker_progress WHERE resource = %s", (resource,)).fetchone()

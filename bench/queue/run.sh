@@ -9,6 +9,7 @@
 # Every run starts from a fresh queue; jobs/s counts the jobs done from the start to the last
 # completion, and every run checks that no job was completed twice. A last pair of runs gives
 # claims a shorter life than the work (takeovers happen) to show each fence refusing completions.
+# Exits with status 1 if any job was completed twice.
 # Usage: bench/queue/run.sh PORT [seconds per run, default 10], against a running server with the
 # extension preloaded (bench/run.sh starts one). Writes bench/results/queue.md and queue.raw.
 # Settings: LEASE_BENCH_ROUNDS (3), LEASE_BENCH_SYNC ("on off"), LEASE_BENCH_RESULTS (the output
@@ -174,3 +175,12 @@ name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
 } > "$OUT"
 echo
 cat "$OUT"
+
+# A job completed twice is a broken fence: fail loudly (the tables above show where).
+for key in "${!total[@]}"; do
+    case $key in
+        */twice) [ "${total[$key]}" = 0 ] || { echo "FAILED: jobs completed twice in ${key%/twice}" >&2; exit 1; } ;;
+        */completions) [ "${total[$key]}" = "${total[${key%/completions}/done]}" ] \
+            || { echo "FAILED: completions differ from jobs done in ${key%/completions}" >&2; exit 1; } ;;
+    esac
+done

@@ -195,7 +195,8 @@ EXIT_LEASE_LOST = 3
 def rust_worker():
     """Builds the worker once (target/examples, shared with CI's cache of target/)."""
     project = EXAMPLES / "rust-worker"
-    env = os.environ | {"CARGO_TARGET_DIR": str(ROOT / "target" / "examples")}
+    env = os.environ | {"CARGO_TARGET_DIR": str(ROOT / "target" / "examples"),
+                        "PATH": f"{Path.home() / '.cargo' / 'bin'}:{os.environ['PATH']}"}  # as scripts/common.sh
     build = subprocess.run(["cargo", "build", "--quiet"], cwd=project, env=env, capture_output=True, text=True,
                            timeout=1800)
     assert build.returncode == 0, build.stderr

@@ -212,8 +212,8 @@ def report(path, chart_name):
     lines.append(f"- Machine: {fields.get('cpu', '?')}, {fields.get('cpus', '?')} CPUs, {fields.get('memory', '?')} memory")
     lines.append(f"- PostgreSQL {fields.get('postgresql', '?')}; extension: {fields.get('extension', '?')}")
     if "date" in fields:
-        lines.append(f"- Run: {fields['date']}; {fields.get('seconds per run', '?')} s per pgbench run, "
-                     f"{fields.get('rounds', '?')} rounds (medians)")
+        lines.append(f"- Run: {fields['date']}; {fields.get('seconds per run', '?')} s per pgbench run; throughput "
+                     f"figures are medians of {fields.get('rounds', '?')} interleaved runs")
     if "note" in fields:
         lines.append(f"- Note: {fields['note']}")
     if settings:

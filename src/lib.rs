@@ -5,6 +5,7 @@
 //! - [`api`]: the SQL-callable functions and their argument checks;
 //! - [`fence`]: the `lease_fence` trigger that fences row changes of protected tables;
 //! - [`store`]: every statement on the lease table, and the token sequence;
+//! - [`direct`]: the hot statements done on the table's heap and indexes directly;
 //! - [`barrier`]: the per-resource locks that make `lease_check` a fence;
 //! - [`expiry`]: removing expired leases (the sweep);
 //! - [`events`]: recording lease events and announcing them after commit;
@@ -21,6 +22,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod barrier;
+mod direct;
 mod errors;
 mod events;
 mod expiry;

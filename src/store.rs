@@ -23,6 +23,8 @@ use std::ptr::NonNull;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
+use crate::direct;
+
 /// Microseconds since 2000-01-01 UTC, PostgreSQL's `timestamptz` representation.
 pub type Timestamp = i64;
 
@@ -166,6 +168,9 @@ struct Catalog {
     table: Oid,
     token_sequence: Oid,
     table_owner: Oid,
+    primary_key: Oid,
+    /// The table has the shape [`crate::direct`] expects.
+    direct: bool,
 }
 
 impl Catalog {
@@ -187,8 +192,10 @@ impl Catalog {
             }
             let relation = pg_sys::RelationIdGetRelation(table);
             let table_owner = (*(*relation).rd_rel).relowner;
+            let primary_key = pg_sys::RelationGetPrimaryKeyIndex(relation);
             pg_sys::RelationClose(relation);
-            Catalog { table, token_sequence, table_owner }
+            let direct = primary_key != Oid::INVALID && direct::Layout::check(table, primary_key);
+            Catalog { table, token_sequence, table_owner, primary_key, direct }
         };
         CATALOG.with(|cell| cell.set(Some(catalog)));
         catalog
@@ -217,29 +224,52 @@ pub fn clock_now() -> Timestamp {
 pub struct Store {
     caller: Oid,
     saved_security_context: i32,
-    token_sequence: Oid,
-    saved_scan_settings: (bool, bool),
+    catalog: Catalog,
+    /// Whether this call reads and writes the table directly ([`crate::direct`]).
+    direct: bool,
+    /// Connected to SPI (on the first statement that needs it).
+    spi_connected: Cell<bool>,
+    saved_scan_settings: Cell<Option<(bool, bool)>>,
 }
 
 impl Store {
-    /// Switches to the table owner and connects to SPI; dropping the store undoes both.
+    /// Switches to the table owner; dropping the store switches back (and disconnects from
+    /// SPI if a statement connected).
     pub fn open() -> Store {
         let mut caller = Oid::INVALID;
         let mut saved_security_context = 0;
-        let Catalog { token_sequence, table_owner, .. } = Catalog::get();
-        // SAFETY: user-id bookkeeping and planner settings. The user id is restored in Drop,
-        // and by PostgreSQL itself if the transaction aborts first.
+        let catalog = Catalog::get();
+        // SAFETY: user-id bookkeeping. The user id is restored in Drop, and by PostgreSQL
+        // itself if the transaction aborts first.
         unsafe {
             pg_sys::GetUserIdAndSecContext(&mut caller, &mut saved_security_context);
             pg_sys::SetUserIdAndSecContext(
-                table_owner,
+                catalog.table_owner,
                 saved_security_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
             );
-            let saved_scan_settings = (pg_sys::enable_seqscan, pg_sys::enable_bitmapscan);
+        }
+        Store {
+            caller,
+            saved_security_context,
+            catalog,
+            direct: catalog.direct && direct::read_committed(),
+            spi_connected: Cell::new(false),
+            saved_scan_settings: Cell::new(None),
+        }
+    }
+
+    /// Connects to SPI with sequential and bitmap scans off (see the module's header), once.
+    fn connect(&self) {
+        if self.spi_connected.replace(true) {
+            return;
+        }
+        // SAFETY: planner settings are plain backend-local globals, restored in Drop; the SPI
+        // connection is closed in Drop (or by transaction abort).
+        unsafe {
+            self.saved_scan_settings.set(Some((pg_sys::enable_seqscan, pg_sys::enable_bitmapscan)));
             pg_sys::enable_seqscan = false;
             pg_sys::enable_bitmapscan = false;
             pg_sys::SPI_connect();
-            Store { caller, saved_security_context, token_sequence, saved_scan_settings }
         }
     }
 
@@ -265,11 +295,13 @@ impl Store {
         // SAFETY: XactLastRecEnd and synchronous_commit are backend-local globals; nextval_oid
         // is called through the guarded fmgr path with a valid sequence OID.
         unsafe {
-            let token =
-                pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[self.token_sequence.into_datum()])
-                    .expect("nextval returned NULL");
+            let token = pgrx::direct_function_call::<i64>(
+                pg_sys::nextval_oid,
+                &[self.catalog.token_sequence.into_datum()],
+            )
+            .expect("nextval returned NULL");
             if pg_sys::synchronous_commit == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32 {
-                pg_sys::XLogFlush(sequence_page_lsn(self.token_sequence));
+                pg_sys::XLogFlush(sequence_page_lsn(self.catalog.token_sequence));
             }
             let timeline = i64::from(pg_sys::GetWALInsertionTimeLine());
             ((timeline - 1) << TOKEN_SEQUENCE_BITS) | token
@@ -288,6 +320,17 @@ impl Store {
         expires_at: Timestamp,
         binding: Option<Binding>,
     ) -> bool {
+        if self.direct {
+            let Catalog { table, primary_key, .. } = self.catalog;
+            // SAFETY: the table's shape was checked; the caller holds the resource's lock.
+            unsafe {
+                if direct::find(table, primary_key, resource).is_some() {
+                    return false;
+                }
+                direct::insert(table, resource, holder, token, owner, now, expires_at, binding);
+            }
+            return true;
+        }
         let args = [
             resource.into_datum(),
             holder.into_datum(),
@@ -301,8 +344,24 @@ impl Store {
         self.execute(Statement::Insert, &args, false, 1) == 1
     }
 
+    /// The resource's row as [`crate::direct`] finds it, when this call reads directly.
+    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
+        let Catalog { table, primary_key, .. } = self.catalog;
+        // SAFETY: the table's shape was checked; the caller holds the resource's lock.
+        self.direct.then(|| unsafe { direct::find(table, primary_key, resource) })
+    }
+
     /// The resource's row, expired or not.
     pub fn current(&self, resource: &str) -> Option<LeaseRow> {
+        if let Some(found) = self.find(resource) {
+            return found.map(|row| LeaseRow {
+                holder: row.holder,
+                token: row.token,
+                owner: row.owner,
+                expires_at: row.expires_at,
+                session_bound: row.session_bound,
+            });
+        }
         if self.execute(Statement::Current, &[resource.into_datum()], false, 1) == 0 {
             return None;
         }
@@ -360,6 +419,12 @@ impl Store {
 
     /// Deletes an unexpired lease; returns its holder, or None if the token does not hold it.
     pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Holder> {
+        if let Some(found) = self.find(resource) {
+            let row = found.filter(|row| row.token == token && row.expires_at > now)?;
+            // SAFETY: the row was just found under the resource's lock.
+            unsafe { direct::delete(self.catalog.table, &row) };
+            return Some(Holder { owner: row.owner, holder: row.holder });
+        }
         self.returned_holder(
             Statement::Delete,
             &[resource.into_datum(), token.into_datum(), now.into_datum()],
@@ -370,6 +435,9 @@ impl Store {
     /// committed rather than as the transaction's snapshot shows it: a REPEATABLE READ
     /// transaction must not be told that a superseded token still holds.
     pub fn holds(&self, resource: &str, token: i64, now: Timestamp, latest: bool) -> bool {
+        if let Some(found) = self.find(resource) {
+            return found.is_some_and(|row| row.token == token && row.expires_at > now);
+        }
         let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
         self.execute(Statement::Holds, &args, latest, 1) == 1
     }
@@ -447,6 +515,7 @@ impl Store {
     /// Runs a kept plan with the given arguments, processing at most `limit` rows (0: all);
     /// returns the number of rows processed.
     fn execute(&self, statement: Statement, args: &[Option<Datum>], latest: bool, limit: i64) -> u64 {
+        self.connect();
         let plan = plan(statement);
         let mut values: Vec<Datum> = args.iter().map(|a| a.unwrap_or(Datum::from(0))).collect();
         let nulls: Vec<std::ffi::c_char> =
@@ -482,10 +551,12 @@ impl Drop for Store {
         // SPI connection is left for transaction abort to close, as PostgreSQL expects; the
         // planner settings are plain backend-local globals, restored on every path.
         unsafe {
-            if !std::thread::panicking() {
-                pg_sys::SPI_finish();
+            if let Some(settings) = self.saved_scan_settings.get() {
+                if !std::thread::panicking() {
+                    pg_sys::SPI_finish();
+                }
+                (pg_sys::enable_seqscan, pg_sys::enable_bitmapscan) = settings;
             }
-            (pg_sys::enable_seqscan, pg_sys::enable_bitmapscan) = self.saved_scan_settings;
             pg_sys::SetUserIdAndSecContext(self.caller, self.saved_security_context);
         }
     }

@@ -1,0 +1,203 @@
+//! Direct access to `lease.leases` for the calls that run most often: find a lease by its
+//! resource through the primary key, insert a new one, delete one. The same statements exist
+//! as kept SPI plans ([`crate::store`]); going to the heap and its indexes directly saves each
+//! call a second executor start-up, which is most of what a lease call costs beyond the work
+//! itself.
+//!
+//! It is only used where its decisions are exactly those of the SPI statements:
+//! - every caller holds the resource's barrier lock in exclusive mode (or share mode, for a
+//!   read), so no other transaction can insert, change or delete that resource's row meanwhile;
+//! - the transaction runs at READ COMMITTED, where each statement reads the latest committed
+//!   state; REPEATABLE READ and SERIALIZABLE keep the SPI statements, whose conflicts with a
+//!   transaction's older snapshot raise serialization failures;
+//! - the table has the shape this version created: its columns in their places and no index
+//!   but the primary key and the expiry index. Otherwise [`Layout::check`] says no and the SPI
+//!   statements serve every call.
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+
+use crate::store::{Binding, Timestamp};
+
+/// Attribute numbers of `lease.leases`.
+const RESOURCE: usize = 1;
+const HOLDER: usize = 2;
+const TOKEN: usize = 3;
+const OWNER: usize = 4;
+const EXPIRES_AT: usize = 7;
+const SESSION_PID: usize = 8;
+const COLUMNS: [&str; 9] = [
+    "resource",
+    "holder",
+    "token",
+    "owner",
+    "acquired_at",
+    "renewed_at",
+    "expires_at",
+    "session_pid",
+    "application_name",
+];
+
+/// A lease row as found, with where it is.
+pub struct FoundRow {
+    tid: pg_sys::ItemPointerData,
+    pub holder: String,
+    pub token: i64,
+    pub owner: Oid,
+    pub expires_at: Timestamp,
+    pub session_bound: bool,
+}
+
+/// What [`Layout::check`] found out about the table.
+pub struct Layout;
+
+impl Layout {
+    /// Whether `table` has exactly the expected columns and two plain indexes, one of them
+    /// `primary_key`.
+    ///
+    /// # Safety
+    /// Must run in a transaction; `table` must be a table OID.
+    pub unsafe fn check(table: Oid, primary_key: Oid) -> bool {
+        let relation = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let descriptor = (*relation).rd_att;
+        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
+        let columns_match = attributes.len() == COLUMNS.len()
+            && attributes.iter().zip(COLUMNS).all(|(attribute, name)| {
+                !attribute.attisdropped
+                    && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+            });
+        let indexes = pg_sys::RelationGetIndexList(relation);
+        let index_count = pg_sys::list_length(indexes);
+        let mut plain = index_count == 2;
+        for position in 0..index_count {
+            let index_oid = pg_sys::list_nth_oid(indexes, position);
+            let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let form = &*(*index).rd_index;
+            let no_expression = |column: u32| {
+                pg_sys::heap_attisnull((*index).rd_indextuple, column as i32, std::ptr::null_mut())
+            };
+            plain &= form.indnatts == 1 && form.indimmediate && form.indisvalid && form.indisready;
+            plain &=
+                no_expression(pg_sys::Anum_pg_index_indexprs) && no_expression(pg_sys::Anum_pg_index_indpred);
+            pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        }
+        let has_primary_key =
+            (0..index_count).any(|position| pg_sys::list_nth_oid(indexes, position) == primary_key);
+        pg_sys::list_free(indexes);
+        pg_sys::table_close(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        columns_match && plain && has_primary_key
+    }
+}
+
+/// Whether this transaction reads the latest committed state in each statement.
+pub fn read_committed() -> bool {
+    // SAFETY: XactIsoLevel is a backend-local global, read only.
+    let level = unsafe { pg_sys::XactIsoLevel };
+    level < pg_sys::XACT_REPEATABLE_READ as i32
+}
+
+/// The lease on `resource`, expired or not, as the latest snapshot shows it (which, under the
+/// resource's lock, is the state every other writer of the resource left).
+///
+/// # Safety
+/// `table` and `primary_key` must be the lease table and its primary key, checked by
+/// [`Layout::check`]; the caller must hold the resource's barrier lock.
+pub unsafe fn find(table: Oid, primary_key: Oid, resource: &str) -> Option<FoundRow> {
+    pg_sys::CommandCounterIncrement();
+    // Locks on the table and index are kept until the transaction ends, as a statement's are.
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let heap = pg_sys::table_open(table, lock);
+    let index = pg_sys::index_open(primary_key, lock);
+    let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    let resource_datum = resource.into_datum().expect("text datum");
+    pg_sys::ScanKeyInit(
+        &mut key,
+        RESOURCE as pg_sys::AttrNumber,
+        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+        pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+        resource_datum,
+    );
+    let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
+    pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+    let found =
+        pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(|| {
+            pg_sys::slot_getsomeattrs_int(slot, SESSION_PID as i32);
+            let values = std::slice::from_raw_parts((*slot).tts_values, SESSION_PID);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, SESSION_PID);
+            let column = |number: usize| (values[number - 1], nulls[number - 1]);
+            let (holder, holder_null) = column(HOLDER);
+            let (token, token_null) = column(TOKEN);
+            let (owner, owner_null) = column(OWNER);
+            let (expires_at, expires_null) = column(EXPIRES_AT);
+            FoundRow {
+                tid: (*slot).tts_tid,
+                holder: String::from_datum(holder, holder_null).expect("holder is not null"),
+                token: i64::from_datum(token, token_null).expect("token is not null"),
+                owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
+                expires_at: i64::from_datum(expires_at, expires_null).expect("expires_at is not null"),
+                session_bound: !nulls[SESSION_PID - 1],
+            }
+        });
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    pg_sys::UnregisterSnapshot(snapshot);
+    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    found
+}
+
+/// Inserts a new lease (the caller found none) with its index entries.
+///
+/// # Safety
+/// As for [`find`]; the caller must have found no row for `resource` under its lock.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn insert(
+    table: Oid,
+    resource: &str,
+    holder: &str,
+    token: i64,
+    owner: Oid,
+    now: Timestamp,
+    expires_at: Timestamp,
+    binding: Option<Binding>,
+) {
+    pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    let heap = pg_sys::table_open(table, lock);
+    let values = [
+        resource.into_datum(),
+        holder.into_datum(),
+        token.into_datum(),
+        owner.into_datum(),
+        now.into_datum(),
+        now.into_datum(),
+        expires_at.into_datum(),
+        binding.map(|b| b.pid).into_datum(),
+        binding.map(|b| b.application_name).into_datum(),
+    ];
+    let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
+    let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
+    let tuple = pg_sys::heap_form_tuple((*heap).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
+    // Inserts the heap tuple, then an entry in each index (checking the primary key's
+    // uniqueness, which cannot fail under the resource's lock).
+    pg_sys::CatalogTupleInsert(heap, tuple);
+    pg_sys::heap_freetuple(tuple);
+    pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::CommandCounterIncrement();
+}
+
+/// Deletes the row `find` returned.
+///
+/// # Safety
+/// As for [`find`]; `row` must come from `find` in this call, under the same lock.
+pub unsafe fn delete(table: Oid, row: &FoundRow) {
+    pg_sys::PreventCommandIfReadOnly(c"DELETE".as_ptr());
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    let heap = pg_sys::table_open(table, lock);
+    let mut tid = row.tid;
+    pg_sys::simple_heap_delete(heap, &mut tid);
+    pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::CommandCounterIncrement();
+}

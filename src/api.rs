@@ -407,18 +407,18 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
         record(Kind::Acquired, resource, holder, token, Some(expires_at), now);
         Attempt::Granted(token)
     };
-    // A new grant's token, taken before the insert (an insert that finds the row uses up a
-    // number, which a takeover then reuses).
-    let mut new_token = None;
-    if !yield_to_waiters {
+    let Some(current) = store.current(resource) else {
+        if yield_to_waiters {
+            return Attempt::Yielded;
+        }
+        // Free: a token is taken only now, so a refused call uses up no token number.
         let token = store.next_token();
         if store.insert(resource, holder, token, caller, now, expires_at, binding) {
             return grant(token);
         }
-        new_token = Some(token);
-    }
-    let Some(current) = store.current(resource) else {
-        return Attempt::Yielded;
+        // Under our lock a row can appear only to an older snapshot, and then the insert has
+        // raised a serialization failure already.
+        return Attempt::Held(now);
     };
     let ended = if current.expires_at <= now {
         Some(Reason::Ttl)
@@ -431,7 +431,7 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
         if yield_to_waiters {
             return Attempt::Yielded;
         }
-        let token = new_token.unwrap_or_else(|| store.next_token());
+        let token = store.next_token();
         if !store.take_over(resource, current.token, holder, token, caller, now, expires_at, binding) {
             return Attempt::Held(now);
         }

@@ -20,6 +20,8 @@
 //!   waiter of a resource with the smallest ticket is its queue's head ([`crate::waiting`]).
 //! - `requested_database` is a database whose backends committed lease changes while no worker
 //!   served it: the launcher starts one.
+//! - The *token blocks*: per database, a block of token numbers reserved durably in the token
+//!   sequence, handed out one by one in the order calls ask ([`crate::store`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -82,6 +84,19 @@ pub struct DatabaseState {
     slots: std::cell::UnsafeCell<[EventSlot; RING_CAPACITY]>,
 }
 
+/// Token numbers `next..end` of one database's sequence, reserved and not handed out yet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TokenBlock {
+    database: u32,
+    sequence: u32,
+    next: i64,
+    end: i64,
+}
+
+/// Databases whose token blocks are kept at once; others take every token from the sequence.
+const TOKEN_BLOCKS: usize = 64;
+
 #[repr(C)]
 pub struct Shared {
     /// The launcher's latch, or null while it does not run.
@@ -98,6 +113,8 @@ pub struct Shared {
     waiter_slots: usize,
     databases: *mut DatabaseState,
     database_slots: usize,
+    token_lock: *mut pg_sys::LWLock,
+    token_blocks: std::cell::UnsafeCell<[TokenBlock; TOKEN_BLOCKS]>,
 }
 
 /// One backend's wait: guarded by the waiter lock.
@@ -139,7 +156,7 @@ unsafe extern "C-unwind" fn on_shmem_request() {
             previous();
         }
         pg_sys::RequestAddinShmemSpace(shared_bytes());
-        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1 + database_count() as i32);
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 2 + database_count() as i32);
     }
 }
 
@@ -162,6 +179,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
             std::ptr::write_bytes(shared.cast::<u8>(), 0, std::mem::size_of::<Shared>() + waiter_bytes());
             let locks = pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr());
             (*shared).waiters_lock = &raw mut (*locks).lock;
+            (*shared).token_lock = &raw mut (*locks.add(1 + database_count())).lock;
             (*shared).waiters = shared.add(1).cast::<WaiterSlot>();
             (*shared).waiter_slots = waiter_count();
             let databases = shared.cast::<u8>().add(std::mem::size_of::<Shared>() + waiter_bytes());
@@ -244,12 +262,51 @@ impl Shared {
         self.serving(unsafe { pg_sys::MyDatabaseId })
     }
 
+    /// The next token number of `sequence` in this backend's database: from the database's
+    /// reserved block, or from a new block that `reserve` takes (and makes durable) when the
+    /// block is used up or belongs to another sequence. Numbers leave in the order calls take
+    /// them, across backends.
+    pub fn take_token(&self, sequence: pg_sys::Oid, reserve: impl FnOnce() -> (i64, i64)) -> Option<i64> {
+        // SAFETY: MyDatabaseId is fixed for the life of the backend; the blocks are guarded by
+        // token_lock, released by the guard (or by PostgreSQL if `reserve` raises an error).
+        let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        unsafe { pg_sys::LWLockAcquire(self.token_lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        let _guard = LockGuard(self.token_lock);
+        // SAFETY: guarded by token_lock, held above.
+        let blocks = unsafe { &mut *self.token_blocks.get() };
+        let index = blocks
+            .iter()
+            .position(|block| block.database == database)
+            .or_else(|| blocks.iter().position(|block| block.database == 0))?;
+        let block = &mut blocks[index];
+        if block.database != database || block.sequence != sequence.to_u32() || block.next >= block.end {
+            let (start, end) = reserve();
+            *block = TokenBlock { database, sequence: sequence.to_u32(), next: start, end };
+        }
+        let token = block.next;
+        block.next += 1;
+        Some(token)
+    }
+
     /// Asks the launcher to start a worker for this backend's database.
     pub fn request_worker(&self) {
         // SAFETY: MyDatabaseId is fixed for the life of the backend.
         let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
         if self.requested_database.swap(database, Ordering::AcqRel) != database {
             set_latch(self.launcher_latch.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Releases an LWLock when dropped, unless unwinding from an error (PostgreSQL releases every
+/// LWLock then).
+struct LockGuard(*mut pg_sys::LWLock);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: the lock was acquired by the code that made the guard.
+            unsafe { pg_sys::LWLockRelease(self.0) };
         }
     }
 }

@@ -30,6 +30,10 @@ pub type Timestamp = i64;
 
 /// Bits of a token that come from the token sequence; the timeline is above them.
 pub const TOKEN_SEQUENCE_BITS: u32 = 48;
+/// The token sequence's MAXVALUE.
+const MAX_TOKEN_NUMBER: i64 = (1 << TOKEN_SEQUENCE_BITS) - 1;
+/// Token numbers reserved in the sequence at a time (see [`Store::next_token`]).
+const TOKEN_BLOCK: i64 = 1000;
 
 /// A lease as stored, the fields a decision needs.
 pub struct LeaseRow {
@@ -286,29 +290,64 @@ impl Store {
     /// token it grants is larger than any token of the old primary. On the first timeline
     /// tokens are the sequence's values.
     ///
-    /// The sequence writes WAL only once per batch of values (whichever backend crosses into
-    /// the next batch writes it); if that record were lost in a crash, the values after it would
-    /// be handed out again. A commit with `synchronous_commit = off` does not flush WAL, so in
-    /// that case WAL is flushed here up to the sequence page's LSN before the value leaves the
-    /// server: a no-op unless the batch's record is not on disk yet.
+    /// With the library preloaded, numbers come from a block of [`TOKEN_BLOCK`] values that
+    /// one call reserves in the sequence (moving it to the block's end) and makes durable by
+    /// flushing WAL before any number of the block is handed out; the block lives in shared
+    /// memory, so a crash loses only numbers never handed out, and the sequence's durable value
+    /// is beyond every number that was. One flush per block, whatever `synchronous_commit` the
+    /// callers use: a commit that does not flush WAL can never leak a number that a crash would
+    /// hand out again.
+    ///
+    /// Without shared memory every number comes from `nextval`. The sequence writes WAL only
+    /// once per batch of values (whichever backend crosses into the next batch writes it); if
+    /// that record were lost in a crash, the values after it would be handed out again, so with
+    /// `synchronous_commit = off` WAL is flushed up to the sequence page's LSN before the value
+    /// leaves the server: a no-op unless the batch's record is not on disk yet.
     pub fn next_token(&self) -> i64 {
-        // SAFETY: XactLastRecEnd and synchronous_commit are backend-local globals; nextval_oid
-        // is called through the guarded fmgr path with a valid sequence OID.
+        let sequence = self.catalog.token_sequence;
+        let number = crate::shared::get()
+            .and_then(|shared| shared.take_token(sequence, || self.reserve_tokens()))
+            .unwrap_or_else(|| self.nextval_durable());
+        // SAFETY: reads the timeline this server inserts WAL on (it is not in recovery).
+        let timeline = i64::from(unsafe { pg_sys::GetWALInsertionTimeLine() });
+        ((timeline - 1) << TOKEN_SEQUENCE_BITS) | number
+    }
+
+    /// Reserves the next block of token numbers: `start..end`, durable once this returns.
+    fn reserve_tokens(&self) -> (i64, i64) {
+        let sequence = self.catalog.token_sequence.into_datum();
+        // SAFETY: nextval and setval through the guarded fmgr path with a valid sequence OID;
+        // XactLastRecEnd is the end of the WAL this backend inserted last (setval's record).
         unsafe {
-            let token = pgrx::direct_function_call::<i64>(
-                pg_sys::nextval_oid,
-                &[self.catalog.token_sequence.into_datum()],
-            )
-            .expect("nextval returned NULL");
-            if pg_sys::synchronous_commit == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32 {
-                pg_sys::XLogFlush(sequence_page_lsn(self.catalog.token_sequence));
+            let start = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence])
+                .expect("nextval returned NULL");
+            let last = (start + TOKEN_BLOCK - 1).min(MAX_TOKEN_NUMBER);
+            if last > start {
+                pgrx::direct_function_call::<i64>(pg_sys::setval_oid, &[sequence, last.into_datum()]);
             }
-            let timeline = i64::from(pg_sys::GetWALInsertionTimeLine());
-            ((timeline - 1) << TOKEN_SEQUENCE_BITS) | token
+            pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
+            (start, last + 1)
         }
     }
 
-    /// Inserts a new lease; false when the resource already has a row.
+    /// One number straight from the sequence, durable before it leaves the server.
+    fn nextval_durable(&self) -> i64 {
+        let sequence = self.catalog.token_sequence;
+        // SAFETY: synchronous_commit is a backend-local global; nextval_oid is called through
+        // the guarded fmgr path with a valid sequence OID.
+        unsafe {
+            let number = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
+                .expect("nextval returned NULL");
+            if pg_sys::synchronous_commit == pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32 {
+                pg_sys::XLogFlush(sequence_page_lsn(sequence));
+            }
+            number
+        }
+    }
+
+    /// Inserts a new lease after [`Store::current`] found no row under the resource's lock; false
+    /// when a row exists after all (only a transaction-wide snapshot can miss one, and then the
+    /// insert raises a serialization failure instead).
     #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
@@ -321,14 +360,10 @@ impl Store {
         binding: Option<Binding>,
     ) -> bool {
         if self.direct {
-            let Catalog { table, primary_key, .. } = self.catalog;
-            // SAFETY: the table's shape was checked; the caller holds the resource's lock.
-            unsafe {
-                if direct::find(table, primary_key, resource).is_some() {
-                    return false;
-                }
-                direct::insert(table, resource, holder, token, owner, now, expires_at, binding);
-            }
+            let table = self.catalog.table;
+            // SAFETY: the table's shape was checked; the caller holds the resource's lock and
+            // found no row with the latest snapshot.
+            unsafe { direct::insert(table, resource, holder, token, owner, now, expires_at, binding) };
             return true;
         }
         let args = [

@@ -1,6 +1,6 @@
 -- The contract of each function, with exact results. Tokens are printed: the extension was
--- just created, so the sequence starts at 1. An acquire that does not insert a new row uses
--- up a token number too (tokens increase, they are not consecutive).
+-- just created, so the sequence starts at 1. A refused acquire uses up no token number (but a
+-- rolled-back grant does: tokens increase, they are not always consecutive).
 SELECT lease_acquire('job:1', 'worker-a', '1 minute') AS token;
 -- a second holder is refused
 SELECT lease_acquire('job:1', 'worker-b', '1 minute') AS refused;

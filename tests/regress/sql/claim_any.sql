@@ -33,8 +33,9 @@ BEGIN;
 SELECT count(*) AS claimed FROM lease_acquire_any(ARRAY['any:9', 'any:10'], 'claimer', '1 hour', 5);
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM lease.leases WHERE resource IN ('any:9', 'any:10');
--- bad input: a specific SQLSTATE, and nothing changed (not even the token sequence)
-SELECT last_value AS tokens_before FROM lease.token_seq \gset
+-- bad input: a specific SQLSTATE, and nothing changed (not even a token number)
+SELECT lease_acquire('any:probe', 'h') AS probe_before \gset
+SELECT lease_release('any:probe', :probe_before);
 SELECT count(*) AS rows_before FROM lease.leases \gset
 SELECT call, r.sqlstate, r.message
 FROM (VALUES
@@ -50,8 +51,8 @@ FROM (VALUES
     ($$SELECT count(*) FROM lease_acquire_any(ARRAY['any:20'], 'h', '1 min', -3)$$),
     ($$SELECT count(*) FROM lease_acquire_any(array_append(array_fill('any:ok'::text, ARRAY[9999]), NULL), 'h')$$)
 ) AS calls(call), attempt(call) AS r;
-SELECT last_value = :tokens_before AS sequence_unchanged FROM lease.token_seq;
 SELECT count(*) = :rows_before AS rows_unchanged FROM lease.leases;
+SELECT token = :probe_before + 1 AS no_token_used FROM lease_acquire_any(ARRAY['any:probe'], 'h');
 -- 10,000 candidates, all duplicates of one: taken once
 SELECT count(*) AS taken FROM lease_acquire_any(array_fill('any:many'::text, ARRAY[10000]), 'h', '1 min', 5);
 DELETE FROM lease.leases WHERE resource LIKE 'any:%';

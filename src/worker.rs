@@ -42,6 +42,8 @@ use crate::store::clock_now;
 const PUBLISH_BATCH: usize = 1024;
 /// Events copied out of the ring per hold of its lock.
 const TAKE_CHUNK: usize = 32;
+/// How long the launcher ignores a database that asked for a worker and could not have one.
+const REFUSAL_MEMORY_MS: i64 = 10_000;
 /// How soon to look again at an expired lease whose resource was busy.
 const BUSY_RETRY_MS: i64 = 10;
 /// After publishing, events are gathered this long before the next NOTIFY transaction, so that
@@ -68,7 +70,10 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
     let shared = shared::get().expect("the lease launcher runs only when the library is preloaded");
     // SAFETY: MyLatch is this process's latch, in shared memory for as long as it lives.
     shared.launcher_latch.store(unsafe { pg_sys::MyLatch }, Ordering::Release);
-    let mut launcher = Launcher { workers: (0..shared.database_slots().len()).map(|_| None).collect() };
+    let mut launcher = Launcher {
+        workers: (0..shared.database_slots().len()).map(|_| None).collect(),
+        refused: std::collections::HashMap::new(),
+    };
     for (database, _) in servable_databases() {
         launcher.serve(database);
     }
@@ -78,9 +83,12 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let requested = shared.requested_database.swap(0, Ordering::AcqRel);
-        if requested != 0 && shared.serving(requested.into()).is_none() {
-            if servable_databases().iter().any(|(database, _)| database.to_u32() == requested) {
-                launcher.serve(requested.into());
+        if requested != 0 && shared.serving(requested.into()).is_none() && !launcher.refused_lately(requested)
+        {
+            let servable = servable_databases().iter().any(|(database, _)| database.to_u32() == requested);
+            if !(servable && launcher.serve(requested.into())) {
+                // Asked again at every commit there: look again only after a while.
+                launcher.refused.insert(requested, clock_now());
             }
         }
         launcher.restart_stopped_workers();
@@ -91,14 +99,21 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
 /// The workers the launcher started, by slot.
 struct Launcher {
     workers: Vec<Option<DynamicBackgroundWorker>>,
+    /// Databases that asked for a worker and could not have one, and when (server clock).
+    refused: std::collections::HashMap<u32, i64>,
 }
 
 impl Launcher {
-    /// Assigns a free slot to `database` and starts its worker.
-    fn serve(&mut self, database: pg_sys::Oid) {
+    /// Whether `database` asked in vain within the last [`REFUSAL_MEMORY_MS`].
+    fn refused_lately(&self, database: u32) -> bool {
+        self.refused.get(&database).is_some_and(|at| clock_now() - at < REFUSAL_MEMORY_MS * 1_000)
+    }
+
+    /// Assigns a free slot to `database` and starts its worker; false if no slot is free.
+    fn serve(&mut self, database: pg_sys::Oid) -> bool {
         let shared = shared::get().expect("preloaded");
         if shared.serving(database).is_some() {
-            return;
+            return true;
         }
         let free = shared.database_slots().iter().position(|slot| slot.database.load(Ordering::Acquire) == 0);
         let Some(index) = free else {
@@ -107,12 +122,13 @@ impl Launcher {
                 database.to_u32(),
                 shared.database_slots().len()
             );
-            return;
+            return false;
         };
         let slot = &shared.database_slots()[index];
         slot.reset();
         slot.database.store(database.to_u32(), Ordering::Release);
         self.start(index);
+        true
     }
 
     fn start(&mut self, index: usize) {

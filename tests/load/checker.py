@@ -123,7 +123,7 @@ def collect(load, injector, prefix, log_problems):
     except psycopg.Error as error:
         load.failures.append(f"could not read the database after the run: {error}")
     return Run(load.ops, injector.terminations, injector.restarts, writes, protected, final,
-               load.failures, log_problems)
+               load.failures, log_problems, load.pids)
 
 
 def server_log_problems(server, offset):

@@ -3,14 +3,16 @@ counts what it checked. Pure functions over a `Run`; used by checker.py and self
 
 Operations whose outcome is unknown (the connection was lost during COMMIT) only widen what is
 allowed: a validity interval is built from what certainly happened (committed changes, and
-calls that found the lease valid), cut short by anything that may have ended it."""
+calls that found the lease valid), cut short by anything that may have changed or ended it (a
+re-acquire with a shorter ttl shortens a lease; a release or the end of the holder's session
+ends it)."""
 
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from workload import UNEXPECTED
+from workload import CONNECTION_LOST, UNEXPECTED
 
 PROPERTIES = {
     "exclusive": "1. at no moment do two tokens for one resource both hold a valid lease",
@@ -33,6 +35,7 @@ class Run:
     final_leases: dict    # resource -> token from lease.leases at the end
     failures: list        # the harness's own failures (a session that could not reconnect...)
     log_problems: list    # server log lines showing a crash we did not cause
+    pids: dict = field(default_factory=dict)   # connection serial number -> backend pid
 
 
 @dataclass
@@ -112,24 +115,39 @@ def last_alive(ops):
 
 
 def build_grants(run):
+    """Every token a client was given, with what the record and the database prove about it."""
     grants = {}
     for op in run.ops:
         if op.kind in ("acquire", "reacquire") and op.result is not None and op.result not in grants:
             grants[op.result] = Grant(op.resource, op.result, op.holder, op.session, op.conn, op.session_bound,
                                       granted_by=op)
-    writes_tokens = {token for _, _, token, _ in run.writes}
-    db_tokens = writes_tokens | set(run.final_leases.values())
+    confirm(run, grants)
+    for ops in by_session(run.ops).values():
+        expiry = Expiry(grants)
+        for op in ops:
+            expiry.step(op)
+        for token, until in expiry.floors().items():
+            grants[token].known_until = latest(grants[token].known_until, until)
+    alive = last_alive(run.ops)
+    for grant in grants.values():
+        if grant.session_bound:
+            grant.cut = earliest(grant.cut, alive.get(grant.conn))
+    return grants
+
+
+def confirm(run, grants):
+    """A grant certainly committed if its COMMIT returned, if another transaction saw its lease
+    (lease_info, or a call that found the token valid), or if the database holds its token.
+    Also sets when it was granted, and cuts it at a release that may have committed."""
+    db_tokens = {token for _, _, token, _ in run.writes} | set(run.final_leases.values())
     for restart in run.restarts:
         db_tokens |= {token for token, _ in restart.snapshot.values()}
-    alive = last_alive(run.ops)
     for op in run.ops:
         if op.info is not None and op.info.token in grants:
             grant = grants[op.info.token]
             grant.acquired_at = grant.acquired_at or op.info.acquired_at
-            # another transaction saw the lease: its grant committed
             grant.confirmed = grant.confirmed or op is not grant.granted_by
-        granting = op.kind in ("acquire", "reacquire") and op.result is not None
-        if granting and op.outcome == "committed":
+        if op.kind in ("acquire", "reacquire") and op.result is not None and op.outcome == "committed":
             grants[op.result].confirmed = True
         if op.token in grants and found_valid(op):
             grant = grants[op.token]
@@ -139,16 +157,55 @@ def build_grants(run):
             grants[op.token].cut = earliest(grants[op.token].cut, op.t1)
     for token in db_tokens & grants.keys():
         grants[token].confirmed = True
-    for op in run.ops:
-        info = op.info
-        if info is not None and info.token in grants and grants[info.token].confirmed:
-            granted_here = op.kind in ("acquire", "reacquire") and op.result == info.token
-            if op.outcome == "committed" or granted_here and op.outcome != "aborted":
-                grants[info.token].known_until = latest(grants[info.token].known_until, info.expires_at)
-    for grant in grants.values():
-        if grant.session_bound:
-            grant.cut = earliest(grant.cut, alive.get(grant.conn))
-    return grants
+
+
+def by_session(ops):
+    sessions = defaultdict(list)
+    for op in ops:
+        sessions[op.session].append(op)
+    return sessions
+
+
+def effect(op, grant):
+    """What a call of the holder's session did to the grant's lease: 'known' (a committed change
+    whose new expiry it read), 'possible' (a change that may have committed), 'ends' (a release
+    that may have committed), or None."""
+    if op.session != grant.session or not op.sent or op.outcome == "aborted":
+        return None
+    if op.kind == "release" and op.token == grant.token:
+        return "ends" if op.result is not False else None
+    changed = (op.kind == "renew" and op.token == grant.token and op.result is True
+               or op.kind in ("acquire", "reacquire") and op.holder == grant.holder and op.result == grant.token)
+    if not changed:
+        return None
+    certain = op.outcome == "committed" or op is grant.granted_by and grant.confirmed
+    return "known" if certain and op.info is not None and op.info.token == grant.token else "possible"
+
+
+class Expiry:
+    """Follows one session's calls in order. `current[token]` is the expiry that the last
+    certain change of the lease set, while no call since may have changed or ended it; `floor`
+    keeps, for each token, how long its lease certainly lasted given the changes seen so far."""
+
+    def __init__(self, grants):
+        self.grants = grants
+        self.current = {}
+        self.floor = {}
+
+    def step(self, op):
+        for token in {op.token, op.result} & self.grants.keys():
+            kind = effect(op, self.grants[token])
+            if kind is None:
+                continue
+            previous = self.current.pop(token, None)
+            if previous is not None:  # it lasted until this call, or until that expiry if earlier
+                self.floor[token] = latest(self.floor.get(token), min(previous, op.t0))
+            if kind == "known":
+                self.current[token] = op.info.expires_at
+
+    def floors(self):
+        return {token: latest(self.floor.get(token), self.current.get(token))
+                for token in self.floor.keys() | self.current.keys()}
 
 
 def check_exclusive(run, grants):
@@ -285,51 +342,39 @@ def check_durable(run, grants):
 
 
 def check_snapshot(run, grants, gen, restart, result):
-    """Leases committed before the crash, never released and expiring after the first look at
-    the restarted server, are in the table then with the same token."""
+    """Leases whose holder saw a committed change (and nothing since that may have changed or
+    ended them) before the crash, expiring after the first look at the restarted server, are in
+    the table then with the same token."""
     if restart.other_clients:
         result.fail(f"restart {gen + 1}: {restart.other_clients} clients connected before the snapshot")
-    known_until, released = {}, set()
-    for op in run.ops:
-        if op.gen > gen:
-            continue
-        if op.kind == "release" and op.sent:
-            released.add(op.token)
-        if op.info is not None and op.outcome == "committed":
-            known_until[op.info.token] = latest(known_until.get(op.info.token), op.info.expires_at)
-    for token, until in known_until.items():
-        grant = grants.get(token)
-        if grant is None or grant.session_bound or token in released or until <= restart.up:
-            continue
-        result.count("leases over a restart")
-        found = restart.snapshot.get(grant.resource, (None, None))[0]
-        if found != token:
-            result.fail(f"restart {gen + 1}: {grant.resource} token {token} committed until {until}, "
-                        f"after the restart ({restart.up}) the table has {found}")
+    for ops in by_session(op for op in run.ops if op.gen <= gen).values():
+        expiry = Expiry(grants)
+        for op in ops:
+            expiry.step(op)
+        for token, until in expiry.current.items():
+            grant = grants[token]
+            if grant.session_bound or until <= restart.up:
+                continue
+            result.count("leases over a restart")
+            found = restart.snapshot.get(grant.resource, (None, None))[0]
+            if found != token:
+                result.fail(f"restart {gen + 1}: {grant.resource} token {token} committed until {until}, "
+                            f"after the restart ({restart.up}) the table has {found}")
 
 
 def check_no_lease_lost(run, grants, result):
-    """A call with a token whose lease was certainly still valid (committed expiry after the
-    call, no release tried) must find it valid."""
-    by_session = defaultdict(list)
-    for op in run.ops:
-        by_session[op.session].append(op)
-    for ops in by_session.values():
-        known_until, released = {}, set()
+    """A call with a token whose lease was certainly still valid (its last certain change set an
+    expiry after the call, and nothing since may have changed or ended it) must find it valid."""
+    for ops in by_session(run.ops).values():
+        expiry = Expiry(grants)
         for op in ops:
-            grant = grants.get(op.token)
-            if grant is not None and op.t1 is not None and op.token not in released:
-                if op.kind in ("renew", "release", "reacquire", "write") and usable_by(grant, op):
-                    until = known_until.get(op.token)
-                    if until is not None and op.t1 < until:
-                        result.count("calls while valid")
-                        if refused(op):
-                            result.fail(f"{op.resource}: {op.kind} ({op.variant}) with token {op.token} refused "
-                                        f"at {op.t1}, its lease was committed until {until}")
-            if op.kind == "release" and op.sent:
-                released.add(op.token)
-            if op.info is not None and op.outcome == "committed":
-                known_until[op.info.token] = latest(known_until.get(op.info.token), op.info.expires_at)
+            until = expiry.current.get(op.token)
+            if until is not None and op.t1 is not None and op.t1 < until and usable_by(grants[op.token], op):
+                result.count("calls while valid")
+                if refused(op):
+                    result.fail(f"{op.resource}: {op.kind} ({op.variant}) with token {op.token} refused "
+                                f"at {op.t1}, its lease was committed until {until}")
+            expiry.step(op)
 
 
 def usable_by(grant, op):
@@ -345,6 +390,13 @@ def check_errors(run, grants):
         if op.error_class == UNEXPECTED:
             result.fail(f"session {op.session} {op.kind} ({op.variant}) on {op.resource}: "
                         f"SQLSTATE {op.sqlstate}: {op.error}")
+    terminated = {t.pid for t in run.terminations}
+    for op in run.ops:
+        if op.error_class == CONNECTION_LOST and run.pids:
+            result.count("lost connections")
+            if run.pids.get(op.conn) not in terminated and op.gen >= len(run.restarts):
+                result.fail(f"session {op.session} lost its connection (backend {run.pids.get(op.conn)}) "
+                            f"though nobody terminated it: {op.error}")
     for failure in run.failures:
         result.fail(failure)
     for line in run.log_problems:

@@ -139,6 +139,7 @@ class Load:
     stopping: threading.Event = field(default_factory=threading.Event)
     ops: list = field(default_factory=list)
     failures: list = field(default_factory=list)
+    pids: dict = field(default_factory=dict)   # connection serial number -> its backend's pid
     conn_serial: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,6 +147,14 @@ class Load:
         with self.lock:
             self.conn_serial += 1
             return self.conn_serial
+
+
+class LostConnection:
+    """Stands for a connection that never opened, when classifying errors of connecting."""
+    broken = True
+
+
+conn_was_lost = LostConnection()
 
 
 def classify(error, conn, allowed):
@@ -197,7 +206,11 @@ class Session(threading.Thread):
         conn = psycopg.connect(self.load.dsn, autocommit=True, connect_timeout=10,
                                application_name=f"lease-load-s{self.index}")
         if self.lock_timeout:
-            conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            try:
+                conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            except psycopg.Error:
+                conn.close()
+                raise
         return conn
 
     def reconnect(self):
@@ -216,8 +229,11 @@ class Session(threading.Thread):
                 if conn is None:
                     return False
                 self.conn, self.gen, self.conn_id = conn, gen, self.load.next_conn()
+                self.load.pids[self.conn_id] = conn.info.backend_pid
                 return True
             except psycopg.OperationalError as error:
+                if classify(error, conn_was_lost, {"57P03"}) == UNEXPECTED:
+                    self.load.failures.append(f"session {self.index} could not connect: {error}")
                 if time.monotonic() > deadline:
                     self.load.failures.append(f"session {self.index} could not reconnect: {error}")
                     return False

@@ -1,6 +1,7 @@
 """The fault injector and server control: terminates random client backends of the load, and once
-per run stops the server with `pg_ctl stop -m immediate` (a crash with real recovery) and starts
-it again, snapshotting the lease table before any client may reconnect. Used by checker.py."""
+per run takes two long leases of its own, stops the server with `pg_ctl stop -m immediate` (a
+crash with real recovery) and starts it again, snapshotting the lease table before any client
+may reconnect. Used by checker.py."""
 
 import os
 import pwd
@@ -14,7 +15,12 @@ from datetime import datetime
 
 import psycopg
 
+from workload import Session
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
+WITNESS_SESSION = -2
+WITNESS_LEASES = 2
+WITNESS_TTL = 60.0
 
 
 @dataclass
@@ -129,7 +135,19 @@ class FaultInjector(threading.Thread):
         if done:
             self.terminations.append(Termination(at, pid, name))
 
+    def take_witness_leases(self, number):
+        """Leases with a long ttl, committed just before the crash, that must survive it (the
+        sessions' own long leases may all happen to be free or session-bound at that moment)."""
+        witness = Session(WITNESS_SESSION, self.load)
+        if not witness.reconnect():
+            return
+        for n in range(WITNESS_LEASES):
+            witness.acquire(f"{self.prefix}witness:{number}:{n}", WITNESS_TTL, None, False, "acquire")
+        if witness.conn is not None:
+            witness.conn.close()
+
     def crash_and_restart(self):
+        self.take_witness_leases(len(self.restarts))
         self.load.gate.close()
         if self.conn is None:
             self.conn = connect_when_up(self.load.dsn)

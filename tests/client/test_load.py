@@ -7,6 +7,7 @@ the stale writes of a broken model that checks leases without fencing.
 
 import json
 import os
+import pathlib
 import subprocess
 
 import pytest
@@ -18,11 +19,16 @@ RUN_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "load", "run.sh")
 # Two busy cores grant about 45 leases a second under this load; the floor leaves room for a slow machine.
 GRANTS_PER_SECOND_FLOOR = 25
 PROPERTIES = ["exclusive", "fencing", "tokens", "durable", "errors"]
+LOG_DIR = os.environ.get("LEASE_TEST_LOG_DIR")
 
 
-def run_load(out, seconds, *options):
-    """Runs tests/load/run.sh; returns its exit status, JSON summary and the end of its output."""
-    report, summary = out / "load.md", out / "load.json"
+def run_load(out, name, seconds, *options):
+    """Runs tests/load/run.sh; returns its exit status, JSON summary and the end of its output.
+    The report goes to LEASE_TEST_LOG_DIR if it is set, else to the test's temporary directory."""
+    out = pathlib.Path(LOG_DIR) if LOG_DIR else out
+    out.mkdir(parents=True, exist_ok=True)
+    report, summary = out / f"{name}.md", out / f"{name}.json"
+    summary.unlink(missing_ok=True)
     env = dict(os.environ, LEASE_LOAD_PORT=str(PORT + 2), LEASE_RUN_DIR=RUN_DIR, LEASE_SERVER_USER=SERVER_USER)
     finished = subprocess.run(
         [RUN_SCRIPT, "--seconds", str(seconds), "--report", str(report), "--json", str(summary), *options],
@@ -44,7 +50,7 @@ def remove_the_load_cluster():
 
 @pytest.fixture(scope="module")
 def load_run(tmp_path_factory):
-    return run_load(tmp_path_factory.mktemp("load"), SECONDS, "--self-test")
+    return run_load(tmp_path_factory.mktemp("load"), "load", SECONDS, "--self-test")
 
 
 def test_load_finds_no_violations(load_run):
@@ -70,7 +76,7 @@ def test_checker_catches_every_injected_fault(load_run):
 
 
 def test_checker_catches_writes_without_a_fence(tmp_path):
-    status, summary, output = run_load(tmp_path, 8, "--restarts", "0", "--unfenced")
+    status, summary, output = run_load(tmp_path, "load-unfenced", 8, "--restarts", "0", "--unfenced")
     violations = {name: p["violations"] for name, p in summary["properties"].items()}
     assert violations["fencing"] > 0, output
     assert {name: n for name, n in violations.items() if name != "fencing"} == dict.fromkeys(

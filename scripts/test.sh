@@ -38,7 +38,7 @@ cluster_destroy test
 # Only the database postgres gets an expiry worker: the SQL and isolation tests sweep their own
 # databases themselves (tests/client/test_databases.py lifts the restriction).
 cluster_start test "$PORT" "fsync = off" "log_min_messages = warning" "lease.database = 'postgres'"
-trap 'cluster_stop test; cluster_stop test-standby' EXIT
+trap 'cluster_stop test; cluster_stop test-standby; cluster_destroy load' EXIT
 
 # run_suite TOOL DIR SUFFIX DATABASE: runs every tests/DIR/*SUFFIX file with pg_regress or
 # pg_isolation_regress (TOOL) as a client of the test server, in a fresh DATABASE (created with
@@ -82,6 +82,7 @@ run_suite pg_isolation_regress isolation/specs .spec lease_isolation
 say "layer 3: out-of-process tests (pytest)"
 set +e
 LEASE_TEST_PORT=$PORT LEASE_TEST_DIR="$RUN_DIR/test" LEASE_RUN_DIR="$RUN_DIR" LEASE_SERVER_USER="$SERVER_USER" \
+    LEASE_TEST_LOG_DIR="$LOG_DIR" \
     "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client" 2>&1 | tee "$LOG_DIR/pytest.log"
 set -e
 py_passed=$(tail -n 1 "$LOG_DIR/pytest.log" | { grep -oE '[0-9]+ passed' || true; } | awk '{s+=$1} END {print s+0}')

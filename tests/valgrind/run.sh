@@ -6,7 +6,8 @@
 # (tests/regress, pg_regress), the interleavings (tests/isolation, pg_isolation_regress), a
 # multi-connection workload (tests/valgrind/workload.py) and, unless --quick, the client tests
 # that keep the server running (tests/client). Stops the server and sorts every valgrind report
-# (tests/valgrind/collect.py); PostgreSQL's own noise is suppressed by tests/valgrind/postgres.supp.
+# (tests/valgrind/collect.py, checked first by tests/valgrind/test_collect.py); PostgreSQL's own
+# noise is suppressed by tests/valgrind/postgres.supp.
 #
 # Not part of scripts/test.sh: it takes 15-30 minutes. Needs valgrind and an installed build of
 # the extension (the debug build gives file:line in the reports). Run by hand:
@@ -55,7 +56,7 @@ start_under_valgrind() {
         --leak-check=no --num-callers=40 --vgdb=no --show-error-list=yes \
         --error-markers=VALGRINDERROR-BEGIN,VALGRINDERROR-END --suppressions="$DIR/postgres.supp" \
         --log-file="$DIR/valgrind/valgrind.%p.log" "$PG_BIN/postgres" -D "$DIR/data" >"$DIR/server.log" 2>&1 &
-    wait_until 600 "the server to accept connections" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"
+    wait_until 600 "the server to accept connections" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres
 }
 
 stop_server() {
@@ -103,6 +104,8 @@ library_identity() { stat -c '%i %y' "$LIBRARY" 2>/dev/null || echo missing; }
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
 test -f "$LIBRARY" || { echo "the extension is not installed" >&2; exit 2; }
 setup_python
+say "self-test of the report sorter (tests/valgrind/test_collect.py)"
+"$VENV/bin/pytest" -q -p no:cacheprovider "$HERE/test_collect.py" | tail -n 1
 init_cluster
 library_at_start=$(library_identity)
 echo "library: $LIBRARY, installed ${library_at_start#* }, $(readelf -n "$LIBRARY" | grep -o 'Build ID: .*')"

@@ -56,12 +56,18 @@ start_under_valgrind() {
         --leak-check=no --num-callers=40 --vgdb=no --show-error-list=yes \
         --error-markers=VALGRINDERROR-BEGIN,VALGRINDERROR-END --suppressions="$DIR/postgres.supp" \
         --log-file="$DIR/valgrind/valgrind.%p.log" "$PG_BIN/postgres" -D "$DIR/data" >"$DIR/server.log" 2>&1 &
+    SERVER_JOB=$!
     wait_until 600 "the server to accept connections" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres
 }
 
+# Stops the server and waits for valgrind to finish the postmaster's log (it writes its
+# summary after the postmaster has removed its pid file, which is all pg_ctl waits for).
 stop_server() {
     if as_root test -f "$DIR/data/postmaster.pid"; then
         as_server_user "$PG_BIN/pg_ctl" -D "$DIR/data" -m fast -w -t 600 stop >/dev/null || true
+    fi
+    if [ -n "${SERVER_JOB:-}" ]; then
+        wait "$SERVER_JOB" || true
     fi
 }
 

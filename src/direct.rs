@@ -10,9 +10,10 @@
 //! - the transaction runs at READ COMMITTED, where each statement reads the latest committed
 //!   state; REPEATABLE READ and SERIALIZABLE keep the SPI statements, whose conflicts with a
 //!   transaction's older snapshot raise serialization failures;
-//! - the table has the shape this version created: its columns in their places and no index
-//!   but the primary key and the expiry index. Otherwise [`Layout::check`] says no and the SPI
-//!   statements serve every call.
+//! - the table has the shape this version created: its columns in their places and its primary
+//!   key. Otherwise [`Layout::check`] says no and the SPI statements serve every call. Index
+//!   entries are made by the executor's own index insertion, so any index an administrator
+//!   adds (partial, on expressions) is maintained as an INSERT would maintain it.
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
@@ -52,8 +53,9 @@ pub struct FoundRow {
 pub struct Layout;
 
 impl Layout {
-    /// Whether `table` has exactly the expected columns and two plain indexes, one of them
-    /// `primary_key`.
+    /// Whether `table` has exactly the expected columns, in their places, and the primary key
+    /// `primary_key`. (Its other indexes, partial or on expressions, are maintained by the
+    /// executor's own index insertion, see [`insert`].)
     ///
     /// # Safety
     /// Must run in a transaction; `table` must be a table OID.
@@ -66,26 +68,9 @@ impl Layout {
                 !attribute.attisdropped
                     && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
             });
-        let indexes = pg_sys::RelationGetIndexList(relation);
-        let index_count = pg_sys::list_length(indexes);
-        let mut plain = index_count == 2;
-        for position in 0..index_count {
-            let index_oid = pg_sys::list_nth_oid(indexes, position);
-            let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let form = &*(*index).rd_index;
-            let no_expression = |column: u32| {
-                pg_sys::heap_attisnull((*index).rd_indextuple, column as i32, std::ptr::null_mut())
-            };
-            plain &= form.indnatts == 1 && form.indimmediate && form.indisvalid && form.indisready;
-            plain &=
-                no_expression(pg_sys::Anum_pg_index_indexprs) && no_expression(pg_sys::Anum_pg_index_indpred);
-            pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        }
-        let has_primary_key =
-            (0..index_count).any(|position| pg_sys::list_nth_oid(indexes, position) == primary_key);
-        pg_sys::list_free(indexes);
+        let primary_key_matches = pg_sys::RelationGetPrimaryKeyIndex(relation) == primary_key;
         pg_sys::table_close(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        columns_match && plain && has_primary_key
+        columns_match && primary_key_matches
     }
 }
 
@@ -148,7 +133,8 @@ pub unsafe fn find(table: Oid, primary_key: Oid, resource: &str) -> Option<Found
     found
 }
 
-/// Inserts a new lease (the caller found none) with its index entries.
+/// Inserts a new lease (the caller found none) with its index entries, made by the executor's
+/// index insertion as an INSERT makes them (partial and expression indexes included).
 ///
 /// # Safety
 /// As for [`find`]; the caller must have found no row for `resource` under its lock.
@@ -164,8 +150,7 @@ pub unsafe fn insert(
     binding: Option<Binding>,
 ) {
     pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
-    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-    let heap = pg_sys::table_open(table, lock);
+    let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
     let values = [
         resource.into_datum(),
         holder.into_datum(),
@@ -180,9 +165,27 @@ pub unsafe fn insert(
     let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
     let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
     let tuple = pg_sys::heap_form_tuple((*heap).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
-    // Inserts the heap tuple, then an entry in each index (checking the primary key's
-    // uniqueness, which cannot fail under the resource's lock).
-    pg_sys::CatalogTupleInsert(heap, tuple);
+    pg_sys::simple_heap_insert(heap, tuple);
+
+    let estate = pg_sys::CreateExecutorState();
+    let result_relation = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast();
+    pg_sys::InitResultRelInfo(result_relation, heap, 1, std::ptr::null_mut(), 0);
+    pg_sys::ExecOpenIndices(result_relation, false);
+    let slot = pg_sys::MakeSingleTupleTableSlot((*heap).rd_att, &raw const pg_sys::TTSOpsHeapTuple);
+    pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+    // Checks the primary key's uniqueness too, which cannot fail under the resource's lock.
+    pg_sys::ExecInsertIndexTuples(
+        result_relation,
+        slot,
+        estate,
+        false,
+        false,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::ExecCloseIndices(result_relation);
+    pg_sys::FreeExecutorState(estate);
     pg_sys::heap_freetuple(tuple);
     pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
     pg_sys::CommandCounterIncrement();
@@ -200,4 +203,43 @@ pub unsafe fn delete(table: Oid, row: &FoundRow) {
     pg_sys::simple_heap_delete(heap, &mut tid);
     pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
     pg_sys::CommandCounterIncrement();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn the_table_as_created_is_served_directly() {
+        let table: pg_sys::Oid = Spi::get_one("SELECT 'lease.leases'::regclass::oid").unwrap().unwrap();
+        let primary_key: pg_sys::Oid = Spi::get_one(
+            "SELECT indexrelid FROM pg_index WHERE indrelid = 'lease.leases'::regclass AND indisprimary",
+        )
+        .unwrap()
+        .unwrap();
+        // SAFETY: inside a transaction, with the lease table's OID.
+        assert!(unsafe { super::Layout::check(table, primary_key) });
+    }
+
+    #[pg_test]
+    fn direct_inserts_respect_partial_indexes() {
+        Spi::run(
+            "SELECT lease_acquire('plain', 'h', '1 min'), lease_acquire('bound', 'h', '1 min', NULL, true)",
+        )
+        .unwrap();
+        // Counted through the partial index on session-bound leases only: an entry for the
+        // plain lease would be counted too, since the scan trusts the index's predicate.
+        Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
+        let plan = Spi::connect(|client| {
+            let lines = client
+                .select("EXPLAIN SELECT count(*) FROM lease.leases WHERE session_pid IS NOT NULL", None, &[])
+                .unwrap();
+            lines.map(|line| line.get::<String>(1).unwrap().unwrap_or_default()).collect::<Vec<_>>().join(" ")
+        });
+        assert!(plan.contains("leases_session_bound_idx"), "{plan}");
+        let bound: i64 =
+            Spi::get_one("SELECT count(*) FROM lease.leases WHERE session_pid IS NOT NULL").unwrap().unwrap();
+        assert_eq!(bound, 1);
+    }
 }

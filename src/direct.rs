@@ -133,6 +133,29 @@ pub unsafe fn find(table: Oid, primary_key: Oid, resource: &str) -> Option<Found
     found
 }
 
+/// The columns of a new lease's row, in the table's order (NULL as None).
+pub fn row_values(
+    resource: &str,
+    holder: &str,
+    token: i64,
+    owner: Oid,
+    now: Timestamp,
+    expires_at: Timestamp,
+    binding: Option<Binding>,
+) -> [Option<Datum>; 9] {
+    [
+        resource.into_datum(),
+        holder.into_datum(),
+        token.into_datum(),
+        owner.into_datum(),
+        now.into_datum(),
+        now.into_datum(),
+        expires_at.into_datum(),
+        binding.map(|b| b.pid).into_datum(),
+        binding.map(|b| b.application_name).into_datum(),
+    ]
+}
+
 /// Inserts a new lease (the caller found none) with its index entries, made by the executor's
 /// index insertion as an INSERT makes them (partial and expression indexes included).
 ///
@@ -151,17 +174,7 @@ pub unsafe fn insert(
 ) {
     pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
     let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-    let values = [
-        resource.into_datum(),
-        holder.into_datum(),
-        token.into_datum(),
-        owner.into_datum(),
-        now.into_datum(),
-        now.into_datum(),
-        expires_at.into_datum(),
-        binding.map(|b| b.pid).into_datum(),
-        binding.map(|b| b.application_name).into_datum(),
-    ];
+    let values = row_values(resource, holder, token, owner, now, expires_at, binding);
     let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
     let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
     let tuple = pg_sys::heap_form_tuple((*heap).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());

@@ -90,8 +90,8 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 13] = [
     (
         c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at,
                                    session_pid, application_name)
-          VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8) ON CONFLICT (resource) DO NOTHING",
-        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ, INT4, TEXT],
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (resource) DO NOTHING",
+        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ, TSTZ, INT4, TEXT],
     ),
     (
         c"SELECT holder, token, owner, expires_at, session_pid IS NOT NULL FROM lease.leases
@@ -366,16 +366,7 @@ impl Store {
             unsafe { direct::insert(table, resource, holder, token, owner, now, expires_at, binding) };
             return true;
         }
-        let args = [
-            resource.into_datum(),
-            holder.into_datum(),
-            token.into_datum(),
-            owner.into_datum(),
-            now.into_datum(),
-            expires_at.into_datum(),
-            binding.map(|b| b.pid).into_datum(),
-            binding.map(|b| b.application_name).into_datum(),
-        ];
+        let args = direct::row_values(resource, holder, token, owner, now, expires_at, binding);
         self.execute(Statement::Insert, &args, false, 1) == 1
     }
 

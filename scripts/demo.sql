@@ -13,3 +13,9 @@ SELECT lease_renew('job:42', :token, '1 minute') AS renewed;
 SELECT lease_release('job:42', :token) AS released, lease_release('job:42', :token) AS released_again;
 \echo 'the old token no longer passes the fence:'
 SELECT lease_check('job:42', :token) AS fence_passes;
+\echo 'a queue worker claims up to 2 of 4 jobs at once; another worker gets the rest:'
+SELECT resource FROM lease_acquire_any(ARRAY['job:1', 'job:2', 'job:3', 'job:4'], 'worker-a', '30 seconds', 2);
+SELECT resource FROM lease_acquire_any(ARRAY['job:1', 'job:2', 'job:3', 'job:4'], 'worker-b', '30 seconds', 4);
+\echo 'every live lease, as an administrator sees it:'
+SELECT resource, holder, token, session_bound, waiters FROM lease.active ORDER BY resource;
+SELECT count(lease_force_release(resource)) AS revoked FROM lease.active;

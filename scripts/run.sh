@@ -8,9 +8,12 @@ PORT=${LEASE_PORT:-54320}
 setup_machine
 install_extension --release
 say "starting PostgreSQL on 127.0.0.1:$PORT (data in $RUN_DIR/demo)"
+# A running server keeps the library it started with: restart it so that it runs this build.
+cluster_stop demo
 cluster_start demo "$PORT"
 psql_demo=("$PG_BIN/psql" -X -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
-"${psql_demo[@]}" -q -c 'CREATE EXTENSION IF NOT EXISTS lease'
+"${psql_demo[@]}" -q -c 'SET client_min_messages = warning' -c 'CREATE EXTENSION IF NOT EXISTS lease' \
+    -c 'ALTER EXTENSION lease UPDATE'
 say "demo"
 "${psql_demo[@]}" -f "$ROOT/scripts/demo.sql"
 cat <<MSG

@@ -267,9 +267,10 @@ impl Shared {
     /// block is used up or belongs to another sequence. Numbers leave in the order calls take
     /// them, across backends.
     pub fn take_token(&self, sequence: pg_sys::Oid, reserve: impl FnOnce() -> (i64, i64)) -> Option<i64> {
-        // SAFETY: MyDatabaseId is fixed for the life of the backend; the blocks are guarded by
-        // token_lock, released by the guard (or by PostgreSQL if `reserve` raises an error).
+        // SAFETY: MyDatabaseId is fixed for the life of the backend.
         let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        // SAFETY: token_lock was set at initialisation; the guard releases it (or PostgreSQL
+        // does, if `reserve` raises an error).
         unsafe { pg_sys::LWLockAcquire(self.token_lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
         let _guard = LockGuard(self.token_lock);
         // SAFETY: guarded by token_lock, held above.

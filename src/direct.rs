@@ -156,25 +156,15 @@ pub fn row_values(
     ]
 }
 
-/// Inserts a new lease (the caller found none) with its index entries, made by the executor's
-/// index insertion as an INSERT makes them (partial and expression indexes included).
+/// Inserts a new lease (the caller found none), its columns as [`row_values`] makes them, with
+/// its index entries, made by the executor's index insertion as an INSERT makes them (partial
+/// and expression indexes included).
 ///
 /// # Safety
-/// As for [`find`]; the caller must have found no row for `resource` under its lock.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn insert(
-    table: Oid,
-    resource: &str,
-    holder: &str,
-    token: i64,
-    owner: Oid,
-    now: Timestamp,
-    expires_at: Timestamp,
-    binding: Option<Binding>,
-) {
+/// As for [`find`]; the caller must have found no row for the resource under its lock.
+pub unsafe fn insert(table: Oid, values: &[Option<Datum>; 9]) {
     pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
     let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-    let values = row_values(resource, holder, token, owner, now, expires_at, binding);
     let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
     let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
     let tuple = pg_sys::heap_form_tuple((*heap).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());

@@ -359,15 +359,14 @@ impl Store {
         expires_at: Timestamp,
         binding: Option<Binding>,
     ) -> bool {
+        let values = direct::row_values(resource, holder, token, owner, now, expires_at, binding);
         if self.direct {
-            let table = self.catalog.table;
             // SAFETY: the table's shape was checked; the caller holds the resource's lock and
             // found no row with the latest snapshot.
-            unsafe { direct::insert(table, resource, holder, token, owner, now, expires_at, binding) };
+            unsafe { direct::insert(self.catalog.table, &values) };
             return true;
         }
-        let args = direct::row_values(resource, holder, token, owner, now, expires_at, binding);
-        self.execute(Statement::Insert, &args, false, 1) == 1
+        self.execute(Statement::Insert, &values, false, 1) == 1
     }
 
     /// The resource's row as [`crate::direct`] finds it, when this call reads directly.

@@ -12,6 +12,7 @@ failed.
 
 import argparse
 import json
+import pathlib
 import random
 import sys
 import threading
@@ -19,6 +20,9 @@ import time
 import traceback
 
 import psycopg
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "client"))
+from conftest import one, wait_for  # noqa: E402  (the client tests' helpers)
 
 DEADLINE = 300.0  # seconds: everything is slow under valgrind
 ARGS = None
@@ -28,21 +32,6 @@ def connect(autocommit=True):
     return psycopg.connect(
         f"host=127.0.0.1 port={ARGS.port} user=postgres dbname={ARGS.dbname}", autocommit=autocommit
     )
-
-
-def one(conn, sql, params=()):
-    return conn.execute(sql, params).fetchone()[0]
-
-
-def wait_for(condition, what, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def expect(actual, expected, what):
@@ -114,7 +103,7 @@ def waiter(resource, holder):
 def scenario_wait_woken_by_release(conn):
     held = one(conn, "SELECT lease_acquire('vg:wait-release', 'a', '1 hour')")
     b = waiter("vg:wait-release", "b")
-    wait_for(lambda: is_waiting(conn, b.pid), "b to wait")
+    wait_for(lambda: is_waiting(conn, b.pid), DEADLINE, "b to wait")
     expect(one(conn, "SELECT lease_release('vg:wait-release', %s)", (held,)), True, "release")
     token = b.result()
     expect(token > held, True, "the waiter's token is larger")
@@ -134,11 +123,11 @@ def scenario_wait_woken_by_expiry(conn):
 def scenario_waiters_in_order_and_cancelled(conn):
     held = one(conn, "SELECT lease_acquire('vg:fifo', 'holder', '1 hour')")
     first = waiter("vg:fifo", "first")
-    wait_for(lambda: is_waiting(conn, first.pid), "first to wait")
+    wait_for(lambda: is_waiting(conn, first.pid), DEADLINE, "first to wait")
     cancelled = InThread(lambda c: one(c, "SELECT lease_acquire('vg:fifo', 'cancelled', '1 min', '240 s')"))
-    wait_for(lambda: is_waiting(conn, cancelled.pid), "the second waiter to wait")
+    wait_for(lambda: is_waiting(conn, cancelled.pid), DEADLINE, "the second waiter to wait")
     second = waiter("vg:fifo", "second")
-    wait_for(lambda: is_waiting(conn, second.pid), "second to wait")
+    wait_for(lambda: is_waiting(conn, second.pid), DEADLINE, "second to wait")
     expect(one(conn, "SELECT pg_cancel_backend(%s)", (cancelled.pid,)), True, "cancel")
     try:
         cancelled.result()
@@ -148,7 +137,7 @@ def scenario_waiters_in_order_and_cancelled(conn):
     expect(one(conn, "SELECT lease_release('vg:fifo', %s)", (held,)), True, "release")
     token = first.result()
     expect(one(conn, "SELECT holder FROM lease_info('vg:fifo')"), "first", "first come, first served")
-    wait_for(lambda: is_waiting(conn, second.pid), "second to wait on")
+    wait_for(lambda: is_waiting(conn, second.pid), DEADLINE, "second to wait on")
     expect(one(conn, "SELECT lease_release('vg:fifo', %s)", (token,)), True, "release by first")
     last = second.result()
     expect(one(conn, "SELECT holder FROM lease_info('vg:fifo')"), "second", "then the next")
@@ -161,7 +150,7 @@ def scenario_session_bound_holder_terminated(conn):
     pid = holder.info.backend_pid
     token = one(holder, "SELECT lease_acquire('vg:session', 'h', '1 hour', NULL, true)")
     b = waiter("vg:session", "next")
-    wait_for(lambda: is_waiting(conn, b.pid), "the waiter to wait")
+    wait_for(lambda: is_waiting(conn, b.pid), DEADLINE, "the waiter to wait")
     expect(one(conn, "SELECT pg_terminate_backend(%s)", (pid,)), True, "terminate the holder")
     new_token = b.result()
     expect(one(conn, "SELECT holder FROM lease_info('vg:session')"), "next", "holder after the session ended")
@@ -191,7 +180,7 @@ def scenario_events_and_worker_sweep(conn):
         "the worker to expire five leases",
     )
     wait_for(lambda: one(conn, "SELECT count(*) FROM lease.leases WHERE resource LIKE 'vg:short:%%'") == 0,
-             "the expired rows to be removed")
+             DEADLINE, "the expired rows to be removed")
     expect(listener.events_for("vg:event"), [("acquired", None, token), ("released", None, token)], "vg:event")
     expect(listener.events_for("vg:rolled-back"), [], "a rolled-back acquire announces nothing")
     for i, t in enumerate(short):

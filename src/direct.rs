@@ -18,7 +18,7 @@
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 
-use crate::store::{Binding, Timestamp};
+use crate::store::Timestamp;
 
 /// Attribute numbers of `lease.leases`.
 const RESOURCE: usize = 1;
@@ -133,30 +133,7 @@ pub unsafe fn find(table: Oid, primary_key: Oid, resource: &str) -> Option<Found
     found
 }
 
-/// The columns of a new lease's row, in the table's order (NULL as None).
-pub fn row_values(
-    resource: &str,
-    holder: &str,
-    token: i64,
-    owner: Oid,
-    now: Timestamp,
-    expires_at: Timestamp,
-    binding: Option<Binding>,
-) -> [Option<Datum>; 9] {
-    [
-        resource.into_datum(),
-        holder.into_datum(),
-        token.into_datum(),
-        owner.into_datum(),
-        now.into_datum(),
-        now.into_datum(),
-        expires_at.into_datum(),
-        binding.map(|b| b.pid).into_datum(),
-        binding.map(|b| b.application_name).into_datum(),
-    ]
-}
-
-/// Inserts a new lease (the caller found none), its columns as [`row_values`] makes them, with
+/// Inserts a new lease (the caller found none), its columns in the table's order (NULL as None), with
 /// its index entries, made by the executor's index insertion as an INSERT makes them (partial
 /// and expression indexes included).
 ///

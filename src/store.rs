@@ -359,7 +359,18 @@ impl Store {
         expires_at: Timestamp,
         binding: Option<Binding>,
     ) -> bool {
-        let values = direct::row_values(resource, holder, token, owner, now, expires_at, binding);
+        // The table's columns in order; also the INSERT statement's parameters.
+        let values = [
+            resource.into_datum(),
+            holder.into_datum(),
+            token.into_datum(),
+            owner.into_datum(),
+            now.into_datum(),
+            now.into_datum(),
+            expires_at.into_datum(),
+            binding.map(|b| b.pid).into_datum(),
+            binding.map(|b| b.application_name).into_datum(),
+        ];
         if self.direct {
             // SAFETY: the table's shape was checked; the caller holds the resource's lock and
             // found no row with the latest snapshot.

@@ -272,14 +272,14 @@ pub fn acquire_any(
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    // One read of the candidates' live leases: those held by someone else are skipped without
-    // taking their lock. The read is a hint; each grant is decided under the lock.
-    let held_by_others = {
+    // Candidates someone else holds are skipped without taking their lock. The test is a hint;
+    // each grant is decided under the lock.
+    let mut held_by_others = {
         let store = Store::open();
         store.held_by_others(&candidates, holder, clock_now())
     };
     let mut granted = Vec::new();
-    for resource in candidates.into_iter().filter(|resource| !held_by_others.contains(*resource)) {
+    for resource in candidates.iter().copied().filter(|resource| !held_by_others(resource)) {
         // Being changed by another transaction right now (most likely another claimer): skip.
         let Some(held) = barrier::try_lock_for_change(resource) else { continue };
         let request = Request { resource, holder, ttl, session_bound };

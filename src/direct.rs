@@ -6,7 +6,9 @@
 //!
 //! It is only used where its decisions are exactly those of the SPI statements:
 //! - every caller holds the resource's barrier lock in exclusive mode (or share mode, for a
-//!   read), so no other transaction can insert, change or delete that resource's row meanwhile;
+//!   read), so no other transaction can insert, change or delete that resource's row meanwhile
+//!   (the one exception, `lease_acquire_any`'s first read of its candidates, takes what it
+//!   reads as a hint and decides each grant under the lock);
 //! - the transaction runs at READ COMMITTED, where each statement reads the latest committed
 //!   state; REPEATABLE READ and SERIALIZABLE keep the SPI statements, whose conflicts with a
 //!   transaction's older snapshot raise serialization failures;
@@ -81,56 +83,85 @@ pub fn read_committed() -> bool {
     level < pg_sys::XACT_REPEATABLE_READ as i32
 }
 
-/// The lease on `resource`, expired or not, as the latest snapshot shows it (which, under the
-/// resource's lock, is the state every other writer of the resource left).
-///
-/// # Safety
-/// `table` and `primary_key` must be the lease table and its primary key, checked by
-/// [`Layout::check`]; the caller must hold the resource's barrier lock.
-pub unsafe fn find(table: Oid, primary_key: Oid, resource: &str) -> Option<FoundRow> {
-    pg_sys::CommandCounterIncrement();
-    // Locks on the table and index are kept until the transaction ends, as a statement's are.
-    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    let heap = pg_sys::table_open(table, lock);
-    let index = pg_sys::index_open(primary_key, lock);
-    let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-    let resource_datum = resource.into_datum().expect("text datum");
-    pg_sys::ScanKeyInit(
-        &mut key,
-        RESOURCE as pg_sys::AttrNumber,
-        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-        pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-        resource_datum,
-    );
-    let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
-    pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
-    let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-    let found =
-        pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(|| {
-            pg_sys::slot_getsomeattrs_int(slot, SESSION_PID as i32);
-            let values = std::slice::from_raw_parts((*slot).tts_values, SESSION_PID);
-            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, SESSION_PID);
-            let column = |number: usize| (values[number - 1], nulls[number - 1]);
-            let (holder, holder_null) = column(HOLDER);
-            let (token, token_null) = column(TOKEN);
-            let (owner, owner_null) = column(OWNER);
-            let (expires_at, expires_null) = column(EXPIRES_AT);
-            FoundRow {
-                tid: (*slot).tts_tid,
-                holder: String::from_datum(holder, holder_null).expect("holder is not null"),
-                token: i64::from_datum(token, token_null).expect("token is not null"),
-                owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
-                expires_at: i64::from_datum(expires_at, expires_null).expect("expires_at is not null"),
-                session_bound: !nulls[SESSION_PID - 1],
-            }
-        });
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::index_endscan(scan);
-    pg_sys::UnregisterSnapshot(snapshot);
-    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-    pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
-    found
+/// Reads leases by resource through the primary key, seeing what has committed by the time
+/// each row is read, and this transaction's own changes ([`pg_sys::SnapshotSelfData`]). Under
+/// the resource's barrier lock that is the state every other writer of the resource left: a
+/// writer's lock is released only after its commit (or abort) is visible. Building no snapshot
+/// keeps the read off the process array's lock. One lookup serves any number of reads.
+pub struct Lookup {
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Lookup {
+    /// Opens the table and its primary key for reading.
+    ///
+    /// # Safety
+    /// `table` and `primary_key` must be the lease table and its primary key, checked by
+    /// [`Layout::check`].
+    pub unsafe fn open(table: Oid, primary_key: Oid) -> Lookup {
+        // Locks on the table and index are kept until the transaction ends, as a statement's are.
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(table, lock);
+        let index = pg_sys::index_open(primary_key, lock);
+        let scan = pg_sys::index_beginscan(heap, index, &raw mut pg_sys::SnapshotSelfData, 1, 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        Lookup { heap, index, scan, slot }
+    }
+
+    /// The lease on `resource`, expired or not. Exact when the caller holds the resource's
+    /// barrier lock; otherwise a hint that may be outdated by the time it is used.
+    pub fn get(&mut self, resource: &str) -> Option<FoundRow> {
+        // SAFETY: the scan and slot belong to this open lookup; the key is a text datum that
+        // lives until the scan is rescanned or ended.
+        unsafe {
+            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+            pg_sys::ScanKeyInit(
+                &mut key,
+                RESOURCE as pg_sys::AttrNumber,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                resource.into_datum().expect("text datum"),
+            );
+            pg_sys::index_rescan(self.scan, &mut key, 1, std::ptr::null_mut(), 0);
+            let slot = self.slot;
+            pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(|| {
+                pg_sys::slot_getsomeattrs_int(slot, SESSION_PID as i32);
+                let values = std::slice::from_raw_parts((*slot).tts_values, SESSION_PID);
+                let nulls = std::slice::from_raw_parts((*slot).tts_isnull, SESSION_PID);
+                let column = |number: usize| (values[number - 1], nulls[number - 1]);
+                let (holder, holder_null) = column(HOLDER);
+                let (token, token_null) = column(TOKEN);
+                let (owner, owner_null) = column(OWNER);
+                let (expires_at, expires_null) = column(EXPIRES_AT);
+                FoundRow {
+                    tid: (*slot).tts_tid,
+                    holder: String::from_datum(holder, holder_null).expect("holder is not null"),
+                    token: i64::from_datum(token, token_null).expect("token is not null"),
+                    owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
+                    expires_at: i64::from_datum(expires_at, expires_null).expect("expires_at is not null"),
+                    session_bound: !nulls[SESSION_PID - 1],
+                }
+            })
+        }
+    }
+}
+
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // an error is unwinding: the transaction's abort releases all of it
+        }
+        // SAFETY: releases what `open` acquired, once; the locks stay until the transaction ends.
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::index_endscan(self.scan);
+            pg_sys::index_close(self.index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::table_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
 }
 
 /// Inserts a new lease (the caller found none), its columns in the table's order (NULL as None), with
@@ -138,7 +169,8 @@ pub unsafe fn find(table: Oid, primary_key: Oid, resource: &str) -> Option<Found
 /// and expression indexes included).
 ///
 /// # Safety
-/// As for [`find`]; the caller must have found no row for the resource under its lock.
+/// As for [`Lookup::open`]; the caller holds the resource's barrier lock in exclusive mode and
+/// found no row for it.
 pub unsafe fn insert(table: Oid, values: &[Option<Datum>; 9]) {
     pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
     let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
@@ -171,10 +203,11 @@ pub unsafe fn insert(table: Oid, values: &[Option<Datum>; 9]) {
     pg_sys::CommandCounterIncrement();
 }
 
-/// Deletes the row `find` returned.
+/// Deletes the row a [`Lookup`] returned.
 ///
 /// # Safety
-/// As for [`find`]; `row` must come from `find` in this call, under the same lock.
+/// As for [`Lookup::open`]; `row` must have been found in this call, under the resource's
+/// barrier lock held in exclusive mode.
 pub unsafe fn delete(table: Oid, row: &FoundRow) {
     pg_sys::PreventCommandIfReadOnly(c"DELETE".as_ptr());
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;

@@ -373,18 +373,24 @@ impl Store {
         ];
         if self.direct {
             // SAFETY: the table's shape was checked; the caller holds the resource's lock and
-            // found no row with the latest snapshot.
+            // found no row.
             unsafe { direct::insert(self.catalog.table, &values) };
             return true;
         }
         self.execute(Statement::Insert, &values, false, 1) == 1
     }
 
-    /// The resource's row as [`crate::direct`] finds it, when this call reads directly.
-    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
+    /// A direct lookup of leases by resource, when this call reads directly.
+    fn lookup(&self) -> Option<direct::Lookup> {
         let Catalog { table, primary_key, .. } = self.catalog;
-        // SAFETY: the table's shape was checked; the caller holds the resource's lock.
-        self.direct.then(|| unsafe { direct::find(table, primary_key, resource) })
+        // SAFETY: the table's shape was checked.
+        self.direct.then(|| unsafe { direct::Lookup::open(table, primary_key) })
+    }
+
+    /// The resource's row as [`crate::direct`] finds it, when this call reads directly. The
+    /// caller holds the resource's lock.
+    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
+        self.lookup().map(|mut lookup| lookup.get(resource))
     }
 
     /// The resource's row, expired or not.
@@ -523,23 +529,31 @@ impl Store {
         (0..count as usize).map(|row| unsafe { column::<i64>(row, 1) }).collect()
     }
 
-    /// Which of `resources` another holder (another name or another role) holds at `now` with
-    /// a lease that is not session-bound.
-    pub fn held_by_others(
+    /// A test of whether another holder (another name or another role) holds a resource at
+    /// `now` with a lease that is not session-bound: the hint `lease_acquire_any` skips held
+    /// candidates by without taking their locks. Read directly, each candidate is looked up
+    /// when it is tested, so a claim stops reading once it has what it wants; through SQL, all
+    /// of `resources` are read at once, in one statement.
+    pub fn held_by_others<'a>(
         &self,
         resources: &[&str],
-        holder: &str,
+        holder: &'a str,
         now: Timestamp,
-    ) -> std::collections::HashSet<String> {
-        let args = [
-            resources.to_vec().into_datum(),
-            now.into_datum(),
-            holder.into_datum(),
-            self.caller.into_datum(),
-        ];
+    ) -> Box<dyn FnMut(&str) -> bool + 'a> {
+        let caller = self.caller;
+        if let Some(mut lookup) = self.lookup() {
+            return Box::new(move |resource| {
+                lookup.get(resource).is_some_and(|row| {
+                    row.expires_at > now && !row.session_bound && !(row.holder == holder && row.owner == caller)
+                })
+            });
+        }
+        let args = [resources.to_vec().into_datum(), now.into_datum(), holder.into_datum(), caller.into_datum()];
         let count = self.execute(Statement::HeldByOthers, &args, false, 0);
         // SAFETY: the statement returned `count` rows of one text column, never NULL.
-        (0..count as usize).map(|row| unsafe { column::<String>(row, 1) }).collect()
+        let held: std::collections::HashSet<String> =
+            (0..count as usize).map(|row| unsafe { column::<String>(row, 1) }).collect();
+        Box::new(move |resource| held.contains(resource))
     }
 
     fn returned_holder(&self, statement: Statement, args: &[Option<Datum>]) -> Option<Holder> {

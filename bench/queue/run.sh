@@ -2,8 +2,9 @@
 # Queue benchmark: WORKERS workers (8) each claim BATCH jobs (10) at a time from a queue of JOBS
 # jobs (100,000), complete each job with a fenced update and give the claim back. Two queues on
 # the same jobs table, run alternately in one run with pgbench (prepared statements):
-#   lease:      lease_acquire_any over candidate jobs, a fetch of the granted jobs that are still
-#               ready, then per job an update fenced by lease_check that also calls lease_release;
+#   lease:      a PL/pgSQL function that calls lease_acquire_any over candidate jobs and then
+#               reads the granted jobs that are still ready, then per job an update fenced by
+#               lease_check that also calls lease_release;
 #   skiplocked: SELECT ... FOR UPDATE SKIP LOCKED claiming with locked_by/locked_until, then per
 #               job an update fenced by locked_by/locked_until that also clears them.
 # Every run starts from a fresh queue; jobs/s counts the jobs done from the start to the last
@@ -44,8 +45,9 @@ build_script() {
     local queue=$1 work_us=$2 i
     local file=$SCRIPTS/$queue-$work_us.sql
     {
-        cat "$HERE/${queue}_claim.sql"
-        if [ "$queue" = lease ]; then cat "$HERE/lease_fetch.sql"; fi
+        # The claim's LIMIT as a constant, as in queue_claim: a parameter would be planned anew
+        # on every call.
+        sed "s/LIMIT :batch/LIMIT $BATCH/" "$HERE/${queue}_claim.sql"
         for i in $(seq 1 "$BATCH"); do
             echo "\\set i $i"
             if [ "$work_us" -gt 0 ]; then echo "\\sleep $work_us us"; fi
@@ -57,7 +59,7 @@ build_script() {
 
 # One run on a fresh queue. Prints: jobs/s, jobs done, completions, jobs completed twice,
 # refused, stale, failed transactions, claims (pgbench transactions), WAL bytes, and the mean
-# latency (µs) of the claim, the fetch (lease queue only) and a completion statement.
+# latency (µs) of the claim and of a completion statement.
 run_queue() {
     local queue=$1 sync=$2 ttl=$3 work_us=$4 key=$5
     local script started lsn log claims failed threads=$(( WORKERS < 2 ? 1 : 2 ))
@@ -77,22 +79,22 @@ run_queue() {
 }
 
 # From pgbench -r's per-statement latencies (ms): the mean µs of the claim (the script's first
-# statement), the fetch and the completions.
+# statement) and the completions.
 statement_latencies() {
     awk '/^ +[0-9.]+ +[0-9]+ +[^\\ ]/ {
              ms = $1; $1 = $2 = ""; sql = $0
              if (!seen++) claim = ms
-             else if (sql ~ /WITH granted AS/) fetch = ms
              else if (sql ~ /WITH done AS/) { done += ms; n++ }
          }
-         END {printf "%.0f %.0f %.0f", claim * 1000, fetch * 1000, (n ? done / n * 1000 : 0)}'
+         END {printf "%.0f %.0f", claim * 1000, (n ? done / n * 1000 : 0)}'
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-"${psql_bench[@]}" -f "$HERE/setup.sql" >/dev/null 2>&1
+sed -e "s/LIMIT CANDIDATES)/LIMIT $CANDIDATES)/" -e "s/ttl, BATCH)/ttl, $BATCH)/" "$HERE/setup.sql" \
+    | "${psql_bench[@]}" >/dev/null 2>&1
 : > "$RAW"
-FIELDS=(rate done completions twice refused stale failed claims wal claim_us fetch_us complete_us)
+FIELDS=(rate done completions twice refused stale failed claims wal claim_us complete_us)
 declare -A total   # total[key/field], summed over a configuration's runs
 record() {   # record KEY VALUES...: adds one run's figures to the totals
     local key=$1 i
@@ -134,10 +136,10 @@ done
 # per_job KEY FIELD: a summed field divided by the jobs done.
 per_job() { awk -v v="${total[$1/$2]}" -v d="${total[$1/done]}" 'BEGIN {printf "%.0f", (d > 0 ? v / d : 0)}'; }
 jobs_per_claim() { awk -v d="${total[$1/done]}" -v c="${total[$1/claims]}" 'BEGIN {printf "%.1f", (c > 0 ? d / c : 0)}'; }
-# statement_ms KEY: mean latencies of the claim, fetch and completion statements over the runs.
+# statement_ms KEY: mean latencies of the claim and completion statements over the runs.
 statement_ms() {
-    awk -v c="${total[$1/claim_us]}" -v f="${total[$1/fetch_us]}" -v d="${total[$1/complete_us]}" -v n="$ROUNDS" \
-        'BEGIN {printf "%.2f / %s / %.2f", c / n / 1000, (f > 0 ? sprintf("%.2f", f / n / 1000) : "-"), d / n / 1000}'
+    awk -v c="${total[$1/claim_us]}" -v d="${total[$1/complete_us]}" -v n="$ROUNDS" \
+        'BEGIN {printf "%.2f / %.2f", c / n / 1000, d / n / 1000}'
 }
 name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
 
@@ -149,7 +151,7 @@ name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
         echo "| $sync | $l | $s | $(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}') |"
     done
     echo
-    echo "| queue | synchronous_commit | jobs/s of each run | jobs done | jobs completed twice | completions − jobs done | jobs per claim | WAL bytes per job | granted although done | claim / fetch / completion (ms) | failed transactions |"
+    echo "| queue | synchronous_commit | jobs/s of each run | jobs done | jobs completed twice | completions − jobs done | jobs per claim | WAL bytes per job | granted although done | claim / completion (ms) | failed transactions |"
     echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for sync in "${SYNC_MODES[@]}"; do
         for queue in "${QUEUES[@]}"; do
@@ -161,15 +163,16 @@ name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
     echo "$WORKERS workers claiming $BATCH jobs at a time from a queue of $JOBS jobs, one transaction per claim and"
     echo "one per completion; median of $ROUNDS alternating runs of $DURATION s each, every run on a fresh queue"
     echo "(jobs/s: jobs done from the start to the last completion). The lease queue offers each claim the"
-    echo "oldest $CANDIDATES ready jobs that nobody holds, shuffled, then fetches the granted jobs still ready."
-    echo "Statement latencies are pgbench's means per call (one claim, one fetch and $BATCH completions per batch)."
+    echo "oldest $CANDIDATES ready jobs that nobody holds, shuffled, and reads the granted jobs still ready"
+    echo "in a second statement of the same call. Statement latencies are pgbench's means per call (one claim"
+    echo "and $BATCH completions per batch)."
     echo "pgbench -M prepared; $(nproc) cores; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); $(date -u +%Y-%m-%d)."
     echo
     echo "| claims of $PRESSURE_TTL, $PRESSURE_WORK_US µs of work per job (synchronous_commit = on, $DURATION s) | lease queue | SKIP LOCKED queue |"
     echo "|---|---:|---:|"
     echo "| jobs done | ${total[takeover/lease/done]} | ${total[takeover/skiplocked/done]} |"
     echo "| completions refused by the fence (claim ended) | ${total[takeover/lease/refused]} | ${total[takeover/skiplocked/refused]} |"
-    echo "| jobs granted although already done (dropped after the fetch) | ${total[takeover/lease/stale]} | - |"
+    echo "| jobs granted although already done (released by the claim) | ${total[takeover/lease/stale]} | - |"
     echo "| jobs completed twice | ${total[takeover/lease/twice]} | ${total[takeover/skiplocked/twice]} |"
     echo "| completions − jobs done | $(( total[takeover/lease/completions] - total[takeover/lease/done] )) | $(( total[takeover/skiplocked/completions] - total[takeover/skiplocked/done] )) |"
 } > "$OUT"

@@ -196,12 +196,12 @@ fn ring_serves_this_database() -> bool {
 
 /// Appends the events to the ring; true if the worker had not been asked to publish yet.
 fn push_to_ring(state: &shared::DatabaseState, events: &[Event]) -> bool {
-    {
-        let mut ring = state.lock_ring();
-        for event in events {
-            ring.push(|slot| fill_slot(slot, event));
-        }
+    for event in events {
+        state.push(|slot| fill_slot(slot, event));
     }
+    // Pairs with the worker's fence between clearing the flag and reading the ring: either it
+    // sees these events or we see the flag cleared and wake it.
+    std::sync::atomic::fence(Ordering::SeqCst);
     !state.publish_requested.load(Ordering::Acquire) && !state.publish_requested.swap(true, Ordering::AcqRel)
 }
 

@@ -7,10 +7,11 @@
 //! - One [`DatabaseState`] per database an expiry worker serves (at most `lease.max_databases`);
 //!   the launcher assigns a free one to a database before it starts that database's worker.
 //! - Its *event ring* holds the database's committed lease events until the worker publishes
-//!   them. A backend appends its transaction's events at commit, under the ring's lock, so
-//!   each event gets a sequence number in commit order. When the ring is full the event is
-//!   dropped, but its sequence number is still used, so a listener sees the gap; drops are
-//!   counted.
+//!   them. A backend appends its transaction's events at commit, taking a position and a
+//!   sequence number together with one compare-and-swap (no lock: committing backends never
+//!   queue behind each other), so sequence numbers follow commit order. When the ring is full
+//!   the event is dropped, but its sequence number is still used, so a listener sees the gap;
+//!   drops are counted.
 //! - `next_wakeup` is when the worker plans to wake next; a backend that commits an earlier
 //!   expiry sets the worker's latch. While the worker is awake it is `i64::MAX`, so no change
 //!   made during a sweep can be missed.
@@ -48,23 +49,17 @@ pub struct EventSlot {
     pub holder: [u8; MAX_HOLDER_BYTES],
 }
 
-/// A ring's indexes; guarded by the ring's LWLock.
-#[repr(C)]
-pub struct RingState {
-    /// Sequence number of the next event committed (the first is 1).
-    pub next_seq: u64,
-    /// Events ever stored; slot `written % RING_CAPACITY` is the next free one.
-    pub written: u64,
-    /// Events ever taken by the publisher.
-    pub read: u64,
-    /// Events dropped because the ring was full.
-    pub dropped: u64,
-}
+/// Bits of a ring's head that hold its next position (wrapping); the bits above hold the next
+/// sequence number. 2^20 positions are far more than a ring holds, and 2^44 sequence numbers
+/// last centuries at any event rate a server reaches.
+const POSITION_BITS: u32 = 20;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+/// The head of an empty ring: position 0, sequence number 1.
+const EMPTY_HEAD: u64 = 1 << POSITION_BITS;
 
 /// What one database's expiry worker and that database's backends share.
 #[repr(C)]
 pub struct DatabaseState {
-    lock: *mut pg_sys::LWLock,
     /// The database served (`InvalidOid`: the slot is free). Set by the launcher, cleared by
     /// the worker when the extension is gone.
     pub database: AtomicU32,
@@ -80,7 +75,15 @@ pub struct DatabaseState {
     pub earliest_expiry: AtomicI64,
     /// Set when a backend that held session-bound leases exits; the worker clears it.
     pub sessions_ended: AtomicBool,
-    ring: std::cell::UnsafeCell<RingState>,
+    /// The ring's next position and next sequence number, moved together (see POSITION_BITS).
+    head: AtomicU64,
+    /// Positions ever taken by the worker (not wrapping); only the worker moves it.
+    read: AtomicU64,
+    /// Events dropped because the ring was full.
+    dropped: AtomicU64,
+    /// Per slot, 1 + the (wrapped) position of the event it holds, stored once the event is
+    /// complete: the worker takes an event only when its slot says so.
+    filled: [AtomicU64; RING_CAPACITY],
     slots: std::cell::UnsafeCell<[EventSlot; RING_CAPACITY]>,
 }
 
@@ -134,7 +137,7 @@ static mut PREVIOUS_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREVIOUS_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 const SHMEM_NAME: &std::ffi::CStr = c"lease shared state";
-const LOCK_TRANCHE: &std::ffi::CStr = c"lease events";
+const LOCK_TRANCHE: &std::ffi::CStr = c"lease";
 
 /// Asks for shared memory; called from `_PG_init` while preloading.
 pub fn request() {
@@ -156,7 +159,7 @@ unsafe extern "C-unwind" fn on_shmem_request() {
             previous();
         }
         pg_sys::RequestAddinShmemSpace(shared_bytes());
-        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 2 + database_count() as i32);
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 2);
     }
 }
 
@@ -179,7 +182,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
             std::ptr::write_bytes(shared.cast::<u8>(), 0, std::mem::size_of::<Shared>() + waiter_bytes());
             let locks = pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr());
             (*shared).waiters_lock = &raw mut (*locks).lock;
-            (*shared).token_lock = &raw mut (*locks.add(1 + database_count())).lock;
+            (*shared).token_lock = &raw mut (*locks.add(1)).lock;
             (*shared).waiters = shared.add(1).cast::<WaiterSlot>();
             (*shared).waiter_slots = waiter_count();
             let databases = shared.cast::<u8>().add(std::mem::size_of::<Shared>() + waiter_bytes());
@@ -190,8 +193,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
                 let state = (*shared).databases.add(index);
                 let header = std::mem::offset_of!(DatabaseState, slots);
                 std::ptr::write_bytes(state.cast::<u8>(), 0, header);
-                (*state).lock = &raw mut (*locks.add(1 + index)).lock;
-                (*(*state).ring.get()).next_seq = 1;
+                (*state).head.store(EMPTY_HEAD, Ordering::Relaxed);
                 (*state).next_wakeup.store(i64::MAX, Ordering::Relaxed);
                 (*state).earliest_expiry.store(i64::MAX, Ordering::Relaxed);
             }
@@ -230,8 +232,9 @@ pub fn get() -> Option<&'static Shared> {
     unsafe { SHARED.load(Ordering::Acquire).as_ref() }
 }
 
-// SAFETY: the rings and the waiter table are only touched under their LWLocks; everything
-// else is atomic.
+// SAFETY: the waiter table and token blocks are only touched under their LWLocks; a ring's
+// slots are handed between backends and the worker through its atomics (see DatabaseState);
+// everything else is atomic.
 unsafe impl Sync for Shared {}
 // SAFETY: as for Shared.
 unsafe impl Sync for DatabaseState {}
@@ -324,11 +327,12 @@ pub fn set_latch(latch: *mut pg_sys::Latch) {
 impl DatabaseState {
     /// Empties the slot's state for a new assignment (the launcher calls it with the slot free).
     pub fn reset(&self) {
-        {
-            let mut ring = self.lock_ring();
-            let (state, _) = ring.parts();
-            *state = RingState { next_seq: 1, written: 0, read: 0, dropped: 0 };
+        for filled in &self.filled {
+            filled.store(0, Ordering::Relaxed);
         }
+        self.read.store(0, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+        self.head.store(EMPTY_HEAD, Ordering::Release);
         self.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
         self.next_wakeup.store(i64::MAX, Ordering::Release);
         self.publish_requested.store(false, Ordering::Release);
@@ -338,10 +342,58 @@ impl DatabaseState {
         self.sessions_ended.store(true, Ordering::Release);
     }
 
-    pub fn lock_ring(&self) -> RingGuard<'_> {
-        // SAFETY: `lock` was set at initialisation and is a valid LWLock in shared memory.
-        unsafe { pg_sys::LWLockAcquire(self.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
-        RingGuard { state: self }
+    /// Stores an event (filled in by `fill`) with the next sequence number; drops it if the
+    /// ring is full. Never waits: the position and sequence number are taken with one
+    /// compare-and-swap, the slot is filled, then marked complete for the worker.
+    pub fn push(&self, fill: impl FnOnce(&mut EventSlot)) {
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            let position = head & POSITION_MASK;
+            let seq = head >> POSITION_BITS;
+            // A stale `read` only makes the ring look fuller than it is.
+            let unread = position.wrapping_sub(self.read.load(Ordering::Acquire)) & POSITION_MASK;
+            let full = unread >= RING_CAPACITY as u64;
+            let next = match full {
+                true => head + (1 << POSITION_BITS),
+                false => ((seq + 1) << POSITION_BITS) | ((position + 1) & POSITION_MASK),
+            };
+            match self.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
+                Err(actual) => head = actual,
+                Ok(_) if full => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(_) => {
+                    let index = (position % RING_CAPACITY as u64) as usize;
+                    // SAFETY: the position is ours alone: no other backend takes it before the
+                    // head wraps around, and the worker read the slot's previous event before
+                    // moving `read` past it (that is what made the slot free above).
+                    let slot = unsafe { &mut (*self.slots.get())[index] };
+                    slot.seq = seq;
+                    fill(slot);
+                    self.filled[index].store(position + 1, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes up to `max` of the oldest complete events, in order; only the database's worker
+    /// calls it. An event whose backend is still filling its slot, and all after it, wait for
+    /// the next call.
+    pub fn take(&self, max: usize, into: &mut Vec<EventSlot>) {
+        let mut read = self.read.load(Ordering::Relaxed);
+        for _ in 0..max {
+            let index = (read % RING_CAPACITY as u64) as usize;
+            if self.filled[index].load(Ordering::Acquire) != (read & POSITION_MASK) + 1 {
+                break;
+            }
+            // SAFETY: the slot is complete (the acquire above pairs with the filler's release)
+            // and no backend writes it again until `read` has moved past it, below.
+            into.push(unsafe { (*self.slots.get())[index] });
+            read += 1;
+        }
+        self.read.store(read, Ordering::Release);
     }
 
     /// Wakes the worker, if it is running.
@@ -349,60 +401,11 @@ impl DatabaseState {
         set_latch(self.worker_latch.load(Ordering::Acquire));
     }
 
-    /// Reads the ring's counters (under its lock): last sequence number, pending, dropped.
+    /// The ring's counters: last sequence number, events waiting, events dropped.
     pub fn ring_counters(&self) -> (u64, u64, u64) {
-        let mut ring = self.lock_ring();
-        let (state, _) = ring.parts();
-        (state.next_seq - 1, state.written - state.read, state.dropped)
-    }
-}
-
-/// Exclusive access to one database's ring; released when dropped (or by PostgreSQL on error).
-pub struct RingGuard<'a> {
-    state: &'a DatabaseState,
-}
-
-impl RingGuard<'_> {
-    /// The ring's indexes and slots (two distinct cells of the shared struct).
-    fn parts(&mut self) -> (&mut RingState, &mut [EventSlot; RING_CAPACITY]) {
-        // SAFETY: the guard holds the ring's lock exclusively, and `&mut self` keeps this
-        // backend from making a second pair while these are alive.
-        unsafe { (&mut *self.state.ring.get(), &mut *self.state.slots.get()) }
-    }
-
-    /// Stores an event (filled in by `fill`) with the next sequence number; drops it if full.
-    pub fn push(&mut self, fill: impl FnOnce(&mut EventSlot)) {
-        let (state, slots) = self.parts();
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        if state.written - state.read >= RING_CAPACITY as u64 {
-            state.dropped += 1;
-            return;
-        }
-        let slot = &mut slots[(state.written % RING_CAPACITY as u64) as usize];
-        state.written += 1;
-        slot.seq = seq;
-        fill(slot);
-    }
-
-    /// Takes up to `max` of the oldest events, in order.
-    pub fn take(&mut self, max: usize, into: &mut Vec<EventSlot>) {
-        let (state, slots) = self.parts();
-        let count = ((state.written - state.read) as usize).min(max);
-        for _ in 0..count {
-            into.push(slots[(state.read % RING_CAPACITY as u64) as usize]);
-            state.read += 1;
-        }
-    }
-}
-
-impl Drop for RingGuard<'_> {
-    fn drop(&mut self) {
-        // SAFETY: we hold the lock. While unwinding from an error PostgreSQL releases all
-        // LWLocks itself (LWLockReleaseAll) and the lock must not be released twice.
-        if !std::thread::panicking() {
-            unsafe { pg_sys::LWLockRelease(self.state.lock) };
-        }
+        let head = self.head.load(Ordering::Acquire);
+        let pending = (head & POSITION_MASK).wrapping_sub(self.read.load(Ordering::Acquire)) & POSITION_MASK;
+        ((head >> POSITION_BITS) - 1, pending, self.dropped.load(Ordering::Relaxed))
     }
 }
 

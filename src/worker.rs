@@ -40,8 +40,6 @@ use crate::store::clock_now;
 
 /// Events published per NOTIFY transaction.
 const PUBLISH_BATCH: usize = 1024;
-/// Events copied out of the ring per hold of its lock.
-const TAKE_CHUNK: usize = 32;
 /// How long the launcher ignores a database that asked for a worker and could not have one.
 const REFUSAL_MEMORY_MS: i64 = 10_000;
 /// How soon to look again at an expired lease whose resource was busy.
@@ -355,14 +353,9 @@ fn publish(state: &DatabaseState) -> usize {
         batch.clear();
         // Cleared before each take: an event pushed after it sets the flag (and the latch) again.
         state.publish_requested.store(false, Ordering::Release);
-        // Copy in small chunks so that committing backends never wait long for the ring.
-        while batch.len() < PUBLISH_BATCH {
-            let before = batch.len();
-            state.lock_ring().take(TAKE_CHUNK, &mut batch);
-            if batch.len() - before < TAKE_CHUNK {
-                break;
-            }
-        }
+        // Pairs with the fence of a committing backend (events::push_to_ring).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        state.take(PUBLISH_BATCH, &mut batch);
         if batch.is_empty() {
             return sent;
         }

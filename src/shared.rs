@@ -50,8 +50,9 @@ pub struct EventSlot {
 }
 
 /// Bits of a ring's head that hold its next position (wrapping); the bits above hold the next
-/// sequence number. 2^20 positions are far more than a ring holds, and 2^44 sequence numbers
-/// last centuries at any event rate a server reaches.
+/// sequence number. 2^20 positions are far more than a ring holds; 2^44 sequence numbers last
+/// five years at 100,000 events a second, and they start again at 1 whenever the database's
+/// worker is started.
 const POSITION_BITS: u32 = 20;
 const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
 /// The head of an empty ring: position 0, sequence number 1.
@@ -405,7 +406,7 @@ impl DatabaseState {
     pub fn ring_counters(&self) -> (u64, u64, u64) {
         let head = self.head.load(Ordering::Acquire);
         let pending = (head & POSITION_MASK).wrapping_sub(self.read.load(Ordering::Acquire)) & POSITION_MASK;
-        ((head >> POSITION_BITS) - 1, pending, self.dropped.load(Ordering::Relaxed))
+        ((head >> POSITION_BITS).wrapping_sub(1), pending, self.dropped.load(Ordering::Relaxed))
     }
 }
 

@@ -93,6 +93,10 @@ def database():
     with connect() as conn:
         conn.execute("DROP EXTENSION IF EXISTS lease CASCADE")
         conn.execute("CREATE EXTENSION lease")
+        # The first lease change asks the launcher for this database's worker; until it runs,
+        # events go out directly (without seq). Every test starts with the worker serving.
+        conn.execute("SELECT lease_release('test-setup', lease_acquire('test-setup', 'setup'))")
+        wait_for(lambda: worker_pid(conn) is not None, what="the expiry worker")
     yield DATABASE
 
 

@@ -1,11 +1,14 @@
 """Lease events over NOTIFY: committed changes only, exact payloads, per-resource commit
-order, the takeover ordering rule, strange names, and the settings that shape the stream."""
+order, the takeover ordering rule, strange names, a full ring, and the settings that shape the
+stream."""
 
+import os
+import signal
 import threading
 
 import psycopg
 
-from conftest import Listener, connect, one, reload_settings, wait_for
+from conftest import Listener, connect, one, reload_settings, wait_for, worker_pid
 
 STRANGE = 'quote " backslash \\ newline \n tab \t nul-free é ü 日本 \U0001f600 end'
 
@@ -120,6 +123,43 @@ def test_events_of_each_resource_arrive_in_commit_order(listener):
         assert tokens == sorted(tokens)
     seqs = [e["seq"] for e in listener.received]
     assert seqs == sorted(seqs)
+
+
+def test_a_full_ring_drops_events_and_listeners_see_the_gap(conn, listener):
+    """With the worker stopped, one transaction commits 5,000 events into the 4,096-slot ring:
+    the first 4,096 are kept and published in order once the worker runs again, the other 904
+    are dropped and counted, and their sequence numbers are used all the same."""
+    # No lease left that could expire (and be announced by the worker) during the test.
+    conn.execute("SELECT count(lease_force_release(resource)) FROM lease.leases")
+    conn.execute("SELECT lease_sweep(1000000)")
+    assert one(conn, "SELECT count(*) FROM lease.leases") == 0
+    marker(conn, listener, "ev:full:before")
+    last_seq = listener.received[-1]["seq"]
+    dropped_before = one(conn, "SELECT dropped FROM lease_event_stats()")
+    pid = worker_pid(conn)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        released = one(
+            conn,
+            """SELECT count(*) FILTER (WHERE lease_release(r, lease_acquire(r, 'h', '1 min')))
+               FROM (SELECT 'ev:full:' || i AS r FROM generate_series(1, 2500) AS i) AS s""",
+        )
+        assert released == 2500
+        assert one(conn, "SELECT pending FROM lease_event_stats()") == 4096
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # A marker committed before the worker has made room would be dropped too.
+    wait_for(lambda: one(conn, "SELECT pending FROM lease_event_stats()") == 0, what="the ring to drain")
+    marker(conn, listener, "ev:full:after")
+    assert one(conn, "SELECT dropped FROM lease_event_stats()") - dropped_before == 904
+    burst = [e for e in listener.received if last_seq < e["seq"] <= last_seq + 5000]
+    assert [e["seq"] for e in burst] == list(range(last_seq + 1, last_seq + 4097))
+    # in commit order: acquired and released for each resource in turn, up to the 4,096th event
+    assert [(e["event"], e["resource"]) for e in burst] == [
+        (kind, f"ev:full:{i}") for i in range(1, 2049) for kind in ("acquired", "released")
+    ]
+    after = listener.events_for("ev:full:after")
+    assert after[0]["seq"] > last_seq + 5000
 
 
 def test_payloads_carry_the_largest_and_strangest_names(conn, listener):

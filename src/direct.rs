@@ -86,8 +86,9 @@ pub fn read_committed() -> bool {
 /// Reads leases by resource through the primary key, seeing what has committed by the time
 /// each row is read, and this transaction's own changes ([`pg_sys::SnapshotSelfData`]). Under
 /// the resource's barrier lock that is the state every other writer of the resource left: a
-/// writer's lock is released only after its commit (or abort) is visible. Building no snapshot
-/// keeps the read off the process array's lock. One lookup serves any number of reads.
+/// writer's lock is released only after its commit (or abort) is visible. No snapshot is built
+/// for it (a pass over the process array under its lock, on every call). One lookup serves any
+/// number of reads.
 pub struct Lookup {
     heap: pg_sys::Relation,
     index: pg_sys::Relation,
@@ -127,24 +128,27 @@ impl Lookup {
             );
             pg_sys::index_rescan(self.scan, &mut key, 1, std::ptr::null_mut(), 0);
             let slot = self.slot;
-            pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(|| {
-                pg_sys::slot_getsomeattrs_int(slot, SESSION_PID as i32);
-                let values = std::slice::from_raw_parts((*slot).tts_values, SESSION_PID);
-                let nulls = std::slice::from_raw_parts((*slot).tts_isnull, SESSION_PID);
-                let column = |number: usize| (values[number - 1], nulls[number - 1]);
-                let (holder, holder_null) = column(HOLDER);
-                let (token, token_null) = column(TOKEN);
-                let (owner, owner_null) = column(OWNER);
-                let (expires_at, expires_null) = column(EXPIRES_AT);
-                FoundRow {
-                    tid: (*slot).tts_tid,
-                    holder: String::from_datum(holder, holder_null).expect("holder is not null"),
-                    token: i64::from_datum(token, token_null).expect("token is not null"),
-                    owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
-                    expires_at: i64::from_datum(expires_at, expires_null).expect("expires_at is not null"),
-                    session_bound: !nulls[SESSION_PID - 1],
-                }
-            })
+            pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(
+                || {
+                    pg_sys::slot_getsomeattrs_int(slot, SESSION_PID as i32);
+                    let values = std::slice::from_raw_parts((*slot).tts_values, SESSION_PID);
+                    let nulls = std::slice::from_raw_parts((*slot).tts_isnull, SESSION_PID);
+                    let column = |number: usize| (values[number - 1], nulls[number - 1]);
+                    let (holder, holder_null) = column(HOLDER);
+                    let (token, token_null) = column(TOKEN);
+                    let (owner, owner_null) = column(OWNER);
+                    let (expires_at, expires_null) = column(EXPIRES_AT);
+                    FoundRow {
+                        tid: (*slot).tts_tid,
+                        holder: String::from_datum(holder, holder_null).expect("holder is not null"),
+                        token: i64::from_datum(token, token_null).expect("token is not null"),
+                        owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
+                        expires_at: i64::from_datum(expires_at, expires_null)
+                            .expect("expires_at is not null"),
+                        session_bound: !nulls[SESSION_PID - 1],
+                    }
+                },
+            )
         }
     }
 }

@@ -544,11 +544,14 @@ impl Store {
         if let Some(mut lookup) = self.lookup() {
             return Box::new(move |resource| {
                 lookup.get(resource).is_some_and(|row| {
-                    row.expires_at > now && !row.session_bound && !(row.holder == holder && row.owner == caller)
+                    row.expires_at > now
+                        && !row.session_bound
+                        && !(row.holder == holder && row.owner == caller)
                 })
             });
         }
-        let args = [resources.to_vec().into_datum(), now.into_datum(), holder.into_datum(), caller.into_datum()];
+        let args =
+            [resources.to_vec().into_datum(), now.into_datum(), holder.into_datum(), caller.into_datum()];
         let count = self.execute(Statement::HeldByOthers, &args, false, 0);
         // SAFETY: the statement returned `count` rows of one text column, never NULL.
         let held: std::collections::HashSet<String> =

@@ -205,16 +205,28 @@ fn push_to_ring(state: &shared::DatabaseState, events: &[Event]) -> bool {
     !state.publish_requested.load(Ordering::Acquire) && !state.publish_requested.swap(true, Ordering::AcqRel)
 }
 
+/// Fills a ring slot. Cannot fail: a slot taken and never completed would hold up every later
+/// event of the database.
 fn fill_slot(slot: &mut EventSlot, event: &Event) {
     slot.kind = event.kind as u8;
     slot.reason = event.reason as u8;
     slot.token = event.token;
     slot.expires_at = event.expires_at.unwrap_or(i64::MIN);
     slot.at = event.at;
-    slot.resource_len = event.resource.len() as u16;
-    slot.resource[..event.resource.len()].copy_from_slice(event.resource.as_bytes());
-    slot.holder_len = event.holder.len() as u16;
-    slot.holder[..event.holder.len()].copy_from_slice(event.holder.as_bytes());
+    slot.resource_len = copy_name(&mut slot.resource, &event.resource);
+    slot.holder_len = copy_name(&mut slot.holder, &event.holder);
+}
+
+/// Copies as much of `name` as fits into `into`, cut at a character boundary, and returns the
+/// length copied. Names the functions accept always fit; a row written into the table by hand
+/// need not.
+fn copy_name(into: &mut [u8], name: &str) -> u16 {
+    let mut len = name.len().min(into.len());
+    while !name.is_char_boundary(len) {
+        len -= 1;
+    }
+    into[..len].copy_from_slice(&name.as_bytes()[..len]);
+    len as u16
 }
 
 /// Turns a ring slot back into an event and its sequence number.
@@ -377,6 +389,18 @@ mod tests {
             .unwrap();
             assert_eq!(iso8601(micros), expected);
         }
+    }
+
+    #[pg_test]
+    fn names_too_long_for_a_slot_are_cut_at_a_character_boundary() {
+        let mut into = [0u8; 4];
+        assert_eq!(copy_name(&mut into, "abc"), 3);
+        assert_eq!(&into[..3], b"abc");
+        assert_eq!(copy_name(&mut into, "abcdef"), 4);
+        assert_eq!(&into, b"abcd");
+        // "aé€": 1 + 2 + 3 bytes; 4 bytes would split the euro sign
+        assert_eq!(copy_name(&mut into, "aé€"), 3);
+        assert_eq!(std::str::from_utf8(&into[..3]).unwrap(), "aé");
     }
 
     #[pg_test]

@@ -68,7 +68,7 @@ run_queue() {
     IFS='|' read -r started lsn <<< "$("${psql_bench[@]}" -At -c "SELECT clock_timestamp(), pg_current_wal_lsn()")"
     log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -r -M prepared -T "$DURATION" \
         -c "$WORKERS" -j "$threads" -h 127.0.0.1 -p "$PORT" -U postgres \
-        -D ttl="$ttl" -D batch="$BATCH" -D candidates="$CANDIDATES" -f "$script" postgres 2>&1) \
+        -D ttl="$ttl" -D batch="$BATCH" -f "$script" postgres 2>&1) \
         || { echo "$log" >&2; exit 1; }
     { echo "== $key"; echo "$log"; } >> "$RAW"
     claims=$(echo "$log" | awk '/number of transactions actually processed/ {print $6}')

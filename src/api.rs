@@ -2,7 +2,8 @@
 //! `lease_release`, `lease_check`, `lease_assert`, `lease_force_release`, `lease_sweep`,
 //! `lease_event_stats`, and the internal helpers behind `lease_info` and `lease.active`.
 //!
-//! The public signatures (argument names, defaults, comments, grants) live in `sql/api.sql`;
+//! The public signatures (argument names, defaults, comments, grants) live in the SQL scripts
+//! (`sql/lease--0.1.0.sql` and the version steps after it);
 //! the functions here are their C entry points. Each one validates every argument before it
 //! touches anything, then takes the resource's barrier lock ([`crate::barrier`]), then reads
 //! the server clock, then reads and writes the lease through [`crate::store`]: expiry is

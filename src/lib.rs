@@ -38,10 +38,9 @@ mod worker;
 
 pgrx::pg_module_magic!();
 
-pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-pgrx::extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
-// Each version step's upgrade script is also part of a fresh install of the current version,
-// so the objects it adds are defined once.
+// A fresh install of the current version runs the released 0.1.0 script and then each version
+// step, exactly as an upgrade does: every object is defined once.
+pgrx::extension_sql_file!("../sql/lease--0.1.0.sql", name = "v0_1_0", bootstrap);
 pgrx::extension_sql_file!("../sql/lease--0.1.0--0.2.0.sql", name = "v0_2_0", finalize);
 
 #[pg_guard]

@@ -100,24 +100,25 @@ def waiter(resource, holder):
     return InThread(lambda c: one(c, "SELECT lease_acquire(%s, %s, '1 min', '240 s')", (resource, holder)))
 
 
+def expect_b_took_over(conn, resource, held, token):
+    """Checks that waiter b holds `resource` with a token larger than `held`, then releases it."""
+    expect(token > held, True, "the waiter's token is larger")
+    expect(one(conn, "SELECT holder FROM lease_info(%s)", (resource,)), "b", "holder")
+    one(conn, "SELECT lease_release(%s, %s)", (resource, token))
+
+
 def scenario_wait_woken_by_release(conn):
     held = one(conn, "SELECT lease_acquire('vg:wait-release', 'a', '1 hour')")
     b = waiter("vg:wait-release", "b")
     wait_for(lambda: is_waiting(conn, b.pid), DEADLINE, "b to wait")
     expect(one(conn, "SELECT lease_release('vg:wait-release', %s)", (held,)), True, "release")
-    token = b.result()
-    expect(token > held, True, "the waiter's token is larger")
-    expect(one(conn, "SELECT holder FROM lease_info('vg:wait-release')"), "b", "holder")
-    one(conn, "SELECT lease_release('vg:wait-release', %s)", (token,))
+    expect_b_took_over(conn, "vg:wait-release", held, b.result())
 
 
 def scenario_wait_woken_by_expiry(conn):
     held = one(conn, "SELECT lease_acquire('vg:wait-expiry', 'a', '2 s')")
     b = waiter("vg:wait-expiry", "b")
-    token = b.result()
-    expect(token > held, True, "the waiter's token is larger")
-    expect(one(conn, "SELECT holder FROM lease_info('vg:wait-expiry')"), "b", "holder")
-    one(conn, "SELECT lease_release('vg:wait-expiry', %s)", (token,))
+    expect_b_took_over(conn, "vg:wait-expiry", held, b.result())
 
 
 def scenario_waiters_in_order_and_cancelled(conn):

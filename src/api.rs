@@ -53,13 +53,15 @@ fn lease_acquire(
 /// caller already holds (same holder, same role) is returned again with its expiry extended.
 #[pg_extern(sql = false)]
 fn lease_acquire_any(
-    resources: Option<Vec<Option<String>>>,
+    resources: Option<Array<&str>>,
     holder: Option<&str>,
     ttl: Option<Interval>,
     max_count: Option<i32>,
     session_bound: Option<bool>,
+    snapshot_consistent: Option<bool>,
 ) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
-    TableIterator::new(acquire_any(resources, holder, ttl, max_count, session_bound).or_raise())
+    let claim = Claim { max_count, session_bound, snapshot_consistent };
+    TableIterator::new(acquire_any(resources, holder, ttl, claim).or_raise())
 }
 
 /// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.
@@ -205,6 +207,9 @@ struct Request<'a> {
     holder: &'a str,
     ttl: i64,
     session_bound: bool,
+    /// Grant only if there is no lease row at all: no expired lease taken over, no lease of
+    /// the caller's extended.
+    only_if_free: bool,
 }
 
 /// The outcome of one attempt to acquire.
@@ -228,6 +233,7 @@ pub fn acquire(
         holder: name_argument(holder, "holder", MAX_HOLDER_BYTES)?,
         ttl: ttl_argument(ttl)?,
         session_bound: session_bound.unwrap_or(false),
+        only_if_free: false,
     };
     let wait = wait_argument(wait)?;
     ensure_primary()?;
@@ -244,51 +250,64 @@ pub fn acquire(
     Ok(token)
 }
 
+/// The optional arguments of `lease_acquire_any`.
+pub struct Claim {
+    pub max_count: Option<i32>,
+    pub session_bound: Option<bool>,
+    pub snapshot_consistent: Option<bool>,
+}
+
 pub fn acquire_any(
-    resources: Option<Vec<Option<String>>>,
+    resources: Option<Array<&str>>,
     holder: Option<&str>,
     ttl: Option<Interval>,
-    max_count: Option<i32>,
-    session_bound: Option<bool>,
+    claim: Claim,
 ) -> LeaseResult<Vec<(String, i64)>> {
     let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
-    for resource in &resources {
-        name_argument(resource.as_deref(), "resources element", MAX_RESOURCE_BYTES)?;
-    }
+    // Every element is checked before anything is granted: bad input changes nothing.
+    let candidates = resources
+        .iter()
+        .map(|resource| name_argument(resource, "resources element", MAX_RESOURCE_BYTES))
+        .collect::<LeaseResult<Vec<&str>>>()?;
     let holder = name_argument(holder, "holder", MAX_HOLDER_BYTES)?;
     let ttl = ttl_argument(ttl)?;
-    let max_count = match max_count {
+    let max_count = match claim.max_count {
         None => 1,
         Some(count) if count < 1 => {
             return Err(LeaseError::invalid("max_count", format_args!("must be at least 1, not {count}")))
         }
         Some(count) => count as usize,
     };
-    let session_bound = session_bound.unwrap_or(false);
+    let session_bound = claim.session_bound.unwrap_or(false);
+    let snapshot_consistent = claim.snapshot_consistent.unwrap_or(false);
     ensure_primary()?;
-
-    let mut seen = std::collections::HashSet::new();
-    let candidates: Vec<&str> =
-        resources.iter().flatten().map(String::as_str).filter(|resource| seen.insert(*resource)).collect();
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
+
+    let store = Store::open();
     // Candidates someone else holds are skipped without taking their lock. The test is a hint;
     // each grant is decided under the lock.
-    let mut held_by_others = {
-        let store = Store::open();
-        store.held_by_others(&candidates, holder, clock_now())
-    };
+    let mut held_by_others = store.held_by_others(&candidates, holder, clock_now());
+    // Duplicates are taken once: a name is looked at only the first time it comes.
+    let mut seen = std::collections::HashSet::new();
     let mut granted = Vec::new();
-    for resource in candidates.iter().copied().filter(|resource| !held_by_others(resource)) {
+    for &resource in &candidates {
+        if !seen.insert(resource) || held_by_others(resource) {
+            continue;
+        }
         // Being changed by another transaction right now (most likely another claimer): skip.
         let Some(held) = barrier::try_lock_for_change(resource) else { continue };
-        let request = Request { resource, holder, ttl, session_bound };
-        if let Attempt::Granted(token) = attempt_holding(held, &request, None) {
-            granted.push((resource.to_owned(), token));
+        if snapshot_consistent && store.changed_since_snapshot(resource) {
+            held.release_if_unused_before();
+            continue;
         }
-        if granted.len() == max_count {
-            break;
+        let request = Request { resource, holder, ttl, session_bound, only_if_free: snapshot_consistent };
+        if let Attempt::Granted(token) = attempt_holding(held, &store, &request, None) {
+            granted.push((resource.to_owned(), token));
+            if granted.len() == max_count {
+                break;
+            }
         }
     }
     Ok(granted)
@@ -377,12 +396,13 @@ fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
 /// `ticket` is the caller's place in the queue when it waits; while others are queued ahead,
 /// a free lease is left to them.
 fn attempt(request: &Request, ticket: Option<u64>) -> Attempt {
-    attempt_holding(barrier::lock_for_change(request.resource), request, ticket)
+    let held = barrier::lock_for_change(request.resource);
+    attempt_holding(held, &Store::open(), request, ticket)
 }
 
 /// As [`attempt`], with the resource's lock already taken.
-fn attempt_holding(held: barrier::Held, request: &Request, ticket: Option<u64>) -> Attempt {
-    let outcome = attempt_locked(request, ticket);
+fn attempt_holding(held: barrier::Held, store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
+    let outcome = attempt_locked(store, request, ticket);
     if !matches!(outcome, Attempt::Granted(_)) {
         // Nothing changed: do not keep others out for the rest of the transaction.
         held.release_if_unused_before();
@@ -390,11 +410,10 @@ fn attempt_holding(held: barrier::Held, request: &Request, ticket: Option<u64>) 
     outcome
 }
 
-fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
-    let Request { resource, holder, ttl, session_bound } = *request;
+fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
+    let Request { resource, holder, ttl, session_bound, only_if_free } = *request;
     let now = clock_now();
     let expires_at = now + ttl;
-    let store = Store::open();
     let caller = store.caller();
     let yield_to_waiters = waiting::must_yield(resource, ticket);
     let application_name = if session_bound { current_application_name() } else { String::new() };
@@ -403,7 +422,7 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
         .then(|| Binding { pid: unsafe { pg_sys::MyProcPid }, application_name: &application_name });
     let grant = |token: i64| {
         if session_bound {
-            session::bind(&store, token);
+            session::bind(store, token);
         }
         record(Kind::Acquired, resource, holder, token, Some(expires_at), now);
         Attempt::Granted(token)
@@ -421,6 +440,9 @@ fn attempt_locked(request: &Request, ticket: Option<u64>) -> Attempt {
         // raised a serialization failure already.
         return Attempt::Held(now);
     };
+    if only_if_free {
+        return Attempt::Held(current.expires_at);
+    }
     let ended = if current.expires_at <= now {
         Some(Reason::Ttl)
     } else if current.session_bound && session::holder_is_gone(current.token) {

@@ -93,6 +93,8 @@ pub struct Lookup {
     heap: pg_sys::Relation,
     index: pg_sys::Relation,
     scan: pg_sys::IndexScanDesc,
+    /// A scan of every version of a row ([`Lookup::changed_since`]), begun on first use.
+    history_scan: pg_sys::IndexScanDesc,
     slot: *mut pg_sys::TupleTableSlot,
 }
 
@@ -109,7 +111,7 @@ impl Lookup {
         let index = pg_sys::index_open(primary_key, lock);
         let scan = pg_sys::index_beginscan(heap, index, &raw mut pg_sys::SnapshotSelfData, 1, 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        Lookup { heap, index, scan, slot }
+        Lookup { heap, index, scan, history_scan: std::ptr::null_mut(), slot }
     }
 
     /// The lease on `resource`, expired or not. Exact when the caller holds the resource's
@@ -153,6 +155,70 @@ impl Lookup {
     }
 }
 
+impl Lookup {
+    /// Whether the lease on `resource` changed after `snapshot` was taken: whether any version
+    /// of its row, live or dead, was inserted or deleted by another transaction that committed
+    /// without `snapshot` seeing it. Exact when the caller holds the resource's barrier lock:
+    /// no other writer is then in progress, and no version a snapshot of this backend cannot
+    /// see yet has been pruned away. Changes made by this transaction do not count.
+    ///
+    /// # Safety
+    /// `snapshot` must be a valid MVCC snapshot (the statement's), registered or active.
+    pub unsafe fn changed_since(&mut self, resource: &str, snapshot: pg_sys::Snapshot) -> bool {
+        if self.history_scan.is_null() {
+            self.history_scan =
+                pg_sys::index_beginscan(self.heap, self.index, &raw mut pg_sys::SnapshotAnyData, 1, 0);
+        }
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            RESOURCE as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            resource.into_datum().expect("text datum"),
+        );
+        pg_sys::index_rescan(self.history_scan, &mut key, 1, std::ptr::null_mut(), 0);
+        let slot = self.slot.cast::<pg_sys::BufferHeapTupleTableSlot>();
+        while pg_sys::index_getnext_slot(
+            self.history_scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            self.slot,
+        ) {
+            let buffer = (*slot).buffer;
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let header = (*(*slot).base.tuple).t_data;
+            let inserter = pg_sys::HeapTupleHeaderGetXmin(header);
+            let infomask = u32::from((*header).t_infomask);
+            let lock_only = infomask & pg_sys::HEAP_XMAX_LOCK_ONLY != 0
+                || infomask & (pg_sys::HEAP_XMAX_IS_MULTI | pg_sys::HEAP_LOCK_MASK)
+                    == pg_sys::HEAP_XMAX_EXCL_LOCK;
+            let deleter = if infomask & pg_sys::HEAP_XMAX_INVALID != 0 || lock_only {
+                pg_sys::InvalidTransactionId
+            } else if infomask & pg_sys::HEAP_XMAX_IS_MULTI != 0 {
+                pg_sys::HeapTupleGetUpdateXid(header)
+            } else {
+                (*header).t_choice.t_heap.t_xmax
+            };
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            if [inserter, deleter].into_iter().any(|xid| committed_unseen(xid, snapshot)) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Whether `xid` is another transaction that committed and `snapshot` does not see.
+///
+/// # Safety
+/// As for [`Lookup::changed_since`].
+unsafe fn committed_unseen(xid: pg_sys::TransactionId, snapshot: pg_sys::Snapshot) -> bool {
+    xid.into_inner() >= pg_sys::FirstNormalTransactionId.into_inner()
+        && !pg_sys::TransactionIdIsCurrentTransactionId(xid)
+        && pg_sys::XidInMVCCSnapshot(xid, snapshot)
+        && pg_sys::TransactionIdDidCommit(xid)
+}
+
 impl Drop for Lookup {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -162,49 +228,92 @@ impl Drop for Lookup {
         unsafe {
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
             pg_sys::index_endscan(self.scan);
+            if !self.history_scan.is_null() {
+                pg_sys::index_endscan(self.history_scan);
+            }
             pg_sys::index_close(self.index, pg_sys::NoLock as pg_sys::LOCKMODE);
             pg_sys::table_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
     }
 }
 
-/// Inserts a new lease (the caller found none), its columns in the table's order (NULL as None), with
-/// its index entries, made by the executor's index insertion as an INSERT makes them (partial
-/// and expression indexes included).
-///
-/// # Safety
-/// As for [`Lookup::open`]; the caller holds the resource's barrier lock in exclusive mode and
-/// found no row for it.
-pub unsafe fn insert(table: Oid, values: &[Option<Datum>; 9]) {
-    pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
-    let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-    let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
-    let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
-    let tuple = pg_sys::heap_form_tuple((*heap).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
-    pg_sys::simple_heap_insert(heap, tuple);
+/// Inserts new leases with their index entries, made by the executor's index insertion as an
+/// INSERT makes them (partial and expression indexes included). The table, its indexes and the
+/// executor state (with any index predicate, compiled once) stay open for any number of
+/// inserts.
+pub struct Inserter {
+    heap: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    result_relation: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+}
 
-    let estate = pg_sys::CreateExecutorState();
-    let result_relation = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast();
-    pg_sys::InitResultRelInfo(result_relation, heap, 1, std::ptr::null_mut(), 0);
-    pg_sys::ExecOpenIndices(result_relation, false);
-    let slot = pg_sys::MakeSingleTupleTableSlot((*heap).rd_att, &raw const pg_sys::TTSOpsHeapTuple);
-    pg_sys::ExecStoreHeapTuple(tuple, slot, false);
-    // Checks the primary key's uniqueness too, which cannot fail under the resource's lock.
-    pg_sys::ExecInsertIndexTuples(
-        result_relation,
-        slot,
-        estate,
-        false,
-        false,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    );
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::ExecCloseIndices(result_relation);
-    pg_sys::FreeExecutorState(estate);
-    pg_sys::heap_freetuple(tuple);
-    pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
-    pg_sys::CommandCounterIncrement();
+impl Inserter {
+    /// Opens the table and its indexes for inserting.
+    ///
+    /// # Safety
+    /// As for [`Lookup::open`].
+    pub unsafe fn open(table: Oid) -> Inserter {
+        let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let estate = pg_sys::CreateExecutorState();
+        let result_relation: *mut pg_sys::ResultRelInfo = pg_sys::MemoryContextAllocZero(
+            (*estate).es_query_cxt,
+            std::mem::size_of::<pg_sys::ResultRelInfo>(),
+        )
+        .cast();
+        pg_sys::InitResultRelInfo(result_relation, heap, 1, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(result_relation, false);
+        let slot = pg_sys::MakeSingleTupleTableSlot((*heap).rd_att, &raw const pg_sys::TTSOpsHeapTuple);
+        Inserter { heap, estate, result_relation, slot }
+    }
+
+    /// Inserts a new lease (the caller found none), its columns in the table's order (NULL as
+    /// None).
+    ///
+    /// # Safety
+    /// The caller holds the resource's barrier lock in exclusive mode and found no row for it.
+    pub unsafe fn insert(&mut self, values: &[Option<Datum>; 9]) {
+        pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
+        let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
+        let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
+        let tuple = pg_sys::heap_form_tuple((*self.heap).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::simple_heap_insert(self.heap, tuple);
+        pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
+        // Checks the primary key's uniqueness too, which cannot fail under the resource's lock.
+        pg_sys::ExecInsertIndexTuples(
+            self.result_relation,
+            self.slot,
+            self.estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        pg_sys::ExecClearTuple(self.slot);
+        pg_sys::heap_freetuple(tuple);
+        // What evaluating index predicates allocated (ResetPerTupleExprContext).
+        let per_tuple = (*self.estate).es_per_tuple_exprcontext;
+        if !per_tuple.is_null() {
+            pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
+        }
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+impl Drop for Inserter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // an error is unwinding: the transaction's abort releases all of it
+        }
+        // SAFETY: releases what `open` acquired, once; the table's lock stays until the
+        // transaction ends.
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::ExecCloseIndices(self.result_relation);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
 }
 
 /// Deletes the row a [`Lookup`] returned.

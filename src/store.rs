@@ -16,7 +16,7 @@
 //! what they do. They run as the owner of `lease.leases` (ordinary roles have no rights on it),
 //! inside a [`Store`] that switches the user and restores it when dropped.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::ptr::NonNull;
 
@@ -234,6 +234,10 @@ pub struct Store {
     /// Connected to SPI (on the first statement that needs it).
     spi_connected: Cell<bool>,
     saved_scan_settings: Cell<Option<(bool, bool)>>,
+    /// The direct lookup and insert of this store, opened on first use and kept for the
+    /// store's life: a call that grants many leases opens the table and its indexes once.
+    lookup: RefCell<Option<direct::Lookup>>,
+    inserter: RefCell<Option<direct::Inserter>>,
 }
 
 impl Store {
@@ -259,6 +263,8 @@ impl Store {
             direct: catalog.direct && direct::read_committed(),
             spi_connected: Cell::new(false),
             saved_scan_settings: Cell::new(None),
+            lookup: RefCell::new(None),
+            inserter: RefCell::new(None),
         }
     }
 
@@ -372,25 +378,44 @@ impl Store {
             binding.map(|b| b.application_name).into_datum(),
         ];
         if self.direct {
+            let mut inserter = self.inserter.borrow_mut();
             // SAFETY: the table's shape was checked; the caller holds the resource's lock and
             // found no row.
-            unsafe { direct::insert(self.catalog.table, &values) };
+            unsafe {
+                inserter.get_or_insert_with(|| direct::Inserter::open(self.catalog.table)).insert(&values)
+            };
             return true;
         }
         self.execute(Statement::Insert, &values, false, 1) == 1
     }
 
-    /// A direct lookup of leases by resource, when this call reads directly.
-    fn lookup(&self) -> Option<direct::Lookup> {
+    /// The resource's row as [`crate::direct`] finds it, when this call reads directly. Exact
+    /// when the caller holds the resource's lock; a hint otherwise.
+    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
+        if !self.direct {
+            return None;
+        }
         let Catalog { table, primary_key, .. } = self.catalog;
+        let mut lookup = self.lookup.borrow_mut();
         // SAFETY: the table's shape was checked.
-        self.direct.then(|| unsafe { direct::Lookup::open(table, primary_key) })
+        let lookup = lookup.get_or_insert_with(|| unsafe { direct::Lookup::open(table, primary_key) });
+        Some(lookup.get(resource))
     }
 
-    /// The resource's row as [`crate::direct`] finds it, when this call reads directly. The
-    /// caller holds the resource's lock.
-    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
-        self.lookup().map(|mut lookup| lookup.get(resource))
+    /// Whether the resource's lease changed after the snapshot of the calling statement was
+    /// taken ([`direct::Lookup::changed_since`]). The caller holds the resource's lock.
+    pub fn changed_since_snapshot(&self, resource: &str) -> bool {
+        let Catalog { table, primary_key, .. } = self.catalog;
+        if primary_key == Oid::INVALID {
+            error!("lease.leases has no primary key; recreate the extension");
+        }
+        let mut lookup = self.lookup.borrow_mut();
+        // SAFETY: the table and its primary key; the active snapshot is the calling statement's
+        // (a function always runs with one).
+        unsafe {
+            let lookup = lookup.get_or_insert_with(|| direct::Lookup::open(table, primary_key));
+            lookup.changed_since(resource, pg_sys::GetActiveSnapshot())
+        }
     }
 
     /// The resource's row, expired or not.
@@ -535,15 +560,15 @@ impl Store {
     /// when it is tested, so a claim stops reading once it has what it wants; through SQL, all
     /// of `resources` are read at once, in one statement.
     pub fn held_by_others<'a>(
-        &self,
+        &'a self,
         resources: &[&str],
         holder: &'a str,
         now: Timestamp,
     ) -> Box<dyn FnMut(&str) -> bool + 'a> {
         let caller = self.caller;
-        if let Some(mut lookup) = self.lookup() {
+        if self.direct {
             return Box::new(move |resource| {
-                lookup.get(resource).is_some_and(|row| {
+                self.find(resource).flatten().is_some_and(|row| {
                     row.expires_at > now
                         && !row.session_bound
                         && !(row.holder == holder && row.owner == caller)
@@ -600,6 +625,9 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // Before SPI_finish: they may have been opened in the SPI connection's memory context.
+        drop(self.lookup.take());
+        drop(self.inserter.take());
         // SAFETY: undoes exactly what `open` did. While unwinding from a PostgreSQL error the
         // SPI connection is left for transaction abort to close, as PostgreSQL expects; the
         // planner settings are plain backend-local globals, restored on every path.

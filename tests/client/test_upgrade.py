@@ -7,7 +7,8 @@ import pytest
 
 from conftest import connect, one
 
-OLD_VERSION = "0.1.0"
+# Every earlier version: 0.1.0 is installed from its own script, 0.2.0 from it and the 0.2.0 step.
+OLD_VERSIONS = ("0.1.0", "0.2.0")
 
 # Every object of the extension, with what an upgrade must get right: signatures, results,
 # volatility, security, settings, ACLs, comments, view definitions, columns, indexes.
@@ -49,20 +50,21 @@ def databases():
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases):
+@pytest.mark.parametrize("old_version", OLD_VERSIONS)
+def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, old_version):
     old_db, fresh_db = databases
     with connect(dbname=old_db) as conn:
-        conn.execute(f"CREATE EXTENSION lease VERSION '{OLD_VERSION}'")
-        assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == OLD_VERSION
+        conn.execute(f"CREATE EXTENSION lease VERSION '{old_version}'")
+        assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == old_version
         held = one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder', '1 hour')")
         fenced = one(conn, "SELECT lease_acquire('upgrade:fenced', 'old-holder', '1 hour')")
-        # The new functions do not exist before the update.
+        # The newest argument does not exist before the update.
         with pytest.raises(psycopg.errors.UndefinedFunction):
-            conn.execute("SELECT lease_acquire_any(ARRAY['x'], 'h')")
+            conn.execute("SELECT lease_acquire_any(ARRAY['x'], 'h', snapshot_consistent => true)")
 
         conn.execute("ALTER EXTENSION lease UPDATE")
         current = one(conn, "SELECT default_version FROM pg_available_extensions WHERE name = 'lease'")
-        assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == current != OLD_VERSION
+        assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == current != old_version
 
         # Leases and tokens survived, and the old API works on them.
         assert conn.execute("SELECT holder, token FROM lease_info('upgrade:held')").fetchall() == [
@@ -78,6 +80,10 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases):
         ).fetchall()
         assert [resource for resource, _ in claimed] == ["upgrade:new"]
         assert claimed[0][1] > max(held, fenced)
+        assert conn.execute(
+            "SELECT resource FROM lease_acquire_any(ARRAY['upgrade:new', 'upgrade:newer'], 'new-holder', "
+            "max_count => 2, snapshot_consistent => true)"
+        ).fetchall() == [("upgrade:newer",)]
         # The fencing trigger of the new version protects a table with a lease taken before the update.
         conn.execute("CREATE TABLE protected (resource text, token bigint, value int)")
         conn.execute(

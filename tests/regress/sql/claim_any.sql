@@ -33,6 +33,22 @@ BEGIN;
 SELECT count(*) AS claimed FROM lease_acquire_any(ARRAY['any:9', 'any:10'], 'claimer', '1 hour', 5);
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM lease.leases WHERE resource IN ('any:9', 'any:10');
+-- snapshot_consistent takes only resources without a lease row: not the caller's own lease
+-- (returned above without it), not an expired lease (left for the sweep)
+SELECT count(*) AS own_again FROM lease_acquire_any(ARRAY['any:8'], 'claimer', '1 hour', 1, snapshot_consistent => true);
+SELECT lease_acquire('any:11', 'old', '1 millisecond') AS short_token \gset
+SELECT pg_sleep(0.01);
+SELECT count(*) AS expired_taken FROM lease_acquire_any(ARRAY['any:11'], 'newcomer', '1 hour', 1, snapshot_consistent => true);
+SELECT lease_sweep() >= 1 AS swept;
+SELECT resource FROM lease_acquire_any(ARRAY['any:11', 'any:12'], 'newcomer', '1 hour', 5, snapshot_consistent => true);
+-- a lease released by a statement that committed before the claim's is in its snapshot: free
+SELECT lease_release('any:12', token) AS released FROM lease_info('any:12');
+SELECT resource FROM lease_acquire_any(ARRAY['any:12'], 'claimer', '1 hour', 1, snapshot_consistent => true);
+-- ... as are changes this transaction made itself
+BEGIN;
+SELECT lease_release('any:12', token) AS released FROM lease_info('any:12');
+SELECT resource FROM lease_acquire_any(ARRAY['any:12'], 'other', '1 hour', 1, snapshot_consistent => true);
+COMMIT;
 -- bad input: a specific SQLSTATE, and nothing changed (not even a token number)
 SELECT lease_acquire('any:probe', 'h') AS probe_before \gset
 SELECT lease_release('any:probe', :probe_before);

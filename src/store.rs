@@ -33,7 +33,7 @@ pub const TOKEN_SEQUENCE_BITS: u32 = 48;
 /// The token sequence's MAXVALUE.
 const MAX_TOKEN_NUMBER: i64 = (1 << TOKEN_SEQUENCE_BITS) - 1;
 /// Token numbers reserved in the sequence at a time (see [`Store::next_token`]).
-const TOKEN_BLOCK: i64 = 1000;
+const TOKEN_BLOCK: i64 = 10_000;
 
 /// A lease as stored, the fields a decision needs.
 pub struct LeaseRow {

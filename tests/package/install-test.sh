@@ -66,9 +66,11 @@ wait_for() {
     done
 }
 
-# The versions that have an install script among FILES (lease--1.0.sql, not lease--1.0--1.1.sql).
+# The versions the scripts among FILES make available: each install script's (lease--1.0.sql),
+# and both ends of each upgrade step (lease--1.0--1.1.sql), since PostgreSQL installs a version
+# without a script of its own through a step.
 versions_of() {
-    grep -oE '/lease--[^/]+\.sql$' | grep -v -- '--.*--' | sed 's|^/lease--||; s|\.sql$||' | sort | xargs
+    grep -oE '/lease--[^/]+\.sql$' | sed 's|^/lease--||; s|\.sql$||; s|--|\n|' | sort -u | xargs
 }
 
 install_package() {

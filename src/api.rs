@@ -51,6 +51,8 @@ fn lease_acquire(
 /// returns each with its token. Never waits: resources that another transaction is changing at
 /// this moment, or that are held, or that queued waiters are owed, are skipped. A resource the
 /// caller already holds (same holder, same role) is returned again with its expiry extended.
+/// With `snapshot_consistent`, only resources without a lease row whose lease has not changed
+/// since the calling statement's snapshot are taken, so what that statement read is current.
 #[pg_extern(sql = false)]
 fn lease_acquire_any(
     resources: Option<Array<&str>>,

@@ -102,8 +102,8 @@ impl Lookup {
     /// Opens the table and its primary key for reading.
     ///
     /// # Safety
-    /// `table` and `primary_key` must be the lease table and its primary key, checked by
-    /// [`Layout::check`].
+    /// `table` and `primary_key` must be the lease table and its primary key; [`Lookup::get`]
+    /// also needs the columns that [`Layout::check`] checks.
     pub unsafe fn open(table: Oid, primary_key: Oid) -> Lookup {
         // Locks on the table and index are kept until the transaction ends, as a statement's are.
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
@@ -117,18 +117,10 @@ impl Lookup {
     /// The lease on `resource`, expired or not. Exact when the caller holds the resource's
     /// barrier lock; otherwise a hint that may be outdated by the time it is used.
     pub fn get(&mut self, resource: &str) -> Option<FoundRow> {
-        // SAFETY: the scan and slot belong to this open lookup; the key is a text datum that
-        // lives until the scan is rescanned or ended.
+        // SAFETY: the scan and slot belong to this open lookup, on the lease table's primary
+        // key; the table's columns were checked.
         unsafe {
-            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-            pg_sys::ScanKeyInit(
-                &mut key,
-                RESOURCE as pg_sys::AttrNumber,
-                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-                resource.into_datum().expect("text datum"),
-            );
-            pg_sys::index_rescan(self.scan, &mut key, 1, std::ptr::null_mut(), 0);
+            rescan(self.scan, resource);
             let slot = self.slot;
             pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(
                 || {
@@ -153,9 +145,7 @@ impl Lookup {
             )
         }
     }
-}
 
-impl Lookup {
     /// Whether the lease on `resource` changed after `snapshot` was taken: whether any version
     /// of its row, live or dead, was inserted or deleted by another transaction that committed
     /// without `snapshot` seeing it. Exact when the caller holds the resource's barrier lock:
@@ -169,15 +159,7 @@ impl Lookup {
             self.history_scan =
                 pg_sys::index_beginscan(self.heap, self.index, &raw mut pg_sys::SnapshotAnyData, 1, 0);
         }
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            RESOURCE as pg_sys::AttrNumber,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            resource.into_datum().expect("text datum"),
-        );
-        pg_sys::index_rescan(self.history_scan, &mut key, 1, std::ptr::null_mut(), 0);
+        rescan(self.history_scan, resource);
         let slot = self.slot.cast::<pg_sys::BufferHeapTupleTableSlot>();
         while pg_sys::index_getnext_slot(
             self.history_scan,
@@ -206,6 +188,24 @@ impl Lookup {
         }
         false
     }
+}
+
+/// Points `scan` at the primary key's entries for `resource`.
+///
+/// # Safety
+/// `scan` must be an open scan of the lease table's primary key.
+unsafe fn rescan(scan: pg_sys::IndexScanDesc, resource: &str) {
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    pg_sys::ScanKeyInit(
+        &mut key,
+        RESOURCE as pg_sys::AttrNumber,
+        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+        pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+        resource.into_datum().expect("text datum"),
+    );
+    // The key's datum is allocated in the current memory context, which outlives the scan's
+    // use of it (until the next rescan or the end of the scan).
+    pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
 }
 
 /// Whether `xid` is another transaction that committed and `snapshot` does not see.

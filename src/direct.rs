@@ -57,7 +57,7 @@ pub struct Layout;
 impl Layout {
     /// Whether `table` has exactly the expected columns, in their places, and the primary key
     /// `primary_key`. (Its other indexes, partial or on expressions, are maintained by the
-    /// executor's own index insertion, see [`insert`].)
+    /// executor's own index insertion, see [`Inserter`].)
     ///
     /// # Safety
     /// Must run in a transaction; `table` must be a table OID.

@@ -389,33 +389,30 @@ impl Store {
         self.execute(Statement::Insert, &values, false, 1) == 1
     }
 
-    /// The resource's row as [`crate::direct`] finds it, when this call reads directly. Exact
-    /// when the caller holds the resource's lock; a hint otherwise.
-    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
-        if !self.direct {
-            return None;
-        }
-        let Catalog { table, primary_key, .. } = self.catalog;
-        let mut lookup = self.lookup.borrow_mut();
-        // SAFETY: the table's shape was checked.
-        let lookup = lookup.get_or_insert_with(|| unsafe { direct::Lookup::open(table, primary_key) });
-        Some(lookup.get(resource))
-    }
-
-    /// Whether the resource's lease changed after the snapshot of the calling statement was
-    /// taken ([`direct::Lookup::changed_since`]). The caller holds the resource's lock.
-    pub fn changed_since_snapshot(&self, resource: &str) -> bool {
+    /// Runs `read` on this store's lookup, opening it on first use.
+    fn with_lookup<R>(&self, read: impl FnOnce(&mut direct::Lookup) -> R) -> R {
         let Catalog { table, primary_key, .. } = self.catalog;
         if primary_key == Oid::INVALID {
             error!("lease.leases has no primary key; recreate the extension");
         }
         let mut lookup = self.lookup.borrow_mut();
-        // SAFETY: the table and its primary key; the active snapshot is the calling statement's
-        // (a function always runs with one).
-        unsafe {
-            let lookup = lookup.get_or_insert_with(|| direct::Lookup::open(table, primary_key));
-            lookup.changed_since(resource, pg_sys::GetActiveSnapshot())
-        }
+        // SAFETY: the lease table and its primary key; `find` reads rows only when the table's
+        // shape was checked.
+        read(lookup.get_or_insert_with(|| unsafe { direct::Lookup::open(table, primary_key) }))
+    }
+
+    /// The resource's row as [`crate::direct`] finds it, when this call reads directly. Exact
+    /// when the caller holds the resource's lock; a hint otherwise.
+    fn find(&self, resource: &str) -> Option<Option<direct::FoundRow>> {
+        self.direct.then(|| self.with_lookup(|lookup| lookup.get(resource)))
+    }
+
+    /// Whether the resource's lease changed after the snapshot of the calling statement was
+    /// taken ([`direct::Lookup::changed_since`]). The caller holds the resource's lock.
+    pub fn changed_since_snapshot(&self, resource: &str) -> bool {
+        // SAFETY: the active snapshot is the calling statement's (a function always runs with
+        // one).
+        self.with_lookup(|lookup| unsafe { lookup.changed_since(resource, pg_sys::GetActiveSnapshot()) })
     }
 
     /// The resource's row, expired or not.

@@ -295,6 +295,8 @@ pub fn acquire_any(
     let mut seen = std::collections::HashSet::new();
     let mut granted = Vec::new();
     for &resource in &candidates {
+        // A pending cancel or timeout ends a long claim here; abort releases what it holds.
+        pg_sys::check_for_interrupts!();
         if !seen.insert(resource) || held_by_others(resource) {
             continue;
         }

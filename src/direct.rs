@@ -13,7 +13,8 @@
 //!   state; REPEATABLE READ and SERIALIZABLE keep the SPI statements, whose conflicts with a
 //!   transaction's older snapshot raise serialization failures;
 //! - the table has the shape this version created: its columns in their places and its primary
-//!   key. Otherwise [`Layout::check`] says no and the SPI statements serve every call. Index
+//!   key, and nothing a direct write would bypass (triggers, row-level security, CHECK
+//!   constraints, rules). Otherwise [`Layout::check`] says no and the SPI statements serve every call. Index
 //!   entries are made by the executor's own index insertion, so any index an administrator
 //!   adds (partial, on expressions) is maintained as an INSERT would maintain it.
 
@@ -51,28 +52,69 @@ pub struct FoundRow {
     pub session_bound: bool,
 }
 
-/// What [`Layout::check`] found out about the table.
+/// The shape of `lease.leases` that the direct path is equivalent to SQL on.
 pub struct Layout;
 
+/// Column types and NOT NULL of `lease.leases` as created, in column order.
+const COLUMN_TYPES: [(Oid, bool); 9] = [
+    (pg_sys::TEXTOID, true),
+    (pg_sys::TEXTOID, true),
+    (pg_sys::INT8OID, true),
+    (pg_sys::REGROLEOID, true),
+    (pg_sys::TIMESTAMPTZOID, true),
+    (pg_sys::TIMESTAMPTZOID, true),
+    (pg_sys::TIMESTAMPTZOID, true),
+    (pg_sys::INT4OID, false),
+    (pg_sys::TEXTOID, false),
+];
+
 impl Layout {
-    /// Whether `table` has exactly the expected columns, in their places, and the primary key
-    /// `primary_key`. (Its other indexes, partial or on expressions, are maintained by the
-    /// executor's own index insertion, see [`Inserter`].)
+    /// Whether the open relation `relation` is the table as created: a plain table with
+    /// exactly the expected columns (names, types, NOT NULL, the resource's collation) and
+    /// its primary key, and nothing a direct write would bypass: no trigger (a foreign key
+    /// referencing the table is one), no row-level security, no CHECK constraint, no rule, no
+    /// inheritance child. Its other indexes (partial, on expressions) are maintained by the
+    /// executor's own index insertion, see [`Inserter`]. Checked on the relation actually
+    /// opened, under its lock, so that concurrent DDL is seen.
+    ///
+    /// # Safety
+    /// `relation` must be open (and locked) in the current transaction.
+    pub unsafe fn matches(relation: pg_sys::Relation) -> bool {
+        let form = &*(*relation).rd_rel;
+        let descriptor = (*relation).rd_att;
+        if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+            || form.relhassubclass
+            || form.relrowsecurity
+            || !(*relation).trigdesc.is_null()
+            || !(*relation).rd_rules.is_null()
+            || (!(*descriptor).constr.is_null() && (*(*descriptor).constr).num_check > 0)
+        {
+            return false;
+        }
+        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
+        let columns_match = attributes.len() == COLUMNS.len()
+            && attributes.iter().zip(COLUMNS).zip(COLUMN_TYPES).all(|((attribute, name), (type_oid, not_null))| {
+                !attribute.attisdropped
+                    && attribute.atttypid == type_oid
+                    && attribute.attnotnull == not_null
+                    && attribute.attgenerated == 0
+                    && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+            })
+            && attributes[RESOURCE - 1].attcollation == Oid::from(pg_sys::C_COLLATION_OID);
+        columns_match && pg_sys::RelationGetPrimaryKeyIndex(relation) != Oid::INVALID
+    }
+
+    /// Opens `table` with `lock` (which also takes in the invalidations of concurrent DDL that
+    /// committed) and says whether it [`Layout::matches`]; the lock is kept until the
+    /// transaction ends, as a statement keeps it.
     ///
     /// # Safety
     /// Must run in a transaction; `table` must be a table OID.
-    pub unsafe fn check(table: Oid, primary_key: Oid) -> bool {
-        let relation = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let descriptor = (*relation).rd_att;
-        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
-        let columns_match = attributes.len() == COLUMNS.len()
-            && attributes.iter().zip(COLUMNS).all(|(attribute, name)| {
-                !attribute.attisdropped
-                    && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
-            });
-        let primary_key_matches = pg_sys::RelationGetPrimaryKeyIndex(relation) == primary_key;
-        pg_sys::table_close(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        columns_match && primary_key_matches
+    pub unsafe fn check(table: Oid, lock: pg_sys::LOCKMODE) -> bool {
+        let relation = pg_sys::table_open(table, lock);
+        let matches = Layout::matches(relation);
+        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        matches
     }
 }
 
@@ -253,8 +295,14 @@ impl Inserter {
     ///
     /// # Safety
     /// As for [`Lookup::open`].
-    pub unsafe fn open(table: Oid) -> Inserter {
+    pub unsafe fn open(table: Oid) -> Option<Inserter> {
         let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        // DDL that needs no lock stronger than the reader's (CREATE TRIGGER) may have committed
+        // since the store checked: check again under the writer's lock.
+        if !Layout::matches(heap) {
+            pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return None;
+        }
         let estate = pg_sys::CreateExecutorState();
         let result_relation: *mut pg_sys::ResultRelInfo = pg_sys::MemoryContextAllocZero(
             (*estate).es_query_cxt,
@@ -264,7 +312,7 @@ impl Inserter {
         pg_sys::InitResultRelInfo(result_relation, heap, 1, std::ptr::null_mut(), 0);
         pg_sys::ExecOpenIndices(result_relation, false);
         let slot = pg_sys::MakeSingleTupleTableSlot((*heap).rd_att, &raw const pg_sys::TTSOpsHeapTuple);
-        Inserter { heap, estate, result_relation, slot }
+        Some(Inserter { heap, estate, result_relation, slot })
     }
 
     /// Inserts a new lease (the caller found none), its columns in the table's order (NULL as
@@ -316,19 +364,25 @@ impl Drop for Inserter {
     }
 }
 
-/// Deletes the row a [`Lookup`] returned.
+/// Deletes the row a [`Lookup`] returned; false (nothing done) if the table no longer has
+/// the layout the direct path needs.
 ///
 /// # Safety
 /// As for [`Lookup::open`]; `row` must have been found in this call, under the resource's
 /// barrier lock held in exclusive mode.
-pub unsafe fn delete(table: Oid, row: &FoundRow) {
+pub unsafe fn delete(table: Oid, row: &FoundRow) -> bool {
     pg_sys::PreventCommandIfReadOnly(c"DELETE".as_ptr());
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     let heap = pg_sys::table_open(table, lock);
+    if !Layout::matches(heap) {
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        return false; // see Inserter::open
+    }
     let mut tid = row.tid;
     pg_sys::simple_heap_delete(heap, &mut tid);
     pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
     pg_sys::CommandCounterIncrement();
+    true
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -339,13 +393,8 @@ mod tests {
     #[pg_test]
     fn the_table_as_created_is_served_directly() {
         let table: pg_sys::Oid = Spi::get_one("SELECT 'lease.leases'::regclass::oid").unwrap().unwrap();
-        let primary_key: pg_sys::Oid = Spi::get_one(
-            "SELECT indexrelid FROM pg_index WHERE indrelid = 'lease.leases'::regclass AND indisprimary",
-        )
-        .unwrap()
-        .unwrap();
         // SAFETY: inside a transaction, with the lease table's OID.
-        assert!(unsafe { super::Layout::check(table, primary_key) });
+        assert!(unsafe { super::Layout::check(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE) });
     }
 
     #[pg_test]

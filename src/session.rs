@@ -87,17 +87,26 @@ pub fn holder_is_gone(token: i64) -> bool {
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
-/// Drops held locks whose leases no longer exist, once there are many of them.
+/// Drops, at commit, held locks whose leases no longer exist, once there are many of them.
 fn tidy(store: &Store) {
     let held = HELD.with(|held| held.borrow().clone());
     if held.len() < TIDY_THRESHOLD {
         return;
     }
+    // The table as this transaction sees it: a lease it released itself looks gone, so its
+    // lock is dropped only if the transaction commits (an abort brings the lease back, and
+    // its lock must still be held then).
     let alive = store.session_tokens_alive(&held);
-    for token in held.iter().filter(|token| !alive.contains(token)) {
-        release_session_lock(*token);
-    }
-    HELD.with(|h| h.borrow_mut().retain(|token| alive.contains(token)));
+    // SAFETY: reads the current nesting level.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    DROP_AT_COMMIT.with(|drop| {
+        let mut drop = drop.borrow_mut();
+        for token in held.into_iter().filter(|token| !alive.contains(token)) {
+            if !drop.iter().any(|(_, queued)| *queued == token) {
+                drop.push((level, token));
+            }
+        }
+    });
 }
 
 fn release_session_lock(token: i64) {
@@ -109,7 +118,11 @@ fn release_session_lock(token: i64) {
 /// At commit: locks taken become held; released leases drop theirs.
 pub fn at_commit() {
     let taken: Vec<i64> = TAKEN.with(|taken| taken.borrow_mut().drain(..).map(|(_, t)| t).collect());
-    let dropped: Vec<i64> = DROP_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).map(|(_, t)| t).collect());
+    let mut dropped: Vec<i64> =
+        DROP_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).map(|(_, t)| t).collect());
+    // A lock is released once, however many times it was queued (a release and a tidy).
+    dropped.sort_unstable();
+    dropped.dedup();
     HELD.with(|held| {
         let mut held = held.borrow_mut();
         held.extend(taken);

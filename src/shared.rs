@@ -270,27 +270,49 @@ impl Shared {
     /// reserved block, or from a new block that `reserve` takes (and makes durable) when the
     /// block is used up or belongs to another sequence. Numbers leave in the order calls take
     /// them, across backends.
-    pub fn take_token(&self, sequence: pg_sys::Oid, reserve: impl FnOnce() -> (i64, i64)) -> Option<i64> {
+    ///
+    /// `reserve` runs without the token lock: it may wait for the sequence's lock (an open
+    /// `ALTER SEQUENCE`), flush WAL or raise, and an LWLock must be held across none of these.
+    /// Two backends may then reserve at once; a block is installed only if it is newer than
+    /// the one in place (blocks come from one sequence, so the newer has the larger numbers),
+    /// and an older one is dropped unused: numbers never go down.
+    pub fn take_token(&self, sequence: pg_sys::Oid, mut reserve: impl FnMut() -> (i64, i64)) -> Option<i64> {
         // SAFETY: MyDatabaseId is fixed for the life of the backend.
         let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        // SAFETY: token_lock was set at initialisation; the guard releases it (or PostgreSQL
-        // does, if `reserve` raises an error).
-        unsafe { pg_sys::LWLockAcquire(self.token_lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
-        let _guard = LockGuard(self.token_lock);
-        // SAFETY: guarded by token_lock, held above.
-        let blocks = unsafe { &mut *self.token_blocks.get() };
-        let index = blocks
-            .iter()
-            .position(|block| block.database == database)
-            .or_else(|| blocks.iter().position(|block| block.database == 0))?;
-        let block = &mut blocks[index];
-        if block.database != database || block.sequence != sequence.to_u32() || block.next >= block.end {
-            let (start, end) = reserve();
-            *block = TokenBlock { database, sequence: sequence.to_u32(), next: start, end };
+        let sequence = sequence.to_u32();
+        let mut reserved: Option<(i64, i64)> = None;
+        loop {
+            {
+                let _guard = self.lock_tokens();
+                // SAFETY: guarded by token_lock, held above.
+                let blocks = unsafe { &mut *self.token_blocks.get() };
+                let index = blocks
+                    .iter()
+                    .position(|block| block.database == database)
+                    .or_else(|| blocks.iter().position(|block| block.database == 0))?;
+                let block = &mut blocks[index];
+                if let Some((start, end)) = reserved.take() {
+                    let ours = block.database == database && block.sequence == sequence;
+                    if !ours || block.end <= start {
+                        *block = TokenBlock { database, sequence, next: start, end };
+                    }
+                }
+                if block.database == database && block.sequence == sequence && block.next < block.end {
+                    let token = block.next;
+                    block.next += 1;
+                    return Some(token);
+                }
+            }
+            reserved = Some(reserve());
         }
-        let token = block.next;
-        block.next += 1;
-        Some(token)
+    }
+
+    /// Takes the token lock; the guard releases it. Nothing that can wait or raise may run
+    /// while it is held.
+    fn lock_tokens(&self) -> LockGuard {
+        // SAFETY: token_lock was set at initialisation.
+        unsafe { pg_sys::LWLockAcquire(self.token_lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        LockGuard(self.token_lock)
     }
 
     /// Asks the launcher to start a worker for this backend's database.

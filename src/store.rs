@@ -173,8 +173,6 @@ struct Catalog {
     token_sequence: Oid,
     table_owner: Oid,
     primary_key: Oid,
-    /// The table has the shape [`crate::direct`] expects.
-    direct: bool,
 }
 
 impl Catalog {
@@ -198,8 +196,7 @@ impl Catalog {
             let table_owner = (*(*relation).rd_rel).relowner;
             let primary_key = pg_sys::RelationGetPrimaryKeyIndex(relation);
             pg_sys::RelationClose(relation);
-            let direct = primary_key != Oid::INVALID && direct::Layout::check(table, primary_key);
-            Catalog { table, token_sequence, table_owner, primary_key, direct }
+            Catalog { table, token_sequence, table_owner, primary_key }
         };
         CATALOG.with(|cell| cell.set(Some(catalog)));
         catalog
@@ -260,7 +257,9 @@ impl Store {
             caller,
             saved_security_context,
             catalog,
-            direct: catalog.direct && direct::read_committed(),
+            // SAFETY: the lease table, opened (and its layout checked) under the reader's lock.
+            direct: direct::read_committed()
+                && unsafe { direct::Layout::check(catalog.table, pg_sys::AccessShareLock as pg_sys::LOCKMODE) },
             spi_connected: Cell::new(false),
             saved_scan_settings: Cell::new(None),
             lookup: RefCell::new(None),
@@ -379,12 +378,16 @@ impl Store {
         ];
         if self.direct {
             let mut inserter = self.inserter.borrow_mut();
-            // SAFETY: the table's shape was checked; the caller holds the resource's lock and
-            // found no row.
-            unsafe {
-                inserter.get_or_insert_with(|| direct::Inserter::open(self.catalog.table)).insert(&values)
-            };
-            return true;
+            if inserter.is_none() {
+                // SAFETY: the lease table; the layout is checked again under the writer's lock.
+                *inserter = unsafe { direct::Inserter::open(self.catalog.table) };
+            }
+            if let Some(inserter) = inserter.as_mut() {
+                // SAFETY: the table's shape was checked; the caller holds the resource's lock
+                // and found no row.
+                unsafe { inserter.insert(&values) };
+                return true;
+            }
         }
         self.execute(Statement::Insert, &values, false, 1) == 1
     }
@@ -486,8 +489,9 @@ impl Store {
         if let Some(found) = self.find(resource) {
             let row = found.filter(|row| row.token == token && row.expires_at > now)?;
             // SAFETY: the row was just found under the resource's lock.
-            unsafe { direct::delete(self.catalog.table, &row) };
-            return Some(Holder { owner: row.owner, holder: row.holder });
+            if unsafe { direct::delete(self.catalog.table, &row) } {
+                return Some(Holder { owner: row.owner, holder: row.holder });
+            }
         }
         self.returned_holder(
             Statement::Delete,

@@ -170,7 +170,11 @@ fn wake_head_locked(slots: &[shared::WaiterSlot], database: u32, key: u64) {
     }
 }
 
-/// Sleeps until the latch is set or `timeout_ms` passes; raises the error of a pending
+/// The longest single latch sleep: WaitLatch takes at most INT_MAX milliseconds, and a longer
+/// wait loops, looking again at its deadline after each sleep.
+const MAX_SLEEP_MS: i64 = 3_600_000;
+
+/// Sleeps until the latch is set or `timeout_ms` (at most [`MAX_SLEEP_MS`]) passes; raises the error of a pending
 /// cancel, statement timeout or termination.
 pub fn sleep(timeout_ms: i64) {
     // SAFETY: the standard latch wait of a backend; interrupts are serviced right after.
@@ -178,7 +182,7 @@ pub fn sleep(timeout_ms: i64) {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            timeout_ms.max(0) as std::ffi::c_long,
+            timeout_ms.clamp(0, MAX_SLEEP_MS) as std::ffi::c_long,
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);

@@ -47,6 +47,8 @@ const BUSY_RETRY_MS: i64 = 10;
 /// After publishing, events are gathered this long before the next NOTIFY transaction, so that
 /// a busy server pays for one transaction per millisecond rather than one per commit.
 const PUBLISH_INTERVAL_MS: i64 = 1;
+/// The launcher's longest sleep: how soon it notices a stopped worker it was not told of.
+const LAUNCHER_NAPTIME_MS: i64 = 500;
 
 /// Registers the launcher; called from `_PG_init` while preloading.
 pub fn register() {
@@ -75,7 +77,10 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
     for (database, _) in servable_databases() {
         launcher.serve(database);
     }
-    while BackgroundWorker::wait_latch(Some(Duration::from_millis(settings::max_naptime_ms() as u64))) {
+    // At least once a second: a worker that stopped is started again within about a second,
+    // also one whose stop this launcher was not told of (started by an earlier launcher).
+    let naptime = Duration::from_millis(settings::max_naptime_ms().clamp(1, LAUNCHER_NAPTIME_MS) as u64);
+    while BackgroundWorker::wait_latch(Some(naptime)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloading the configuration file is what SIGHUP asks for.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -92,6 +97,15 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
         launcher.restart_stopped_workers();
     }
     shared.launcher_latch.store(std::ptr::null_mut(), Ordering::Release);
+    exit_to_be_restarted();
+}
+
+/// Ends a worker on SIGTERM with a non-zero status: the postmaster restarts a worker that
+/// exited 0 never, and one that failed after its restart time, except while the server shuts
+/// down, when it restarts none. So `pg_terminate_backend` of a worker is healed, shutdown is not.
+fn exit_to_be_restarted() -> ! {
+    // SAFETY: proc_exit runs the exit callbacks and ends the process; nothing is held here.
+    unsafe { pg_sys::proc_exit(1) }
 }
 
 /// The workers the launcher started, by slot.
@@ -284,7 +298,8 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
         // Round up to whole milliseconds so that we never wake just before an expiry.
         let sleep_ms = ((wake_at - now + 999) / 1_000).max(0) as u64;
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(sleep_ms))) {
-            return; // SIGTERM: the slot stays assigned, so the launcher starts us again
+            // SIGTERM: the slot stays assigned, so the launcher starts us again.
+            exit_to_be_restarted();
         }
     }
 }

@@ -30,17 +30,6 @@ const TOKEN: usize = 3;
 const OWNER: usize = 4;
 const EXPIRES_AT: usize = 7;
 const SESSION_PID: usize = 8;
-const COLUMNS: [&str; 9] = [
-    "resource",
-    "holder",
-    "token",
-    "owner",
-    "acquired_at",
-    "renewed_at",
-    "expires_at",
-    "session_pid",
-    "application_name",
-];
 
 /// A lease row as found, with where it is.
 pub struct FoundRow {
@@ -55,17 +44,17 @@ pub struct FoundRow {
 /// The shape of `lease.leases` that the direct path is equivalent to SQL on.
 pub struct Layout;
 
-/// Column types and NOT NULL of `lease.leases` as created, in column order.
-const COLUMN_TYPES: [(Oid, bool); 9] = [
-    (pg_sys::TEXTOID, true),
-    (pg_sys::TEXTOID, true),
-    (pg_sys::INT8OID, true),
-    (pg_sys::REGROLEOID, true),
-    (pg_sys::TIMESTAMPTZOID, true),
-    (pg_sys::TIMESTAMPTZOID, true),
-    (pg_sys::TIMESTAMPTZOID, true),
-    (pg_sys::INT4OID, false),
-    (pg_sys::TEXTOID, false),
+/// The columns of `lease.leases` as created, in order: name, type, NOT NULL.
+const COLUMNS: [(&str, Oid, bool); 9] = [
+    ("resource", pg_sys::TEXTOID, true),
+    ("holder", pg_sys::TEXTOID, true),
+    ("token", pg_sys::INT8OID, true),
+    ("owner", pg_sys::REGROLEOID, true),
+    ("acquired_at", pg_sys::TIMESTAMPTZOID, true),
+    ("renewed_at", pg_sys::TIMESTAMPTZOID, true),
+    ("expires_at", pg_sys::TIMESTAMPTZOID, true),
+    ("session_pid", pg_sys::INT4OID, false),
+    ("application_name", pg_sys::TEXTOID, false),
 ];
 
 impl Layout {
@@ -93,7 +82,7 @@ impl Layout {
         }
         let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
         let columns_match = attributes.len() == COLUMNS.len()
-            && attributes.iter().zip(COLUMNS).zip(COLUMN_TYPES).all(|((attribute, name), (type_oid, not_null))| {
+            && attributes.iter().zip(COLUMNS).all(|(attribute, (name, type_oid, not_null))| {
                 !attribute.attisdropped
                     && attribute.atttypid == type_oid
                     && attribute.attnotnull == not_null

@@ -259,7 +259,9 @@ impl Store {
             catalog,
             // SAFETY: the lease table, opened (and its layout checked) under the reader's lock.
             direct: direct::read_committed()
-                && unsafe { direct::Layout::check(catalog.table, pg_sys::AccessShareLock as pg_sys::LOCKMODE) },
+                && unsafe {
+                    direct::Layout::check(catalog.table, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+                },
             spi_connected: Cell::new(false),
             saved_scan_settings: Cell::new(None),
             lookup: RefCell::new(None),

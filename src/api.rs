@@ -13,13 +13,13 @@ use pgrx::datum::Interval;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::barrier;
+use crate::barrier::{self, Mode};
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::events::{self, Event, Kind, Reason};
 use crate::expiry;
 use crate::settings;
 use crate::stats::{self, Counter};
-use crate::store::{clock_now, Binding, Holder, Store, Timestamp};
+use crate::store::{clock_now, Binding, Store, Timestamp};
 use crate::{session, waiting};
 
 /// Longest resource name, in bytes.
@@ -88,15 +88,19 @@ fn lease_check(resource: Option<&str>, token: Option<i64>) -> bool {
 /// The fence as a statement: raises 55000 unless `token` holds `resource`.
 #[pg_extern(sql = false)]
 fn lease_assert(resource: Option<&str>, token: Option<i64>) {
-    check(resource, token)
-        .and_then(|held| match held {
-            true => Ok(()),
-            false => Err(LeaseError::NotHeld {
-                resource: resource.unwrap_or_default().into(),
-                token: token.unwrap_or_default(),
-            }),
-        })
-        .or_raise()
+    assert_held(resource, token).or_raise()
+}
+
+/// `lease_assert`: 55000 unless `token` holds `resource`, 42501 if it does but the caller is
+/// not a member of the lease's owner role.
+pub fn assert_held(resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
+    let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
+    let token = token_argument(token)?;
+    ensure_primary()?;
+    match check_as_member(resource, token)? {
+        true => Ok(()),
+        false => Err(LeaseError::NotHeld { resource: resource.into(), token }),
+    }
 }
 
 /// Administrator's release: ends the live lease on `resource` whatever its holder, announcing
@@ -109,7 +113,7 @@ fn lease_force_release(resource: Option<&str>) -> bool {
 pub fn force_release(resource: Option<&str>) -> LeaseResult<bool> {
     let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
     ensure_primary()?;
-    let _held = barrier::lock_for_change(resource);
+    let _held = barrier::lock(resource, Mode::Change);
     let now = clock_now();
     let store = Store::open();
     let Some(current) = store.current(resource).filter(|lease| lease.expires_at > now) else {
@@ -145,7 +149,7 @@ fn lease_event_stats() -> TableIterator<
     'static,
     (name!(last_seq, i64), name!(pending, i64), name!(published, i64), name!(dropped, i64)),
 > {
-    let serving = crate::shared::get().and_then(crate::shared::Shared::serving_my_database);
+    let serving = crate::shared::get().and_then(crate::shared::Shared::assigned_to_my_database);
     let (last_seq, pending, published, dropped) = serving.map_or((0, 0, 0, 0), |state| {
         let (last_seq, pending, dropped) = state.ring_counters();
         let published = state.published.load(std::sync::atomic::Ordering::Relaxed);
@@ -184,10 +188,24 @@ fn stats_counters() -> TableIterator<
         name!(waits, i64),
         name!(wait_seconds, f64),
         name!(handovers, i64),
+        name!(events_dropped, i64),
     ),
 > {
     let c = stats::read().map(|value| value as i64);
-    TableIterator::once((c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9] as f64 / 1e6, c[10]))
+    TableIterator::once((
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        c[4],
+        c[5],
+        c[6],
+        c[7],
+        c[8],
+        c[9] as f64 / 1e6,
+        c[10],
+        c[11],
+    ))
 }
 
 /// Sets the counters of `lease.stats` back to zero. Not executable by PUBLIC.
@@ -221,6 +239,9 @@ enum Attempt {
     Held(Timestamp),
     /// Free, but queued waiters come first.
     Yielded,
+    /// Another transaction is changing, extending or fencing the resource right now, so the
+    /// answer is not known without waiting for it.
+    Busy,
 }
 
 pub fn acquire(
@@ -238,13 +259,16 @@ pub fn acquire(
         only_if_free: false,
     };
     let wait = wait_argument(wait)?;
+    if wait > 0 && crate::shared::get().is_none() {
+        return Err(LeaseError::NeedsPreload("waiting for a lease"));
+    }
     ensure_primary()?;
-    let token = match wait {
-        0 => match attempt(&request, None) {
-            Attempt::Granted(token) => Some(token),
-            Attempt::Held(_) | Attempt::Yielded => None,
-        },
-        _ => wait_for(&request, wait)?,
+    // First as a call that does not wait: a holder's re-acquire of its own lease, and a free
+    // lease nobody queues for, are answered at once.
+    let token = match attempt_now(&Store::open(), &request, None) {
+        Attempt::Granted(token) => Some(token),
+        _ if wait > 0 => wait_for(&request, wait)?,
+        _ => None,
     };
     if token.is_none() {
         stats::add(Counter::Conflicts, 1);
@@ -300,8 +324,9 @@ pub fn acquire_any(
         if !seen.insert(resource) || held_by_others(resource) {
             continue;
         }
-        // Being changed by another transaction right now (most likely another claimer): skip.
-        let Some(held) = barrier::try_lock_for_change(resource) else { continue };
+        // Being changed or fenced by another transaction right now (most likely another
+        // claimer): skip.
+        let Some(held) = barrier::try_lock(resource, Mode::Change) else { continue };
         if snapshot_consistent && store.changed_since_snapshot(resource) {
             held.release_if_unused_before();
             continue;
@@ -328,6 +353,8 @@ impl Drop for WaitClock {
 
 /// Queues for the lease until it is granted (its token), `wait` microseconds pass (None), or
 /// `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise 57014.
+/// Whatever other transactions do, it returns within `wait` plus the time one attempt takes:
+/// the only lock it waits for is the resource's, and that wait ends at the deadline.
 fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     let key = barrier::resource_key(request.resource);
     let ticket = waiting::enqueue(key).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
@@ -341,13 +368,15 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     loop {
         let mut sleep_until = deadline.min(lock_deadline);
         if ticket.is_head() {
-            match in_subtransaction(|| attempt(request, Some(ticket.number()))) {
+            let give_up_at = deadline.min(lock_deadline);
+            match in_subtransaction(|| attempt_waiting(request, ticket.number(), give_up_at)) {
                 Attempt::Granted(token) => {
                     stats::add(Counter::Handovers, 1);
                     return Ok(Some(token));
                 }
                 Attempt::Held(expires_at) => sleep_until = sleep_until.min(expires_at),
-                Attempt::Yielded => {}
+                // Busy: the wait for the resource's lock ran to the deadline (checked below).
+                Attempt::Yielded | Attempt::Busy => {}
             }
         }
         let now = clock_now();
@@ -362,7 +391,8 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
 }
 
 /// Runs one attempt in an internal subtransaction that is kept if the lease was granted and
-/// rolled back otherwise, so that a waiter holds no lock while it sleeps.
+/// rolled back otherwise, so that a waiter holds no lock while it sleeps. A lock wait that ran
+/// out of time (55P03) is the attempt's answer, [`Attempt::Busy`]; any other error is raised.
 fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
     // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, and after
     // it ends (kept, rolled back, or rolled back because of an error that is then re-raised)
@@ -376,35 +406,112 @@ fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
         };
+        let roll_back = move || {
+            restore();
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+        };
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
         let attempt = std::panic::AssertUnwindSafe(attempt);
+        // A lock wait that ran out of time is rolled back below, as every other answer but a
+        // grant is.
         let outcome = PgTryBuilder::new(attempt)
+            .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_timeout| Attempt::Busy)
             .catch_others(|error| {
-                restore();
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                restore();
+                roll_back();
                 error.rethrow()
             })
             .execute();
         match outcome {
-            Attempt::Granted(_) => pg_sys::ReleaseCurrentSubTransaction(),
-            _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+            Attempt::Granted(_) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                restore();
+            }
+            _ => roll_back(),
         }
-        restore();
         outcome
     }
 }
 
-/// One attempt: grant if free (or expired, or its session ended), extend if already ours.
-/// `ticket` is the caller's place in the queue when it waits; while others are queued ahead,
-/// a free lease is left to them.
-fn attempt(request: &Request, ticket: Option<u64>) -> Attempt {
-    let held = barrier::lock_for_change(request.resource);
-    attempt_holding(held, &Store::open(), request, ticket)
+/// The attempt of a waiter at the head of its queue: if another holder holds the lease it
+/// sleeps without taking any lock; otherwise it waits for the resource's lock, but not past
+/// `give_up_at` (server clock), and decides under it.
+fn attempt_waiting(request: &Request, ticket: u64, give_up_at: Timestamp) -> Attempt {
+    let store = Store::open();
+    if let Some(held) = held_by_another(&store, request) {
+        return held;
+    }
+    let remaining_ms = ((give_up_at - clock_now() + 999) / 1_000).clamp(1, i64::from(i32::MAX));
+    // The lock wait honours the shorter of lock_timeout and the time left to wait: a timeout
+    // raises 55P03, which in_subtransaction turns into Busy.
+    let held = {
+        let _timeout = LockTimeoutAtMost::set(remaining_ms as i32);
+        barrier::lock(request.resource, Mode::Change)
+    };
+    attempt_holding(held, &store, request, Some(ticket))
 }
 
-/// As [`attempt`], with the resource's lock already taken.
+/// Lowers `lock_timeout` while it lives; restores the setting on drop, also while an error
+/// unwinds.
+struct LockTimeoutAtMost {
+    saved: i32,
+}
+
+impl LockTimeoutAtMost {
+    /// `lock_timeout` becomes at most `ms` milliseconds.
+    fn set(ms: i32) -> LockTimeoutAtMost {
+        // SAFETY: LockTimeout is a plain backend-local GUC variable, read when a lock wait starts.
+        unsafe {
+            let saved = pg_sys::LockTimeout;
+            pg_sys::LockTimeout = if saved > 0 { saved.min(ms) } else { ms };
+            LockTimeoutAtMost { saved }
+        }
+    }
+}
+
+impl Drop for LockTimeoutAtMost {
+    fn drop(&mut self) {
+        // SAFETY: as in set.
+        unsafe { pg_sys::LockTimeout = self.saved };
+    }
+}
+
+/// Held by another holder, as a read without the resource's lock shows it: the answer for a
+/// waiter (sleep until it expires) or a caller that does not wait, with no lock taken.
+fn held_by_another(store: &Store, request: &Request) -> Option<Attempt> {
+    let current = store.current(request.resource)?;
+    let ours = current.holder == request.holder && current.owner == store.caller();
+    // A session-bound lease whose session ended is free: only its lock can tell.
+    (!ours && !current.session_bound && current.expires_at > clock_now())
+        .then_some(Attempt::Held(current.expires_at))
+}
+
+/// One attempt that never waits for another transaction: with the resource's lock free, it
+/// decides as usual; while another transaction holds the lock, it answers from a read without
+/// the lock when that read says the lease is another holder's, extends the caller's own live
+/// lease when only fences stand in the way, and is [`Attempt::Busy`] otherwise.
+fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
+    if let Some(held) = barrier::try_lock(request.resource, Mode::Change) {
+        return attempt_holding(held, store, request, ticket);
+    }
+    if let Some(held) = held_by_another(store, request) {
+        return held;
+    }
+    if request.only_if_free {
+        return Attempt::Busy;
+    }
+    let Some(held) = barrier::try_lock(request.resource, Mode::Extend) else { return Attempt::Busy };
+    match extend_ours(store, request) {
+        Some(outcome) => outcome,
+        None => {
+            held.release_if_unused_before();
+            Attempt::Busy
+        }
+    }
+}
+
+/// As [`attempt_now`], with the resource's lock taken in [`Mode::Change`].
 fn attempt_holding(held: barrier::Held, store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
     let outcome = attempt_locked(store, request, ticket);
     if !matches!(outcome, Attempt::Granted(_)) {
@@ -412,6 +519,15 @@ fn attempt_holding(held: barrier::Held, store: &Store, request: &Request, ticket
         held.release_if_unused_before();
     }
     outcome
+}
+
+/// Raises 40001 if this transaction reads through a snapshot older than the last change of
+/// the resource's lease: a write decided on the latest lease must not be made by a transaction
+/// whose own reads are older.
+fn ensure_snapshot_current(store: &Store, resource: &str) {
+    if store.transaction_snapshot() && store.changed_since_snapshot(resource) {
+        LeaseError::SerializationFailure { resource: resource.into() }.raise();
+    }
 }
 
 fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
@@ -425,9 +541,11 @@ fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Atte
     let binding = session_bound
         .then(|| Binding { pid: unsafe { pg_sys::MyProcPid }, application_name: &application_name });
     let grant = |token: i64| {
-        if session_bound {
-            session::bind(store, token);
+        if session_bound && !session::bind(store, token) {
+            // A new token's session lock is nobody's but ours.
+            error!("lease: could not take the session lock of a new lease");
         }
+        barrier::prove(resource, token);
         record(Kind::Acquired, resource, holder, token, Some(expires_at), now);
         Attempt::Granted(token)
     };
@@ -435,6 +553,7 @@ fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Atte
         if yield_to_waiters {
             return Attempt::Yielded;
         }
+        ensure_snapshot_current(store, resource);
         // Free: a token is taken only now, so a refused call uses up no token number.
         let token = store.next_token();
         if store.insert(resource, holder, token, caller, now, expires_at, binding) {
@@ -458,6 +577,7 @@ fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Atte
         if yield_to_waiters {
             return Attempt::Yielded;
         }
+        ensure_snapshot_current(store, resource);
         let token = store.next_token();
         if !store.take_over(resource, current.token, holder, token, caller, now, expires_at, binding) {
             return Attempt::Held(now);
@@ -474,13 +594,37 @@ fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Atte
         events::record(expired);
         return grant(token);
     }
-    let ours = current.holder == holder && current.owner == caller;
-    if ours && store.extend(resource, current.token, now, expires_at).is_some() {
-        stats::add(Counter::Reacquired, 1);
-        record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
-        return Attempt::Granted(current.token);
+    extend_ours(store, request).unwrap_or(Attempt::Held(current.expires_at))
+}
+
+/// The caller's re-acquire of its own live lease (same holder name, same role): moves the
+/// expiry to now + ttl and returns the same token; None if the lease is not the caller's or
+/// has expired. The caller holds the resource's lock in [`Mode::Change`] or [`Mode::Extend`].
+/// With `session_bound`, a lease not bound yet is bound to this session; one bound to another
+/// live session raises 55006.
+fn extend_ours(store: &Store, request: &Request) -> Option<Attempt> {
+    let Request { resource, holder, ttl, session_bound, .. } = *request;
+    let now = clock_now();
+    let current = store.current(resource)?;
+    if current.holder != holder || current.owner != store.caller() || current.expires_at <= now {
+        return None;
     }
-    Attempt::Held(current.expires_at)
+    ensure_snapshot_current(store, resource);
+    let expires_at = now + ttl;
+    store.extend(resource, current.token, now, expires_at)?;
+    if session_bound && !session::is_bound_here(current.token) {
+        if !session::bind(store, current.token) {
+            LeaseError::BoundElsewhere { resource: resource.into() }.raise();
+        }
+        let application_name = current_application_name();
+        // SAFETY: MyProcPid is set at backend start.
+        let binding = Binding { pid: unsafe { pg_sys::MyProcPid }, application_name: &application_name };
+        store.bind(resource, current.token, binding);
+    }
+    barrier::prove(resource, current.token);
+    stats::add(Counter::Reacquired, 1);
+    record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
+    Some(Attempt::Granted(current.token))
 }
 
 /// The session's application_name.
@@ -502,16 +646,19 @@ pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) 
     let ttl = ttl_argument(ttl)?;
     ensure_primary()?;
 
-    let held = barrier::lock_for_change(resource);
+    // A renewal only makes the lease live longer: fences do not hold it up.
+    let held = barrier::lock(resource, Mode::Extend);
     let now = clock_now();
     let store = Store::open();
     let expires_at = now + ttl;
     let Some(lease) = store.extend(resource, token, now, expires_at) else {
+        ensure_snapshot_current(&store, resource);
         drop(store);
         held.release_if_unused_before();
         return Ok(false);
     };
-    ensure_member(&store, resource, &lease)?;
+    ensure_member(&store, resource, lease.owner)?;
+    barrier::prove(resource, token);
     record(Kind::Renewed, resource, &lease.holder, token, Some(expires_at), now);
     Ok(true)
 }
@@ -521,35 +668,51 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     let token = token_argument(token)?;
     ensure_primary()?;
 
-    let held = barrier::lock_for_change(resource);
+    let held = barrier::lock(resource, Mode::Change);
     let now = clock_now();
     let store = Store::open();
     let Some(lease) = store.delete(resource, token, now) else {
+        ensure_snapshot_current(&store, resource);
         drop(store);
         held.release_if_unused_before();
         return Ok(false);
     };
-    ensure_member(&store, resource, &lease)?;
+    ensure_member(&store, resource, lease.owner)?;
     session::unbind_at_commit(token);
+    barrier::prove(resource, token);
     record(Kind::Released, resource, &lease.holder, token, None, now);
     Ok(true)
+}
+
+/// Whether `token` holds `resource` for the caller: it holds the lease now and the caller is a
+/// member of the lease's owner role. If so, no other holder can be granted the resource until
+/// this transaction ends. `Err(NotLeaseOwner)` when the token holds but the caller is not a
+/// member; `lease_check` answers false for it.
+pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
+    let held = barrier::lock(resource, Mode::Fence);
+    let now = clock_now();
+    let store = Store::open();
+    let outcome = match store.holds(resource, token, now) {
+        None => Ok(false),
+        Some(owner) => ensure_member(&store, resource, owner).map(|()| true),
+    };
+    drop(store);
+    match outcome {
+        Ok(true) => barrier::prove(resource, token),
+        // A failed fence protects nothing: it must not hold up the lease's owner.
+        _ => held.release_if_unused_before(),
+    }
+    outcome
 }
 
 pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
     let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
     let token = token_argument(token)?;
     ensure_primary()?;
-
-    let held = barrier::lock_for_fence(resource);
-    let now = clock_now();
-    // SAFETY: XactIsoLevel is a backend-local global, read only.
-    let snapshot_is_transaction_wide = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
-    let holds = Store::open().holds(resource, token, now, snapshot_is_transaction_wide);
-    if !holds {
-        // A failed fence protects nothing: it must not hold up the lease's owner.
-        held.release_if_unused_before();
+    match check_as_member(resource, token) {
+        Err(LeaseError::NotLeaseOwner { .. }) => Ok(false),
+        outcome => outcome,
     }
-    Ok(holds)
 }
 
 /// Records an event of this call (announced if the transaction commits).
@@ -565,17 +728,17 @@ fn record(
     events::record(Event { kind, reason: Reason::None, resource, holder, token, expires_at, at });
 }
 
-/// A writer changed a lease that `token` holds: the caller must be a member of its owner.
-/// Raising here aborts the transaction, so the change is undone.
-fn ensure_member(store: &Store, resource: &str, lease: &Holder) -> LeaseResult<()> {
+/// The caller must be a member of the lease's owner role to renew, release or fence it.
+/// Raising after a change aborts the transaction, so the change is undone.
+fn ensure_member(store: &Store, resource: &str, owner: pg_sys::Oid) -> LeaseResult<()> {
     // SAFETY: catalog lookups on valid role OIDs.
     unsafe {
-        if pg_sys::has_privs_of_role(store.caller(), lease.owner) {
+        if pg_sys::has_privs_of_role(store.caller(), owner) {
             return Ok(());
         }
-        let name = pg_sys::GetUserNameFromId(lease.owner, true);
+        let name = pg_sys::GetUserNameFromId(owner, true);
         let owner = match name.is_null() {
-            true => lease.owner.to_u32().to_string(),
+            true => owner.to_u32().to_string(),
             false => std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
         };
         Err(LeaseError::NotLeaseOwner { resource: resource.into(), owner })

@@ -1,9 +1,17 @@
-//! The per-resource barrier between fences and grants.
+//! The per-resource barrier between fences, extensions and grants.
 //!
-//! Every call that changes a lease first takes the resource's lock in exclusive mode; every fence
-//! (`lease_check`, `lease_assert`) takes it in share mode. Both are transaction-scoped advisory
-//! locks in PostgreSQL's lock manager, so they cost no row writes, are released at commit or
-//! abort, and waiting for one honours `lock_timeout`, `statement_timeout`, cancellation and
+//! Every resource has one transaction-scoped advisory lock in PostgreSQL's lock manager, taken
+//! in one of three modes:
+//! - [`Mode::Change`] (`ExclusiveLock`): a grant, a takeover, a release, a revocation, the
+//!   sweep's removal. Conflicts with every mode.
+//! - [`Mode::Extend`] (`ShareUpdateExclusiveLock`): a renewal, or the holder's re-acquire of its
+//!   live lease. Conflicts with changes and other extensions, not with fences: a fence keeps
+//!   other holders out, it never keeps the lease from living longer.
+//! - [`Mode::Fence`] (`RowShareLock`): `lease_check`, `lease_assert`, the `lease_fence` trigger.
+//!   Conflicts only with changes, so fences never block each other or a renewal.
+//!
+//! The locks cost no row writes, are released at commit or abort (or with the savepoint that
+//! took them), and a wait for one honours `lock_timeout`, `statement_timeout`, cancellation and
 //! deadlock detection. A fence that passed therefore keeps every grant of that resource out
 //! until the fencing transaction ends.
 //!
@@ -16,6 +24,24 @@ use pgrx::pg_sys;
 
 /// `locktag_field4` of lease locks; `pg_advisory_lock` uses 1 and 2.
 pub const LOCK_SPACE: u16 = 0x4C45;
+
+/// What a call is about to do to a resource, which decides what it must wait for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Change,
+    Extend,
+    Fence,
+}
+
+impl Mode {
+    fn lock_mode(self) -> pg_sys::LOCKMODE {
+        (match self {
+            Mode::Change => pg_sys::ExclusiveLock,
+            Mode::Extend => pg_sys::ShareUpdateExclusiveLock,
+            Mode::Fence => pg_sys::RowShareLock,
+        }) as pg_sys::LOCKMODE
+    }
+}
 
 /// A barrier lock this transaction took: it can be given back early when the call that took
 /// it changed nothing (a refused acquire, a failed fence), unless the transaction held it
@@ -36,24 +62,18 @@ impl Held {
     }
 }
 
-/// Blocks until no fence and no other change of `resource` is in progress, then keeps them out
-/// until this transaction ends.
-pub fn lock_for_change(resource: &str) -> Held {
-    acquire(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false).expect("a waiting lock is granted")
+/// Blocks until no conflicting lock of another transaction is held on `resource`, then keeps
+/// the conflicting ones out until this transaction ends.
+pub fn lock(resource: &str, mode: Mode) -> Held {
+    acquire(resource, mode, false).expect("a waiting lock is granted")
 }
 
-/// Blocks while a change of `resource` is in progress, then keeps changes out until this
-/// transaction ends. Fences do not block each other.
-pub fn lock_for_fence(resource: &str) -> Held {
-    acquire(resource, pg_sys::ShareLock as pg_sys::LOCKMODE, false).expect("a waiting lock is granted")
+/// As [`lock`], but gives up at once (returning None) if it would have to wait.
+pub fn try_lock(resource: &str, mode: Mode) -> Option<Held> {
+    acquire(resource, mode, true)
 }
 
-/// As [`lock_for_change`], but gives up at once (returning None) if it would have to wait.
-pub fn try_lock_for_change(resource: &str) -> Option<Held> {
-    acquire(resource, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true)
-}
-
-fn acquire(resource: &str, mode: pg_sys::LOCKMODE, dont_wait: bool) -> Option<Held> {
+fn acquire(resource: &str, mode: Mode, dont_wait: bool) -> Option<Held> {
     let key = resource_key(resource);
     let tag = pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
@@ -64,6 +84,7 @@ fn acquire(resource: &str, mode: pg_sys::LOCKMODE, dont_wait: bool) -> Option<He
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
+    let mode = mode.lock_mode();
     // SAFETY: the tag is a fully initialised advisory tag; a transaction-scoped lock is released
     // by the lock manager at transaction end, and errors (cancel, deadlock, timeouts) are raised
     // through the guarded FFI boundary.
@@ -87,4 +108,77 @@ pub fn resource_key(resource: &str) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     hash ^ (hash >> 33)
+}
+
+/// Proofs: the resources this transaction has shown it holds, each with the token that held it
+/// and the subtransaction level of the call. A call that succeeded with a token that held the
+/// resource (a fence, a grant, an extension, a release) took the resource's lock, which keeps
+/// every other grant out until this transaction ends; so the proof stays true for as long as the
+/// lock is kept, and is dropped with the (sub)transaction that took it. `lease_fence` lets a row
+/// change that does not state a token pass on a proof.
+mod proofs {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static PROVEN: RefCell<Vec<(i32, String, i64)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn record(resource: &str, token: i64) {
+        // SAFETY: reads the current nesting level.
+        let level = unsafe { pgrx::pg_sys::GetCurrentTransactionNestLevel() };
+        PROVEN.with(|proven| {
+            let mut proven = proven.borrow_mut();
+            if !proven.iter().any(|(at, name, held)| *at <= level && name == resource && *held == token) {
+                proven.push((level, resource.to_owned(), token));
+            }
+        });
+    }
+
+    pub fn token(resource: &str) -> Option<i64> {
+        PROVEN.with(|proven| {
+            proven.borrow().iter().rev().find(|(_, name, _)| name == resource).map(|(_, _, token)| *token)
+        })
+    }
+
+    pub fn forget_all() {
+        PROVEN.with(|proven| proven.borrow_mut().clear());
+    }
+
+    pub fn forget_from(level: i32) {
+        PROVEN.with(|proven| proven.borrow_mut().retain(|(at, _, _)| *at < level));
+    }
+
+    pub fn hand_to_parent(level: i32) {
+        PROVEN.with(|proven| {
+            for (at, _, _) in proven.borrow_mut().iter_mut().filter(|(at, _, _)| *at >= level) {
+                *at = level - 1;
+            }
+        });
+    }
+}
+
+/// Records that `token` held `resource` in a call of this transaction that keeps the
+/// resource's lock.
+pub fn prove(resource: &str, token: i64) {
+    proofs::record(resource, token);
+}
+
+/// The token with which this transaction proved that it holds `resource`, if it did.
+pub fn proven(resource: &str) -> Option<i64> {
+    proofs::token(resource)
+}
+
+/// At the end of the transaction: every proof ends with its locks.
+pub fn at_transaction_end() {
+    proofs::forget_all();
+}
+
+/// At the abort of the subtransaction at `level`: its locks are gone, and its proofs with them.
+pub fn at_subtransaction_abort(level: i32) {
+    proofs::forget_from(level);
+}
+
+/// At the commit of the subtransaction at `level`: its locks and proofs belong to the parent.
+pub fn at_subtransaction_commit(level: i32) {
+    proofs::hand_to_parent(level);
 }

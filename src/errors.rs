@@ -26,12 +26,20 @@ pub enum LeaseError {
     LockTimeout { resource: String },
     /// `lease_fence` rejected a row change whose token does not hold its resource (55000).
     Unfenced { table: String, resource: Option<String>, token: Option<i64> },
+    /// `lease_fence` rejected a DELETE, or an UPDATE that states no token, because the writing
+    /// transaction has not proved that it holds the row's lease (55000).
+    Unproven { table: String, resource: Option<String> },
     /// `lease_fence` was fired in a way it cannot fence (09000).
     TriggerMisuse(String),
     /// A trigger argument names a column the table does not have (42703).
     UndefinedColumn { table: String, column: String },
     /// A trigger argument names a column of the wrong type (42804).
     ColumnType { column: String, expected: &'static str },
+    /// A write decided under REPEATABLE READ or SERIALIZABLE on a lease that changed since the
+    /// transaction's snapshot (40001).
+    SerializationFailure { resource: String },
+    /// A re-acquire asked to bind a lease that another live session holds bound (55006).
+    BoundElsewhere { resource: String },
 }
 
 pub type LeaseResult<T> = Result<T, LeaseError>;
@@ -52,10 +60,14 @@ impl LeaseError {
             LeaseError::NotLeaseOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             LeaseError::NotHeld { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             LeaseError::LockTimeout { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
-            LeaseError::Unfenced { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            LeaseError::Unfenced { .. } | LeaseError::Unproven { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             LeaseError::TriggerMisuse(_) => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             LeaseError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             LeaseError::ColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
+            LeaseError::SerializationFailure { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
+            LeaseError::BoundElsewhere { .. } => ERRCODE_OBJECT_IN_USE,
         }
     }
 
@@ -81,12 +93,22 @@ impl LeaseError {
                 let token = token.map_or("NULL".into(), |token| token.to_string());
                 format!("row change on table \"{table}\" rejected: lease on resource {resource} is not held with token {token}")
             }
+            LeaseError::Unproven { table, resource } => {
+                let resource = resource.as_ref().map_or("NULL".into(), |name| format!("\"{name}\""));
+                format!("row change on table \"{table}\" rejected: this transaction has not shown that it holds the lease on resource {resource}")
+            }
             LeaseError::TriggerMisuse(message) => message.clone(),
             LeaseError::UndefinedColumn { table, column } => {
                 format!("lease_fence: column \"{column}\" of table \"{table}\" does not exist")
             }
             LeaseError::ColumnType { column, expected } => {
                 format!("lease_fence: token column \"{column}\" must be of type {expected}")
+            }
+            LeaseError::SerializationFailure { resource } => format!(
+                "could not serialize access to lease on resource \"{resource}\" due to a concurrent change"
+            ),
+            LeaseError::BoundElsewhere { resource } => {
+                format!("lease on resource \"{resource}\" is bound to another session")
             }
         }
     }
@@ -97,14 +119,23 @@ impl LeaseError {
                 "Leases are granted, renewed and checked on the primary server; connect to the primary.",
             ),
             LeaseError::NotLeaseOwner { .. } => {
-                Some("Only members of the role that acquired a lease may renew or release it.")
+                Some("Only members of the role that acquired a lease may renew, release or fence it.")
             }
             LeaseError::NotHeld { .. } | LeaseError::Unfenced { .. } => Some(
                 "The lease has expired, was released, or was taken over by another holder; stop the protected work.",
             ),
+            LeaseError::Unproven { .. } => Some(
+                "Fence the resource with lease_assert (or lease_check) in the same transaction before the change, or set the token column to your token.",
+            ),
             LeaseError::NeedsPreload(_) => {
                 Some("Add lease to shared_preload_libraries in postgresql.conf and restart the server.")
             }
+            LeaseError::SerializationFailure { .. } => {
+                Some("The lease changed after this transaction's snapshot was taken; retry the transaction.")
+            }
+            LeaseError::BoundElsewhere { .. } => Some(
+                "A session-bound lease belongs to the session that bound it; re-acquire it from that session or without session_bound.",
+            ),
             _ => None,
         }
     }

@@ -111,10 +111,16 @@ pub fn before_commit() {
             })
             .collect()
     });
-    if notify_channel_is_valid() {
-        for event in &to_send {
-            notify_now(&payload(event, None));
-        }
+    if to_send.is_empty() || !notify_channel_is_valid() {
+        return;
+    }
+    if settings::notify_queue_too_full() {
+        // A failed commit would be worse than a lost event: drop them, and count them.
+        stats::add(Counter::EventsDropped, to_send.len() as u64);
+        return;
+    }
+    for event in &to_send {
+        notify_now(&payload(event, None));
     }
 }
 

@@ -31,7 +31,7 @@ pub fn sweep(limit: i64) -> Sweep {
     let candidates = store.expired_candidates(clock_now(), limit);
     let mut outcome = Sweep { found: candidates.len() as i64, ..Sweep::default() };
     for (resource, token) in candidates {
-        if barrier::try_lock_for_change(&resource).is_none() {
+        if barrier::try_lock(&resource, barrier::Mode::Change).is_none() {
             outcome.busy += 1;
             continue;
         }
@@ -54,7 +54,7 @@ pub fn sweep_ended_sessions() -> Sweep {
             continue;
         }
         outcome.found += 1;
-        if barrier::try_lock_for_change(&resource).is_none() {
+        if barrier::try_lock(&resource, barrier::Mode::Change).is_none() {
             outcome.busy += 1;
             continue;
         }

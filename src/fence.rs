@@ -4,19 +4,24 @@
 //! `CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON jobs FOR EACH ROW EXECUTE FUNCTION
 //! lease_fence('resource_column', 'token_column' [, 'prefix'])`: the row's resource is `prefix`
 //! followed by the text of `resource_column`, its token is `token_column` (a bigint). A change
-//! passes only while that token holds that resource's lease, exactly as [`crate::api::check`]
-//! decides, and then keeps every other grant of the resource out until the transaction ends.
-//! The row checked is the new one for INSERT and UPDATE and the old one for DELETE; an UPDATE
-//! that changes the resource must also hold the old resource with the new token, so a row
-//! never moves from one lease to another.
+//! passes only while the writing transaction holds that resource's lease, and then keeps every
+//! other grant of the resource out until the transaction ends:
+//! - an INSERT, and an UPDATE that sets the token column, pass when the new row's token holds
+//!   its resource for the writer, exactly as [`crate::api::check`] decides (an UPDATE that moves
+//!   the row to another resource must hold the old one too);
+//! - a DELETE, and an UPDATE that leaves the token column out of its SET list, carry no token
+//!   of the writer's: they pass only when the transaction proved earlier that it holds the row's
+//!   resource ([`crate::barrier::prove`]: a passing `lease_check` or `lease_assert`, a grant, a
+//!   renewal, a release, or a row this trigger passed). The token stored in the row proves
+//!   nothing about the writer: it only says that *someone* held the lease.
 
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::api;
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
+use crate::{api, barrier};
 
 /// Trigger function: rejects (55000) a row change unless the row's token holds the lease on
 /// its resource; arguments are the resource column, the token column and an optional prefix.
@@ -70,22 +75,52 @@ fn fence(trigger: &PgTrigger) -> LeaseResult<pg_sys::HeapTuple> {
     let descriptor = unsafe { (*data.tg_relation).rd_att };
     let columns = columns(trigger, descriptor)?;
     let op = trigger.op().map_err(|_| misuse("must be fired for INSERT, UPDATE or DELETE"))?;
-    // The row that must hold the lease: the new one, or the old one for DELETE.
-    let row = match op {
-        PgTriggerOperation::Update => data.tg_newtuple,
-        _ => data.tg_trigtuple,
-    };
-    // SAFETY: tuples of this trigger event, described by the relation's descriptor.
-    let (resource, token) = unsafe { read_row(row, descriptor, &columns) };
-    check(&table, resource.as_deref(), token)?;
-    if matches!(op, PgTriggerOperation::Update) {
-        // SAFETY: as above; tg_trigtuple is the old row of an UPDATE.
-        let (old_resource, _) = unsafe { read_row(data.tg_trigtuple, descriptor, &columns) };
-        if old_resource != resource {
-            check(&table, old_resource.as_deref(), token)?;
+    match op {
+        PgTriggerOperation::Insert => {
+            // SAFETY: the new row of this trigger event, described by the relation's descriptor.
+            let (resource, token) = unsafe { read_row(data.tg_trigtuple, descriptor, &columns) };
+            holds(&table, resource.as_deref(), token)?;
+            Ok(data.tg_trigtuple)
+        }
+        PgTriggerOperation::Update => {
+            // SAFETY: the old and new rows of this UPDATE, described by the relation's descriptor;
+            // tg_updatedcols is the statement's set of target columns.
+            let ((old_resource, _), (resource, token), token_set) = unsafe {
+                let token_set = pg_sys::bms_is_member(
+                    columns.token - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                    data.tg_updatedcols,
+                );
+                (
+                    read_row(data.tg_trigtuple, descriptor, &columns),
+                    read_row(data.tg_newtuple, descriptor, &columns),
+                    token_set,
+                )
+            };
+            if token_set {
+                // The writer states its token: it must hold the new resource, and the old one
+                // too unless this transaction proved that already.
+                holds(&table, resource.as_deref(), token)?;
+                if old_resource != resource && proven(old_resource.as_deref()).is_none() {
+                    holds(&table, old_resource.as_deref(), token)?;
+                }
+            } else {
+                for name in [&resource, &old_resource] {
+                    if proven(name.as_deref()).is_none() {
+                        return Err(LeaseError::Unproven { table, resource: name.clone() });
+                    }
+                }
+            }
+            Ok(data.tg_newtuple)
+        }
+        _ => {
+            // SAFETY: the old row of a DELETE, described by the relation's descriptor.
+            let (resource, _) = unsafe { read_row(data.tg_trigtuple, descriptor, &columns) };
+            if proven(resource.as_deref()).is_none() {
+                return Err(LeaseError::Unproven { table, resource });
+            }
+            Ok(data.tg_trigtuple)
         }
     }
-    Ok(row)
 }
 
 /// The columns named by the trigger's arguments: the resource column (any type, read as text)
@@ -140,10 +175,21 @@ unsafe fn read_row(
     (resource, i64::from_datum(datum, is_null))
 }
 
-fn check(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
-    let unfenced = || LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token };
+/// Passes if `token` holds `resource` for the writer, as `lease_check` decides (which also
+/// records the proof and keeps other grants out until the transaction ends).
+fn holds(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
     match (resource, token) {
         (Some(_), Some(_)) if api::check(resource, token)? => Ok(()),
-        _ => Err(unfenced()),
+        _ => Err(unproven(table, resource, token)),
     }
+}
+
+/// The token with which this transaction proved the row's resource (see
+/// [`crate::barrier::prove`]).
+fn proven(resource: Option<&str>) -> Option<i64> {
+    resource.and_then(barrier::proven)
+}
+
+fn unproven(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseError {
+    LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token }
 }

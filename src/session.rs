@@ -49,24 +49,36 @@ fn tag(token: i64) -> pg_sys::LOCKTAG {
 }
 
 /// Binds the lease with `token` to this session (at grant time, inside the granting
-/// transaction; undone if it aborts).
-pub fn bind(store: &Store, token: i64) {
+/// transaction; undone if it aborts). False, with nothing taken, if another session holds the
+/// lease's session lock.
+pub fn bind(store: &Store, token: i64) -> bool {
+    if is_bound_here(token) {
+        return true;
+    }
     tidy(store);
     let tag = tag(token);
-    // SAFETY: a session-level lock on a key no one else uses; it cannot block.
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
+    // SAFETY: a session-level try-lock on the token's own key.
+    let result = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
+    if result == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+        return false;
+    }
     // SAFETY: reads the current nesting level.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     TAKEN.with(|taken| taken.borrow_mut().push((level, token)));
     register_exit_callback();
+    true
+}
+
+/// Whether this session holds the session lock of the lease with `token`.
+pub fn is_bound_here(token: i64) -> bool {
+    HELD.with(|held| held.borrow().contains(&token))
+        || TAKEN.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token))
 }
 
 /// The lease with `token` is being released: drop its session lock at commit, if this session
 /// holds it (bound in an earlier transaction or in this one).
 pub fn unbind_at_commit(token: i64) {
-    let ours = HELD.with(|held| held.borrow().contains(&token))
-        || TAKEN.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token));
-    if ours {
+    if is_bound_here(token) {
         // SAFETY: reads the current nesting level.
         let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
         DROP_AT_COMMIT.with(|drop| drop.borrow_mut().push((level, token)));
@@ -76,9 +88,7 @@ pub fn unbind_at_commit(token: i64) {
 /// Whether the session that holds the session-bound lease with `token` has ended. Takes the
 /// lock, if free, until the end of the current transaction.
 pub fn holder_is_gone(token: i64) -> bool {
-    let ours = HELD.with(|held| held.borrow().contains(&token))
-        || TAKEN.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token));
-    if ours {
+    if is_bound_here(token) {
         return false;
     }
     let tag = tag(token);
@@ -178,7 +188,7 @@ fn register_exit_callback() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _argument: pg_sys::Datum) {
     let held = HELD.with(|held| !held.borrow().is_empty());
-    if let (true, Some(state)) = (held, shared::get().and_then(shared::Shared::serving_my_database)) {
+    if let (true, Some(state)) = (held, shared::get().and_then(shared::Shared::assigned_to_my_database)) {
         state.sessions_ended.store(true, Ordering::Release);
         state.wake_worker();
     }

@@ -25,6 +25,10 @@ pub static NOTIFY_RENEWALS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"lease_events"));
 
+/// `lease.notify_queue_limit`: the percentage of PostgreSQL's NOTIFY queue in use above which
+/// lease events are held back (by the worker) or dropped and counted (without a worker).
+pub static NOTIFY_QUEUE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(50);
+
 /// `lease.database`: if set, the only database that gets an expiry worker.
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -79,6 +83,16 @@ pub fn register() {
         c"NOTIFY channel on which lease events are sent.",
         c"Clients LISTEN on this channel; it must be a valid channel name (1 to 63 bytes).",
         &NOTIFY_CHANNEL,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_int_guc(
+        c"lease.notify_queue_limit",
+        c"Percentage of the NOTIFY queue in use above which lease events are held back or dropped.",
+        c"A listener that stops reading fills PostgreSQL's NOTIFY queue, and a full queue makes every committing transaction that notifies fail. Above this level the expiry worker keeps events in its ring (dropping, and counting, what does not fit) and a transaction without a worker drops its events and counts them in lease.stats, so lease changes never fail at commit.",
+        &NOTIFY_QUEUE_LIMIT,
+        0,
+        90,
         GucContext::Sighup,
         GucFlags::empty(),
     );
@@ -144,6 +158,14 @@ pub fn notify_enabled() -> bool {
 
 pub fn notify_renewals() -> bool {
     NOTIFY_RENEWALS.get()
+}
+
+/// Whether PostgreSQL's NOTIFY queue is fuller than `lease.notify_queue_limit` allows.
+pub fn notify_queue_too_full() -> bool {
+    // SAFETY: pg_notification_queue_usage takes no argument and reads the queue's head and tail
+    // under its own lock.
+    let usage = unsafe { pgrx::direct_function_call::<f64>(pgrx::pg_sys::pg_notification_queue_usage, &[]) };
+    usage.unwrap_or(0.0) * 100.0 >= f64::from(NOTIFY_QUEUE_LIMIT.get())
 }
 
 pub fn notify_channel() -> String {

@@ -66,6 +66,8 @@ pub struct DatabaseState {
     pub database: AtomicU32,
     /// The worker's latch, or null while its worker does not run.
     pub worker_latch: AtomicPtr<pg_sys::Latch>,
+    /// Set once a worker has run for this assignment; events go to the ring only then.
+    pub worker_started: AtomicBool,
     /// When the worker will wake next (server clock); `i64::MAX` while it is awake.
     pub next_wakeup: AtomicI64,
     /// Set by backends that added events since the worker last drained the ring.
@@ -254,16 +256,23 @@ impl Shared {
         unsafe { std::slice::from_raw_parts(self.databases, self.database_slots) }
     }
 
-    /// The slot serving `database`, if one does.
-    pub fn serving(&self, database: pg_sys::Oid) -> Option<&DatabaseState> {
+    /// The slot assigned to `database`, if one is, whether or not its worker runs.
+    pub fn assigned(&self, database: pg_sys::Oid) -> Option<&DatabaseState> {
         let database = database.to_u32();
         self.database_slots().iter().find(|slot| slot.database.load(Ordering::Acquire) == database)
     }
 
-    /// The slot serving this backend's database, if one does.
-    pub fn serving_my_database(&self) -> Option<&DatabaseState> {
+    /// The slot assigned to this backend's database, if one is.
+    pub fn assigned_to_my_database(&self) -> Option<&DatabaseState> {
         // SAFETY: MyDatabaseId is fixed for the life of the backend.
-        self.serving(unsafe { pg_sys::MyDatabaseId })
+        self.assigned(unsafe { pg_sys::MyDatabaseId })
+    }
+
+    /// The slot of this backend's database if its worker has started: only then do committed
+    /// events go to the ring. A worker that stops later (terminated, restarting) publishes what
+    /// is left in the ring when it is back; one that never started would publish nothing.
+    pub fn serving_my_database(&self) -> Option<&DatabaseState> {
+        self.assigned_to_my_database().filter(|slot| slot.worker_started.load(Ordering::Acquire))
     }
 
     /// The next token number of `sequence` in this backend's database: from the database's
@@ -357,6 +366,7 @@ impl DatabaseState {
         self.dropped.store(0, Ordering::Relaxed);
         self.head.store(EMPTY_HEAD, Ordering::Release);
         self.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
+        self.worker_started.store(false, Ordering::Release);
         self.next_wakeup.store(i64::MAX, Ordering::Release);
         self.publish_requested.store(false, Ordering::Release);
         self.published.store(0, Ordering::Release);

@@ -28,10 +28,14 @@ pub enum Counter {
     WaitMicros,
     /// Waits that ended with the lease granted.
     Handovers,
+    /// Events not sent because PostgreSQL's NOTIFY queue was fuller than
+    /// `lease.notify_queue_limit` when a transaction without an expiry worker committed (the
+    /// worker's own drops show in `lease_event_stats()`).
+    EventsDropped,
 }
 
 /// Number of counters.
-pub const COUNTERS: usize = 11;
+pub const COUNTERS: usize = 12;
 
 pub fn add(counter: Counter, amount: u64) {
     if let Some(shared) = shared::get() {

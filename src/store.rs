@@ -74,6 +74,7 @@ enum Statement {
     DeleteGrant,
     SessionTokensAlive,
     HeldByOthers,
+    Bind,
 }
 
 const TEXT: Oid = pg_sys::TEXTOID;
@@ -86,7 +87,7 @@ const INT8_ARRAY: Oid = pg_sys::INT8ARRAYOID;
 const TEXT_ARRAY: Oid = pg_sys::TEXTARRAYOID;
 
 /// SQL text and parameter types of each [`Statement`].
-const PLAN_SOURCES: [(&CStr, &[Oid]); 13] = [
+const PLAN_SOURCES: [(&CStr, &[Oid]); 14] = [
     (
         c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at,
                                    session_pid, application_name)
@@ -120,7 +121,7 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 13] = [
         &[TEXT, INT8, TSTZ],
     ),
     (
-        c"SELECT 1 FROM lease.leases
+        c"SELECT owner FROM lease.leases
           WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
             AND expires_at OPERATOR(pg_catalog.>) $3",
         &[TEXT, INT8, TSTZ],
@@ -157,11 +158,16 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 13] = [
             AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4)",
         &[TEXT_ARRAY, TSTZ, TEXT, ROLE],
     ),
+    (
+        c"UPDATE lease.leases SET session_pid = $3, application_name = $4
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2",
+        &[TEXT, INT8, INT4, TEXT],
+    ),
 ];
 
 thread_local! {
     /// This backend's kept plans, prepared on first use.
-    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 13]>> = const { Cell::new(None) };
+    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 14]>> = const { Cell::new(None) };
     /// The lease table's and the token sequence's OIDs and the table's owner, looked up on
     /// first use and forgotten whenever the relation cache says either may have changed.
     static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
@@ -228,6 +234,8 @@ pub struct Store {
     catalog: Catalog,
     /// Whether this call reads and writes the table directly ([`crate::direct`]).
     direct: bool,
+    /// See [`Store::transaction_snapshot`].
+    transaction_snapshot: bool,
     /// Connected to SPI (on the first statement that needs it).
     spi_connected: Cell<bool>,
     saved_scan_settings: Cell<Option<(bool, bool)>>,
@@ -262,6 +270,7 @@ impl Store {
                 && unsafe {
                     direct::Layout::check(catalog.table, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
                 },
+            transaction_snapshot: !direct::read_committed(),
             spi_connected: Cell::new(false),
             saved_scan_settings: Cell::new(None),
             lookup: RefCell::new(None),
@@ -420,7 +429,8 @@ impl Store {
         self.with_lookup(|lookup| unsafe { lookup.changed_since(resource, pg_sys::GetActiveSnapshot()) })
     }
 
-    /// The resource's row, expired or not.
+    /// The resource's row, expired or not, as last committed (and as changed by this
+    /// transaction).
     pub fn current(&self, resource: &str) -> Option<LeaseRow> {
         if let Some(found) = self.find(resource) {
             return found.map(|row| LeaseRow {
@@ -431,7 +441,7 @@ impl Store {
                 session_bound: row.session_bound,
             });
         }
-        if self.execute(Statement::Current, &[resource.into_datum()], false, 1) == 0 {
+        if self.execute(Statement::Current, &[resource.into_datum()], self.transaction_snapshot, 1) == 0 {
             return None;
         }
         // SAFETY: the statement returned one row of (text, int8, regrole, timestamptz), none NULL.
@@ -501,15 +511,35 @@ impl Store {
         )
     }
 
-    /// Whether `token` holds `resource` at `now`. With `latest`, the row is read as last
-    /// committed rather than as the transaction's snapshot shows it: a REPEATABLE READ
-    /// transaction must not be told that a superseded token still holds.
-    pub fn holds(&self, resource: &str, token: i64, now: Timestamp, latest: bool) -> bool {
+    /// The owner of the lease if `token` holds `resource` at `now`. Under a transaction-wide
+    /// snapshot the row is read as last committed: a REPEATABLE READ transaction must not be
+    /// told that a superseded token still holds.
+    pub fn holds(&self, resource: &str, token: i64, now: Timestamp) -> Option<Oid> {
         if let Some(found) = self.find(resource) {
-            return found.is_some_and(|row| row.token == token && row.expires_at > now);
+            return found.filter(|row| row.token == token && row.expires_at > now).map(|row| row.owner);
         }
         let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
-        self.execute(Statement::Holds, &args, latest, 1) == 1
+        // SAFETY: the statement returns one row of one regrole column, never NULL.
+        (self.execute(Statement::Holds, &args, self.transaction_snapshot, 1) == 1)
+            .then(|| unsafe { column::<Oid>(0, 1) })
+    }
+
+    /// Binds the lease with `token` to a session, as shown to administrators.
+    pub fn bind(&self, resource: &str, token: i64, binding: Binding) -> bool {
+        let args = [
+            resource.into_datum(),
+            token.into_datum(),
+            binding.pid.into_datum(),
+            binding.application_name.into_datum(),
+        ];
+        self.execute(Statement::Bind, &args, false, 1) == 1
+    }
+
+    /// Whether this transaction reads through one snapshot for its whole life (REPEATABLE READ
+    /// or SERIALIZABLE): its decisions then read the lease as last committed, and a write on a
+    /// lease changed since that snapshot is a serialization failure.
+    pub fn transaction_snapshot(&self) -> bool {
+        self.transaction_snapshot
     }
 
     /// Up to `limit` leases expired at `now`, earliest expiry first.

@@ -1,12 +1,12 @@
 //! Transaction callbacks: what happens to a transaction's lease work when it commits, aborts,
-//! or a subtransaction ends. Events ([`crate::events`]), session locks ([`crate::session`]) and
-//! waiter slots ([`crate::waiting`]) each keep their part; this module only dispatches.
+//! or a subtransaction ends. Events ([`crate::events`]), session locks ([`crate::session`]),
+//! waiter slots ([`crate::waiting`]) and fence proofs ([`crate::barrier`]) each keep their part; this module only dispatches.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
-use crate::{events, session, waiting};
+use crate::{barrier, events, session, waiting};
 
 /// Registers the callbacks; called from `_PG_init` in every backend that loads the library.
 pub fn register_callbacks() {
@@ -38,11 +38,13 @@ unsafe extern "C-unwind" fn on_transaction_event(
             waiting::leave_queue_on_abort(1); // a wait never outlives its transaction
             session::at_commit();
             events::at_commit();
+            barrier::at_transaction_end();
         }
         XACT_EVENT_ABORT => {
             waiting::leave_queue_on_abort(1);
             session::at_abort();
             events::at_abort();
+            barrier::at_transaction_end();
         }
         _ => {}
     }
@@ -63,10 +65,12 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
             waiting::leave_queue_on_abort(level);
             session::at_subtransaction_abort(level);
             events::at_subtransaction_abort(level);
+            barrier::at_subtransaction_abort(level);
         }
         SUBXACT_EVENT_COMMIT_SUB => {
             session::at_subtransaction_commit(level);
             events::at_subtransaction_commit(level);
+            barrier::at_subtransaction_commit(level);
         }
         _ => {}
     }

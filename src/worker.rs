@@ -47,6 +47,8 @@ const BUSY_RETRY_MS: i64 = 10;
 /// After publishing, events are gathered this long before the next NOTIFY transaction, so that
 /// a busy server pays for one transaction per millisecond rather than one per commit.
 const PUBLISH_INTERVAL_MS: i64 = 1;
+/// How soon to look again at a NOTIFY queue that was too full to publish.
+const NOTIFY_QUEUE_RETRY_MS: i64 = 100;
 /// The launcher's longest sleep: how soon it notices a stopped worker it was not told of.
 const LAUNCHER_NAPTIME_MS: i64 = 500;
 
@@ -86,7 +88,9 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let requested = shared.requested_database.swap(0, Ordering::AcqRel);
-        if requested != 0 && shared.serving(requested.into()).is_none() && !launcher.refused_lately(requested)
+        if requested != 0
+            && shared.assigned(requested.into()).is_none()
+            && !launcher.refused_lately(requested)
         {
             let servable = servable_databases().iter().any(|(database, _)| database.to_u32() == requested);
             if !(servable && launcher.serve(requested.into())) {
@@ -124,7 +128,7 @@ impl Launcher {
     /// Assigns a free slot to `database` and starts its worker; false if no slot is free.
     fn serve(&mut self, database: pg_sys::Oid) -> bool {
         let shared = shared::get().expect("preloaded");
-        if shared.serving(database).is_some() {
+        if shared.assigned(database).is_some() {
             return true;
         }
         let free = shared.database_slots().iter().position(|slot| slot.database.load(Ordering::Acquire) == 0);
@@ -139,11 +143,13 @@ impl Launcher {
         let slot = &shared.database_slots()[index];
         slot.reset();
         slot.database.store(database.to_u32(), Ordering::Release);
-        self.start(index);
-        true
+        self.start(index)
     }
 
-    fn start(&mut self, index: usize) {
+    /// Starts the worker of slot `index`; false, with the slot freed, if the postmaster has no
+    /// room for it (its database's events then go straight to NOTIFY, and the launcher tries
+    /// again when asked, at most every [`REFUSAL_MEMORY_MS`]).
+    fn start(&mut self, index: usize) -> bool {
         // SAFETY: MyProcPid is this process's pid.
         let launcher_pid = unsafe { pg_sys::MyProcPid };
         let worker = BackgroundWorkerBuilder::new("lease expirer")
@@ -156,9 +162,20 @@ impl Launcher {
             .set_argument(Some(pg_sys::Datum::from(index)))
             .set_notify_pid(launcher_pid)
             .load_dynamic();
+        let slot = &shared::get().expect("preloaded").database_slots()[index];
         match worker {
-            Ok(worker) => self.workers[index] = Some(worker),
-            Err(_) => warning!("lease: could not start an expiry worker; raise max_worker_processes"),
+            Ok(worker) => {
+                self.workers[index] = Some(worker);
+                true
+            }
+            Err(_) => {
+                let database = slot.database.swap(0, Ordering::AcqRel);
+                self.refused.insert(database, clock_now());
+                warning!(
+                    "lease: could not start an expiry worker for database with OID {database}; raise max_worker_processes"
+                );
+                false
+            }
         }
     }
 
@@ -247,6 +264,7 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
         pg_sys::before_shmem_exit(Some(forget_latch), argument);
         state.worker_latch.store(pg_sys::MyLatch, Ordering::Release);
     }
+    state.worker_started.store(true, Ordering::Release);
     let name = BackgroundWorker::transaction(|| {
         // SAFETY: a catalog lookup inside a transaction; the result is copied at once.
         unsafe { CStr::from_ptr(pg_sys::get_database_name(database)).to_string_lossy().into_owned() }
@@ -266,7 +284,8 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
         state.next_wakeup.store(i64::MAX, Ordering::Release);
         state.publish_requested.store(false, Ordering::Release);
         sweep_at = sweep_at.min(state.earliest_expiry.swap(i64::MAX, Ordering::AcqRel));
-        let mut published = publish(state);
+        let mut held_back = false;
+        let mut published = publish(state, &mut held_back);
         if clock_now() >= sweep_at {
             let Some(next) = sweep_all() else {
                 log!("lease expirer for database \"{name}\" exits: the extension is not created there");
@@ -283,7 +302,7 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
                 _busy => clock_now() + BUSY_RETRY_MS * 1_000, // look again soon
             };
         }
-        published += publish(state);
+        published += publish(state, &mut held_back);
         if published > 0 {
             gather_events();
         }
@@ -293,7 +312,13 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
         let now = clock_now();
         let more_to_do =
             state.publish_requested.load(Ordering::Acquire) || state.sessions_ended.load(Ordering::Acquire);
-        let wake_at = if more_to_do { now } else { sweep_at.min(sessions_retry_at) };
+        let mut wake_at = if more_to_do { now } else { sweep_at.min(sessions_retry_at) };
+        if held_back {
+            // Look at the NOTIFY queue again soon, but not at every commit: with the flag set,
+            // committing backends do not set our latch.
+            state.publish_requested.store(true, Ordering::Release);
+            wake_at = sweep_at.min(sessions_retry_at).min(now + NOTIFY_QUEUE_RETRY_MS * 1_000);
+        }
         state.next_wakeup.store(wake_at, Ordering::Release);
         // Round up to whole milliseconds so that we never wake just before an expiry.
         let sleep_ms = ((wake_at - now + 999) / 1_000).max(0) as u64;
@@ -360,11 +385,18 @@ fn gather_events() {
 }
 
 /// Sends the events waiting in the database's ring with NOTIFY, in transactions of up to
-/// [`PUBLISH_BATCH`] events, in sequence order; returns how many it sent.
-fn publish(state: &DatabaseState) -> usize {
+/// [`PUBLISH_BATCH`] events, in sequence order; returns how many it sent. While the NOTIFY
+/// queue is fuller than `lease.notify_queue_limit` it sends nothing and says so (`held_back`):
+/// the events stay in the ring, whose overflow is dropped and counted, and a commit of ours never
+/// fails on a full queue and loses a batch.
+fn publish(state: &DatabaseState, held_back: &mut bool) -> usize {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut sent = 0;
     loop {
+        if BackgroundWorker::transaction(settings::notify_queue_too_full) {
+            *held_back = true;
+            return sent;
+        }
         batch.clear();
         // Cleared before each take: an event pushed after it sets the flag (and the latch) again.
         state.publish_requested.store(false, Ordering::Release);

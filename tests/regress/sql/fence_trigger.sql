@@ -31,6 +31,46 @@ SELECT id, state, lease_token = :token_b AS written_by_b FROM fenced_jobs ORDER 
 -- (shown in the isolation specs); here, a failed one leaves no lock behind
 SELECT count(*) AS barrier_locks FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 19525
   AND pid = pg_backend_pid();
+-- DELETE, and UPDATE that leaves the token column out of its SET list, carry no token of the
+-- writer's: the token stored in the row only says that someone holds the lease. They pass only
+-- when the same transaction proved earlier that it holds the row's lease.
+SET ROLE lease_alice;
+SELECT lease_acquire('job:2', 'worker-a', '1 hour') AS token_2 \gset
+UPDATE fenced_jobs SET state = 'running', lease_token = :token_2 WHERE id = 2;
+SELECT * FROM fence_attempt($$UPDATE fenced_jobs SET state = 'paused' WHERE id = 2$$);
+SELECT * FROM fence_attempt($$DELETE FROM fenced_jobs WHERE id = 2$$);
+BEGIN;
+SELECT lease_assert('job:2', :token_2);
+UPDATE fenced_jobs SET state = 'paused' WHERE id = 2;
+SAVEPOINT before_check;
+SELECT lease_check('job:2', :token_2) AS checked_again;
+ROLLBACK TO SAVEPOINT before_check;
+-- the proof made before the savepoint stands
+UPDATE fenced_jobs SET state = 'running' WHERE id = 2;
+COMMIT;
+-- a proof rolled back with its savepoint is gone
+BEGIN;
+SAVEPOINT s;
+SELECT lease_check('job:2', :token_2) AS checked;
+ROLLBACK TO SAVEPOINT s;
+SELECT * FROM fence_attempt($$DELETE FROM fenced_jobs WHERE id = 2$$);
+COMMIT;
+-- a stale holder cannot delete the new holder's job: its token no longer proves anything, and
+-- the new holder's token in the row is not its own
+SELECT lease_release('job:2', :token_2) AS released;
+SELECT lease_acquire('job:2', 'worker-b', '1 hour') AS token_2b \gset
+UPDATE fenced_jobs SET state = 'running', lease_token = :token_2b WHERE id = 2;
+BEGIN;
+SELECT lease_check('job:2', :token_2) AS stale_check;
+SELECT * FROM fence_attempt($$DELETE FROM fenced_jobs WHERE id = 2$$);
+COMMIT;
+-- the holder deletes after fencing in the same transaction; a release is a proof too
+BEGIN;
+SELECT lease_release('job:2', :token_2b) AS released;
+DELETE FROM fenced_jobs WHERE id = 2;
+COMMIT;
+RESET ROLE;
+SELECT id, state FROM fenced_jobs ORDER BY id;
 -- INSERT is fenced when the trigger covers it
 CREATE TRIGGER fenced_jobs_fence_insert BEFORE INSERT ON fenced_jobs
 FOR EACH ROW EXECUTE FUNCTION lease_fence('id', 'lease_token', 'job:');

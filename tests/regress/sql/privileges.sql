@@ -10,16 +10,19 @@ FROM (VALUES
     ($$DELETE FROM lease.leases$$),
     ($$SELECT nextval('lease.token_seq')$$),
     ($$SELECT setval('lease.token_seq', 1)$$),
-    ($$SELECT lease._valid_resource('x')$$),
     ($$SET lease.max_ttl = '1 year'$$)
 ) AS calls(call), LATERAL attempt(call) AS r;
 -- another role cannot renew or release alice's lease (42501), even with the right token
 SET ROLE lease_bob;
 SELECT * FROM attempt(format('SELECT lease_renew(%L, %s)', 'shared:1', :alice_token));
 SELECT * FROM attempt(format('SELECT lease_release(%L, %s)', 'shared:1', :alice_token));
--- but anyone may inspect and fence on it, and a wrong token is simply false
-SELECT holder, owner FROM lease_info('shared:1');
+-- anyone may see who holds it, but not its token; a non-member cannot fence with it either
+-- (lease_check is false, lease_assert says why), and a wrong token is simply false
+SELECT holder, owner, token IS NULL AS token_hidden FROM lease_info('shared:1');
 SELECT lease_check('shared:1', :alice_token) AS bob_checks, lease_release('shared:1', 424242) AS wrong_token;
+SELECT * FROM attempt(format('SELECT lease_assert(%L, %s)', 'shared:1', :alice_token));
+SELECT count(*) AS bob_barrier_locks FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 19525
+  AND pid = pg_backend_pid();
 -- the same holder name under another role is a different holder: refused
 SELECT lease_acquire('shared:1', 'alice', '1 hour') AS same_name_other_role;
 -- members of the owning role may renew and release: acquire as the group role

@@ -265,10 +265,17 @@ pub fn acquire(
     ensure_primary()?;
     // First as a call that does not wait: a holder's re-acquire of its own lease, and a free
     // lease nobody queues for, are answered at once.
-    let token = match attempt_now(&Store::open(), &request, None) {
-        Attempt::Granted(token) => Some(token),
-        _ if wait > 0 => wait_for(&request, wait)?,
-        _ => None,
+    let token = if wait == 0 {
+        match attempt_now(&Store::open(), &request, None) {
+            Attempt::Granted(token) => Some(token),
+            _ => None,
+        }
+    } else {
+        // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
+        match in_subtransaction(|| attempt_now(&Store::open(), &request, None)) {
+            Attempt::Granted(token) => Some(token),
+            _ => wait_for(&request, wait)?,
+        }
     };
     if token.is_none() {
         stats::add(Counter::Conflicts, 1);

@@ -4,11 +4,12 @@ parametrized family) per defect:
 - item 2, the direct path: with an audit trigger on lease.leases every call (acquire,
   re-acquire, renew, release, force_release, lease_acquire_any, an expired takeover, the sweep)
   logs exactly the rows its SQL statement would, at READ COMMITTED (where the direct path is
-  used) as at REPEATABLE READ (always SQL); row-level security, a CHECK constraint, a foreign
-  key referencing the table, an added column and a changed column type are honoured as SQL
-  honours them; a column added by another session while a backend that used the API is in a
-  transaction does not crash the server; and a pg_repack-style log-and-replay copy of the table
-  stays equal to it;
+  used) as at REPEATABLE READ (always SQL); row-level security (no effect while the table's
+  owner is a superuser; applied as SQL applies it when the owner is an ordinary role), a CHECK
+  constraint, a foreign key referencing the table, an added column and a changed or narrowed
+  column type are honoured as SQL honours them; a column added by another session while a
+  backend that used the API is in a transaction does not crash the server; and a
+  pg_repack-style log-and-replay copy of the table stays equal to it;
 - item 3: a rolled-back release never unbinds a live session-bound lease;
 - item 4: an ALTER SEQUENCE on the token sequence left open stalls only the grants that need the
   sequence, and they stay cancellable (statement_timeout, pg_cancel_backend);
@@ -30,7 +31,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from test_durability import server_accepts
 from conftest import (
     PG_BIN,
     PORT,
@@ -42,6 +42,7 @@ from conftest import (
     wait_for,
     worker_pid,
 )
+from test_durability import server_accepts
 
 SESSION_LOCK_SPACE = 0x4C53
 ISOLATIONS = ["read committed", "repeatable read"]
@@ -63,6 +64,10 @@ def table_shape(conn):
         "rls": conn.execute(
             "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'lease.leases'::regclass"
         ).fetchone(),
+        "owners": conn.execute(
+            "SELECT relname, relowner::regrole::text, relacl::text FROM pg_class "
+            "WHERE relnamespace = 'lease'::regnamespace AND relkind IN ('r', 'S') ORDER BY 1"
+        ).fetchall(),
         "triggers": conn.execute(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = 'lease.leases'::regclass ORDER BY 1"
         ).fetchall(),
@@ -255,12 +260,14 @@ def test_an_audit_trigger_sees_every_change_of_every_call(conn):
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
-def test_row_level_security_does_not_change_what_the_api_decides(conn, isolation):
-    """The extension was created by a superuser, so lease.leases is owned by one, and the API
+def test_row_level_security_does_not_apply_to_a_table_owned_by_a_superuser(conn, isolation):
+    """The extension is created by a superuser, so lease.leases is owned by one, and the API
     runs its table work as that owner: superusers bypass row-level security even when it is
-    FORCEd. Decided: policies on lease.leases never hide a lease from the API. A resource the
-    restrictive policy hides is granted, excludes other holders, is re-acquired with its
-    token and released, exactly as without the policies, on both paths."""
+    FORCEd, so the SQL statements see every row. Decided: on both paths a resource the
+    restrictive policy hides is granted, excludes other holders, is re-acquired with its token
+    and released, exactly as without the policies."""
+    with connect() as setup:
+        one(setup, "SELECT lease_release('g:rls:warm', lease_acquire('g:rls:warm', 'h'))")
     conn.execute("ALTER TABLE lease.leases ENABLE ROW LEVEL SECURITY")
     conn.execute("ALTER TABLE lease.leases FORCE ROW LEVEL SECURITY")
     conn.execute("CREATE POLICY g_all ON lease.leases USING (true)")
@@ -286,6 +293,64 @@ def test_row_level_security_does_not_change_what_the_api_decides(conn, isolation
         conn.execute("DROP POLICY IF EXISTS g_all ON lease.leases")
         conn.execute("ALTER TABLE lease.leases NO FORCE ROW LEVEL SECURITY")
         conn.execute("ALTER TABLE lease.leases DISABLE ROW LEVEL SECURITY")
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_row_level_security_applies_as_to_sql_when_the_owner_is_an_ordinary_role(conn, isolation):
+    """With lease.leases owned by an ordinary role and FORCE ROW LEVEL SECURITY, the policies
+    apply to the API's own statements, which run as that owner. Decided: the API decides as
+    its SQL statements do, on both paths. A grant of a hidden resource is a new row the
+    restrictive policy rejects: 42501, nothing written, no token lost to anyone. A lease the
+    policy hides once it exists cannot be seen: check, renew and release return false, and
+    another holder's acquire fails with 42501 (it never takes the lease over). Resources the
+    policies show work as always."""
+    existing = f"g:rls:hidden:{isolation}:existing"
+    before = one(conn, "SELECT lease_acquire(%s, 'h', '1 hour')", (existing,))
+    conn.execute("DROP ROLE IF EXISTS g_rls_owner")
+    conn.execute("CREATE ROLE g_rls_owner NOLOGIN")
+    try:
+        conn.execute("GRANT USAGE, UPDATE ON SEQUENCE lease.token_seq TO g_rls_owner")
+        conn.execute("ALTER TABLE lease.leases OWNER TO g_rls_owner")
+        conn.execute("ALTER TABLE lease.leases ENABLE ROW LEVEL SECURITY")
+        conn.execute("ALTER TABLE lease.leases FORCE ROW LEVEL SECURITY")
+        conn.execute("CREATE POLICY g_all ON lease.leases USING (true)")
+        conn.execute("CREATE POLICY g_hide ON lease.leases AS RESTRICTIVE "
+                     "USING (resource NOT LIKE 'g:rls:hidden:%')")
+        with caller(isolation) as c:
+            pid = c.info.backend_pid
+            hidden = f"g:rls:hidden:{isolation}:new"
+            for statement in (
+                "SELECT lease_acquire(%s, 'h', '1 min')",
+                "SELECT lease_acquire(%s, 'h', '1 min', NULL, true)",
+                "SELECT count(*) FROM lease_acquire_any(ARRAY[%s], 'h', '1 min')",
+            ):
+                with pytest.raises(psycopg.Error) as raised:
+                    c.execute(statement, (hidden,))
+                assert sqlstate_of(raised) == "42501", statement
+                assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (hidden,)) == 0
+                assert one(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
+                                 "AND pid = %s", (SESSION_LOCK_SPACE, pid)) == 0
+            with pytest.raises(psycopg.Error) as raised:
+                c.execute("SELECT lease_acquire(%s, 'other', '1 min')", (existing,))
+            assert sqlstate_of(raised) == "42501"
+            assert one(c, "SELECT lease_check(%s, %s)", (existing, before)) is False
+            assert one(c, "SELECT lease_renew(%s, %s)", (existing, before)) is False
+            assert one(c, "SELECT lease_release(%s, %s)", (existing, before)) is False
+            assert conn.execute("SELECT holder, token FROM lease.leases WHERE resource = %s",
+                                (existing,)).fetchall() == [("h", before)]
+            exercise(c, f"g:rls:shown:{isolation}:owned:")
+    finally:
+        conn.execute("DROP POLICY IF EXISTS g_hide ON lease.leases")
+        conn.execute("DROP POLICY IF EXISTS g_all ON lease.leases")
+        conn.execute("ALTER TABLE lease.leases NO FORCE ROW LEVEL SECURITY")
+        conn.execute("ALTER TABLE lease.leases DISABLE ROW LEVEL SECURITY")
+        conn.execute("ALTER TABLE lease.leases OWNER TO postgres")
+        conn.execute("REVOKE ALL ON SEQUENCE lease.token_seq FROM g_rls_owner")
+        conn.execute("DROP ROLE IF EXISTS g_rls_owner")
+        kept = conn.execute("SELECT holder, token FROM lease_info(%s)", (existing,)).fetchall()
+        one(conn, "SELECT lease_force_release(%s)", (existing,))
+    # with the policies gone the lease is there as it was
+    assert kept == [("h", before)]
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
@@ -399,6 +464,36 @@ def test_a_changed_column_type_is_honoured(conn, isolation, column, changed, cre
             assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (resource,)) == 0
         finally:
             conn.execute(f"ALTER TABLE lease.leases ALTER COLUMN {column} TYPE {created}")
+            create_views(conn, views)
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_narrowed_column_type_is_enforced_as_sql_enforces_it(conn, isolation):
+    """application_name narrowed to varchar(5): a session-bound grant from a session whose
+    application_name is longer is rejected as the INSERT would reject it (22001), leaving
+    nothing; a plain grant (no application_name stored) and every other call work."""
+    views = views_using(conn, "application_name")
+    with caller(isolation) as c:
+        c.execute("SET application_name = 'g-app-too-long'")
+        one(c, "SELECT lease_release('g:narrow:warm', lease_acquire('g:narrow:warm', 'h', '1 min', NULL, true))")
+        drop_views(conn, views)
+        try:
+            conn.execute("ALTER TABLE lease.leases ALTER COLUMN application_name TYPE varchar(5)")
+            resource = f"g:narrow:{isolation}:bound"
+            with pytest.raises(psycopg.Error) as raised:
+                c.execute("SELECT lease_acquire(%s, 'h', '1 min', NULL, true)", (resource,))
+            assert sqlstate_of(raised) == "22001"
+            assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (resource,)) == 0
+            assert one(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
+                             "AND pid = %s", (SESSION_LOCK_SPACE, c.info.backend_pid)) == 0
+            c.execute("SET application_name = 'g-ok'")
+            token = one(c, "SELECT lease_acquire(%s, 'h', '1 min', NULL, true)", (resource,))
+            assert conn.execute("SELECT token, application_name FROM lease.leases WHERE resource = %s",
+                                (resource,)).fetchall() == [(token, "g-ok")]
+            assert one(c, "SELECT lease_release(%s, %s)", (resource, token)) is True
+            exercise(c, f"g:narrow:{isolation}:")
+        finally:
+            conn.execute("ALTER TABLE lease.leases ALTER COLUMN application_name TYPE text")
             create_views(conn, views)
 
 
@@ -578,6 +673,7 @@ def test_an_open_alter_sequence_stalls_no_grant_uncancellably(conn):
     try:
         with connect(dbname=db) as setup:
             setup.execute("CREATE EXTENSION lease")
+            sequence = one(setup, "SELECT 'lease.token_seq'::regclass::oid")
         session1 = connect(dbname=db, autocommit=False)
         session1.execute("ALTER SEQUENCE lease.token_seq CACHE 1")  # and stays open
 
@@ -597,9 +693,9 @@ def test_an_open_alter_sequence_stalls_no_grant_uncancellably(conn):
         # so does pg_cancel_backend
         cancelled = BackgroundIn(lambda c: one(c, "SELECT lease_acquire('g:seq:b', 'h', '1 min')"), db)
         calls.append(cancelled)
-        wait_for(lambda: one(conn, "SELECT wait_event_type IS NOT NULL AND state = 'active' "
-                                   "FROM pg_stat_activity WHERE pid = %s", (cancelled.pid,)),
-                 timeout=20, what="the grant to wait")
+        wait_for(lambda: one(conn, "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted "
+                                   "AND locktype = 'relation' AND relation = %s", (cancelled.pid, sequence)) == 1,
+                 timeout=20, what="the grant to wait for the token sequence")
         # meanwhile a grant in another database completes
         elsewhere = Background(lambda c: one(c, "SELECT lease_acquire('g:seq:postgres', 'h', '1 min')"))
         calls.append(elsewhere)

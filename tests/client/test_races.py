@@ -66,8 +66,10 @@ def test_renew_and_takeover_never_both_succeed():
         renewed, new_token = race([renew, take_over])
         assert not (renewed and new_token is not None), (renewed, new_token)
         with connect() as conn:
-            holder = one(conn, "SELECT holder FROM lease_info(%s)", (resource,))
-        assert holder == ("old" if renewed else "new" if new_token else None)
+            row = conn.execute("SELECT holder FROM lease_info(%s)", (resource,)).fetchone()
+        # both may also fail: a takeover without wait is refused while the renewal is in
+        # progress, and the renewal came too late
+        assert (row[0] if row else None) == ("old" if renewed else "new" if new_token else None)
         outcomes.add((renewed, new_token is not None))
     # both orders happened at least once, so the race was real
     assert (True, False) in outcomes or (False, True) in outcomes

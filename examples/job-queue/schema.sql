@@ -15,7 +15,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (id) WHERE state <> 'done';
 
--- Every UPDATE and DELETE of a job passes only while lease_token holds the lease 'job:' || id.
--- INSERT is not fenced: anyone may enqueue.
+-- Every UPDATE of a job that sets lease_token passes only while that token holds the lease
+-- 'job:' || id. A DELETE (or an UPDATE that does not set lease_token) states no token: it passes
+-- only if the same transaction proved first that it holds the lease (lease_assert, see
+-- discard.sql). INSERT is not fenced: anyone may enqueue.
 CREATE OR REPLACE TRIGGER jobs_fence BEFORE UPDATE OR DELETE ON jobs
     FOR EACH ROW EXECUTE FUNCTION lease_fence('id', 'lease_token', 'job:');

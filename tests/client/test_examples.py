@@ -363,6 +363,10 @@ def queue_statement(name):
 
 
 ENQUEUE, CLAIM, HEARTBEAT, COMPLETE = map(queue_statement, ("enqueue", "claim", "heartbeat", "complete"))
+# discard.sql is a transaction of four statements, run one by one
+DISCARD = [statement.strip() for statement in "\n".join(
+    line for line in queue_statement("discard").splitlines() if not line.startswith("--")).split(";")
+    if statement.strip()]
 
 
 class QueueWorker:
@@ -383,6 +387,18 @@ class QueueWorker:
 
     def complete(self, job, token):
         return self.conn.execute(COMPLETE, {"id": job, "token": token, "result": self.name}).fetchall()
+
+    def discard(self, job, token):
+        """Runs discard.sql; the answer of its release."""
+        try:
+            for statement in DISCARD:
+                cursor = self.conn.execute(statement, {"id": job, "token": token})
+                if "lease_release" in statement:
+                    released = cursor.fetchone()[0]
+        except psycopg.Error:
+            self.conn.execute("ROLLBACK")
+            raise
+        return released
 
 
 @pytest.fixture
@@ -495,5 +511,26 @@ def test_job_queue_a_stale_workers_late_completion_is_rejected(conn, queue):
         stale.complete(job, old)
     assert rejected_again.value.sqlstate == "55000"
     assert job_rows(conn, [job]) == [("done", "successor", new, 2, "successor")]
+    stale.conn.close()
+    successor.conn.close()
+
+
+def test_job_queue_only_the_holder_discards_a_job(conn, queue):
+    [job] = queue(1)
+    stale, successor = QueueWorker("stale", ttl=timedelta(seconds=1)), QueueWorker("successor")
+    old = stale.claim(1)[job]
+    wait_for(lambda: job_lease_rows(conn, [job]) == 0, what="the stale worker's lease to expire")
+    new = successor.claim(1)[job]
+    # the stale worker's discard: its lease_assert fails, and a bare DELETE has no proof either
+    with pytest.raises(psycopg.Error) as rejected:
+        stale.discard(job, old)
+    assert rejected.value.sqlstate == "55000"
+    with pytest.raises(psycopg.Error) as bare:
+        stale.conn.execute("DELETE FROM jobs WHERE id = %s", (job,))
+    assert bare.value.sqlstate == "55000"
+    assert job_rows(conn, [job]) == [("running", "successor", new, 2, None)]
+    assert successor.discard(job, new) is True
+    assert job_rows(conn, [job]) == []
+    assert job_lease_rows(conn, [job]) == 0
     stale.conn.close()
     successor.conn.close()

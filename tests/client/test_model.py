@@ -831,7 +831,7 @@ class History:
         conn = psycopg.connect(f"host=127.0.0.1 port={PORT} user={role} dbname={DATABASE}", autocommit=True)
         conn.execute(f"SET application_name = 'lease_model_s{slot}'")
         # a call the model wrongly thinks cannot block ends in 55P03 instead of hanging
-        conn.execute("SET lock_timeout = '1s'")
+        conn.execute("SET lock_timeout = '300ms'")
         conn.execute("SET statement_timeout = '10s'")
         self.conns[slot] = conn
         self.pids[slot] = conn.info.backend_pid
@@ -1354,7 +1354,7 @@ def shrink(ctx, label, path, steps, signature, deadline):
             return None
         return candidate[:history.failure[0] + 1]
 
-    current = steps
+    current = failing_prefix(steps) or steps
     granularity = 2
     while len(current) > 1 and time.monotonic() < deadline:
         chunk = max(1, (len(current) + granularity - 1) // granularity)
@@ -1372,10 +1372,43 @@ def shrink(ctx, label, path, steps, signature, deadline):
             if chunk == 1:
                 break
             granularity = min(len(current), granularity * 2)
+    # then make single steps simpler, one change at a time
+    index = 0
+    while index < len(current) and time.monotonic() < deadline:
+        for simpler in simpler_steps(current[index]):
+            smaller = failing_prefix(current[:index] + [simpler] + current[index + 1:])
+            if smaller is not None:
+                current = smaller
+                break
+        else:
+            index += 1
     final = replay(ctx, label, path, current)
     if final.failure is None or final.failure[1] != signature:
         return None
     return current, final
+
+
+def simpler_steps(step):
+    """Variants of a step with fewer or plainer arguments, simplest first."""
+    kind = step[0]
+    if kind == "acquire":
+        _, slot, n, holder, ttl, wait, session_bound = step
+        if wait is not None:
+            yield ("acquire", slot, n, holder, ttl, None, session_bound)
+        if session_bound:
+            yield ("acquire", slot, n, holder, ttl, wait, False)
+    elif kind == "acquire_any":
+        _, slot, candidates, holder, ttl, max_count, session_bound, consistent = step
+        for i in range(len(candidates)):
+            if len(candidates) > 1:
+                yield ("acquire_any", slot, candidates[:i] + candidates[i + 1:], holder, ttl, max_count,
+                       session_bound, consistent)
+        if max_count > 1:
+            yield ("acquire_any", slot, candidates, holder, ttl, 1, session_bound, consistent)
+        if session_bound:
+            yield ("acquire_any", slot, candidates, holder, ttl, max_count, False, consistent)
+        if consistent:
+            yield ("acquire_any", slot, candidates, holder, ttl, max_count, session_bound, False)
 
 
 # --------------------------------------------------------------------------------------------

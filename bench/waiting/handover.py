@@ -12,6 +12,9 @@ Usage: handover.py PORT [ROUNDS=300] [TERMINATIONS=30] [WAITERS=32] [HANDOVERS=1
    order is first come, first served: no call is granted before a call that reached the
    server earlier (each call reads the server clock just before it joins the queue; calls
    less than 0.1 ms apart count as simultaneous).
+4. Bounded waits: while a holder keeps a fenced transaction open on an expired lease (the lease
+   cannot be granted until it ends), calls with wait => 100 ms and calls without wait: how long
+   each takes beyond what it asked to wait (the README states the bound).
 Prints one Markdown table; with SAMPLES_JSON, also writes the latencies of 1 and 2 there
 ({"waiting_ms": [...], "polling_ms": [...], "terminated_ms": [...]})."""
 
@@ -177,8 +180,32 @@ def contention():
     }
 
 
+def bounded_waits(calls=100, wait_ms=100):
+    """Milliseconds each call took beyond its wait, while a fenced transaction stands in the way:
+    (with wait => wait_ms, without wait)."""
+    holder, caller = connect(), connect()
+    token = one(holder, "SELECT lease_acquire('bounded', 'holder', '50 ms')")
+    holder.execute("BEGIN")
+    assert one(holder, "SELECT lease_check('bounded', %s)", (token,)) is True
+    holder.execute("SELECT pg_sleep(0.06)")  # the lease has expired; the fence stands
+    beyond = {"wait": [], "no wait": []}
+    for n in range(calls):
+        for kind, sql in (("wait", f"SELECT lease_acquire('bounded', 'caller', '1 min', wait => '{wait_ms} ms')"),
+                          ("no wait", "SELECT lease_acquire('bounded', 'caller', '1 min')")):
+            started = time.perf_counter()
+            granted = one(caller, sql)
+            assert granted is None, "granted while the fence stands"
+            beyond[kind].append((time.perf_counter() - started) * 1000 - (wait_ms if kind == "wait" else 0))
+    holder.execute("ROLLBACK")
+    caller.execute("DELETE FROM lease.leases WHERE resource = 'bounded'")
+    holder.close()
+    caller.close()
+    return beyond
+
+
 with connect() as clean:
     clean.execute("TRUNCATE lease.leases")
+bounded = bounded_waits()
 blocking = handover_latency(None)
 polling = handover_latency(0.05)
 terminated = termination_latency()
@@ -204,3 +231,9 @@ print(f"| double grants (repeated or decreasing tokens) | {result['double']} |")
 print(f"| client errors | {result['errors']} |")
 print(f"| FIFO: grants that went ahead of a call that arrived earlier | {result['overtaken']} of {result['grants']} |")
 print(f"| grants per client, min / max | {result['min_count']} / {result['max_count']} |")
+print()
+print("| while a fenced transaction stands in the way (100 calls each) | p50 | p99 | max |")
+print("|---|---:|---:|---:|")
+for kind, label in (("wait", "acquire with wait => 100 ms: time beyond the wait"), ("no wait", "acquire without wait: time to answer")):
+    values = bounded[kind]
+    print(f"| {label} | {percentile(values, 0.5):.2f} ms | {percentile(values, 0.99):.2f} ms | {max(values):.2f} ms |")

@@ -616,6 +616,9 @@ fn extend_ours(store: &Store, request: &Request) -> Option<Attempt> {
     if current.holder != holder || current.owner != store.caller() || current.expires_at <= now {
         return None;
     }
+    if current.session_bound && session::holder_is_gone(current.token) {
+        return None; // ended with its session: not the caller's any more
+    }
     ensure_snapshot_current(store, resource);
     let expires_at = now + ttl;
     store.extend(resource, current.token, now, expires_at)?;
@@ -860,61 +863,84 @@ mod tests {
 
     #[pg_test]
     fn second_holder_is_refused() {
-        assert!(acquire("'r', 'one', '1 min'").is_some());
-        assert_eq!(acquire("'r', 'two', '1 min'"), None);
+        assert!(acquire("'t:second_holder_is_refused', 'one', '1 min'").is_some());
+        assert_eq!(acquire("'t:second_holder_is_refused', 'two', '1 min'"), None);
     }
 
     #[pg_test]
     fn reacquire_by_same_holder_returns_same_token_and_extends() {
-        let token = acquire("'r', 'one', '1 min'").unwrap();
-        assert_eq!(acquire("'r', 'one', '2 min'"), Some(token));
+        let token =
+            acquire("'t:reacquire_by_same_holder_returns_same_token_and_extends', 'one', '1 min'").unwrap();
+        assert_eq!(
+            acquire("'t:reacquire_by_same_holder_returns_same_token_and_extends', 'one', '2 min'"),
+            Some(token)
+        );
         assert!(boolean(
-            "SELECT expires_at > clock_timestamp() + interval '90 s' FROM lease.leases WHERE resource = 'r'"
+            "SELECT expires_at > clock_timestamp() + interval '90 s' FROM lease.leases WHERE resource = 't:reacquire_by_same_holder_returns_same_token_and_extends'"
         ));
     }
 
     #[pg_test]
     fn expired_lease_is_taken_over_with_a_larger_token() {
-        let old = acquire("'r', 'one', '1 ms'").unwrap();
-        wait_until_expired("r");
-        let new = acquire("'r', 'two', '1 min'").unwrap();
+        let old = acquire("'t:expired_lease_is_taken_over_with_a_larger_token', 'one', '1 ms'").unwrap();
+        wait_until_expired("t:expired_lease_is_taken_over_with_a_larger_token");
+        let new = acquire("'t:expired_lease_is_taken_over_with_a_larger_token', 'two', '1 min'").unwrap();
         assert!(new > old);
-        assert!(!boolean(&format!("SELECT lease_renew('r', {old})")));
-        assert!(!boolean(&format!("SELECT lease_release('r', {old})")));
-        assert!(!boolean(&format!("SELECT lease_check('r', {old})")));
-        assert!(boolean(&format!("SELECT lease_check('r', {new})")));
+        assert!(!boolean(&format!(
+            "SELECT lease_renew('t:expired_lease_is_taken_over_with_a_larger_token', {old})"
+        )));
+        assert!(!boolean(&format!(
+            "SELECT lease_release('t:expired_lease_is_taken_over_with_a_larger_token', {old})"
+        )));
+        assert!(!boolean(&format!(
+            "SELECT lease_check('t:expired_lease_is_taken_over_with_a_larger_token', {old})"
+        )));
+        assert!(boolean(&format!(
+            "SELECT lease_check('t:expired_lease_is_taken_over_with_a_larger_token', {new})"
+        )));
     }
 
     #[pg_test]
     fn expired_lease_cannot_be_renewed_even_if_nobody_took_it() {
-        let token = acquire("'r', 'one', '1 ms'").unwrap();
-        wait_until_expired("r");
-        assert!(!boolean(&format!("SELECT lease_renew('r', {token}, '1 min')")));
-        assert!(!boolean(&format!("SELECT lease_release('r', {token})")));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM lease_info('r')").unwrap(), Some(0));
+        let token =
+            acquire("'t:expired_lease_cannot_be_renewed_even_if_nobody_took_it', 'one', '1 ms'").unwrap();
+        wait_until_expired("t:expired_lease_cannot_be_renewed_even_if_nobody_took_it");
+        assert!(!boolean(&format!("SELECT lease_renew('t:expired_lease_cannot_be_renewed_even_if_nobody_took_it', {token}, '1 min')")));
+        assert!(!boolean(&format!(
+            "SELECT lease_release('t:expired_lease_cannot_be_renewed_even_if_nobody_took_it', {token})"
+        )));
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM lease_info('t:expired_lease_cannot_be_renewed_even_if_nobody_took_it')"
+            )
+            .unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]
     fn release_is_true_once() {
-        let token = acquire("'r', 'one'").unwrap();
-        assert!(boolean(&format!("SELECT lease_release('r', {token})")));
-        assert!(!boolean(&format!("SELECT lease_release('r', {token})")));
-        assert!(acquire("'r', 'two'").is_some());
+        let token = acquire("'t:release_is_true_once', 'one'").unwrap();
+        assert!(boolean(&format!("SELECT lease_release('t:release_is_true_once', {token})")));
+        assert!(!boolean(&format!("SELECT lease_release('t:release_is_true_once', {token})")));
+        assert!(acquire("'t:release_is_true_once', 'two'").is_some());
     }
 
     #[pg_test]
     fn null_ttl_uses_lease_default_ttl() {
         Spi::run("SET LOCAL lease.default_ttl = '5min'").unwrap();
-        acquire("'r', 'one'").unwrap();
+        acquire("'t:null_ttl_uses_lease_default_ttl', 'one'").unwrap();
         assert!(boolean(
-            "SELECT expires_at - acquired_at = interval '5 min' FROM lease.leases WHERE resource = 'r'"
+            "SELECT expires_at - acquired_at = interval '5 min' FROM lease.leases WHERE resource = 't:null_ttl_uses_lease_default_ttl'"
         ));
     }
 
-    #[pg_test(error = "lease on resource \"r\" is not held with token 999")]
+    #[pg_test(
+        error = "lease on resource \"t:assert_raises_for_a_token_that_does_not_hold\" is not held with token 999"
+    )]
     fn assert_raises_for_a_token_that_does_not_hold() {
-        acquire("'r', 'one'").unwrap();
-        Spi::run("SELECT lease_assert('r', 999)").unwrap();
+        acquire("'t:assert_raises_for_a_token_that_does_not_hold', 'one'").unwrap();
+        Spi::run("SELECT lease_assert('t:assert_raises_for_a_token_that_does_not_hold', 999)").unwrap();
     }
 
     #[pg_test(error = "resource must not be null")]
@@ -924,7 +950,7 @@ mod tests {
 
     #[pg_test(error = "holder must not be empty or blank")]
     fn blank_holder_is_rejected() {
-        acquire("'r', E' \\t\\n'");
+        acquire("'t:blank_holder_is_rejected', E' \\t\\n'");
     }
 
     #[pg_test(error = "resource is 513 bytes long; the limit is 512 bytes")]
@@ -934,31 +960,38 @@ mod tests {
 
     #[pg_test(error = "ttl must not exceed lease.max_ttl (86400 s)")]
     fn ttl_over_max_is_rejected() {
-        acquire("'r', 'h', '1 day 1 second'");
+        acquire("'t:ttl_over_max_is_rejected', 'h', '1 day 1 second'");
     }
 
     #[pg_test(error = "lease.default_ttl must not exceed lease.max_ttl (86400 s)")]
     fn default_ttl_over_max_is_rejected() {
         Spi::run("SET LOCAL lease.default_ttl = '2d'").unwrap();
-        acquire("'r', 'h'");
+        acquire("'t:default_ttl_over_max_is_rejected', 'h'");
     }
 
     #[pg_test(error = "waiting for a lease requires lease in shared_preload_libraries")]
     fn waiting_needs_preloading() {
-        acquire("'r', 'h', '1 min', '1 s'");
+        acquire("'t:waiting_needs_preloading', 'h', '1 min', '1 s'");
     }
 
     #[pg_test]
     fn session_bound_lease_works_without_preloading() {
-        let token = acquire("'r', 'h', '1 min', NULL, true").unwrap();
-        let pid: i32 = Spi::get_one("SELECT session_pid FROM lease_info('r')").unwrap().unwrap();
+        let token =
+            acquire("'t:session_bound_lease_works_without_preloading', 'h', '1 min', NULL, true").unwrap();
+        let pid: i32 = Spi::get_one(
+            "SELECT session_pid FROM lease_info('t:session_bound_lease_works_without_preloading')",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(pid, Spi::get_one::<i32>("SELECT pg_backend_pid()").unwrap().unwrap());
-        assert!(boolean(&format!("SELECT lease_release('r', {token})")));
+        assert!(boolean(&format!(
+            "SELECT lease_release('t:session_bound_lease_works_without_preloading', {token})"
+        )));
     }
 
     #[pg_test(error = "token must be positive, not 0")]
     fn zero_token_is_rejected() {
-        Spi::run("SELECT lease_check('r', 0)").unwrap();
+        Spi::run("SELECT lease_check('t:zero_token_is_rejected', 0)").unwrap();
     }
 
     #[pg_test]

@@ -156,10 +156,10 @@ class SessionModel:
 class Alt:
     """One answer the contract allows, and what it does to the model when it is the answer."""
 
-    __slots__ = ("pattern", "apply")
+    __slots__ = ("pattern", "apply", "why")
 
-    def __init__(self, pattern, apply=None):
-        self.pattern, self.apply = pattern, apply
+    def __init__(self, pattern, apply=None, why=None):
+        self.pattern, self.apply, self.why = pattern, apply, why  # why: the contract's case (coverage)
 
 
 def snapshot_value(history, snapshot):
@@ -347,23 +347,27 @@ class Model:
         own = live and current.holder == holder and current.owner == s.role
         # The lock is busy: NULL at once, except the holder's own re-acquire while others only fence.
         if others & {CHANGE, EXTEND} or (others and not own):
-            return [Alt(("value", None))]
+            return [Alt(("value", None), why="busy lock")]
         if live and not own:
-            return [Alt(("value", None))]
+            return [Alt(("value", None), why="held by another")]
         alts = []
         bad_binding = own and session_bound and current.bound not in (None, s.key)
         changed = self.changed(tx, n)
         if bad_binding:
-            alts.append(Alt(("error", "55006")))
+            alts.append(Alt(("error", "55006"), why="bound to another session"))
         if changed != "no":
-            alts.append(Alt(("error", "40001")))
+            alts.append(Alt(("error", "40001"), why="changed since snapshot"))
         if not bad_binding and changed != "yes":
             if own:
+                why = "re-acquire while others fence" if others else "re-acquire"
+                if session_bound and current.bound is None:
+                    why += ", binds"
                 alts.append(Alt(("value", current.token),
-                                lambda _v: self._extend(s, tx, n, current, short, session_bound)))
+                                lambda _v: self._extend(s, tx, n, current, short, session_bound), why))
             else:
+                why = "takeover of an expired row" if current is not None else "grant"
                 alts.append(Alt(("new",),
-                                lambda token: self._grant(s, tx, n, holder, token, short, session_bound)))
+                                lambda token: self._grant(s, tx, n, holder, token, short, session_bound), why))
         return alts
 
     def eval_acquire_any(self, s, tx, candidates, holder, short, max_count, session_bound, consistent):
@@ -373,53 +377,59 @@ class Model:
                 order.append(n)
         alts = []
 
-        def finish(taken):
+        def finish(taken, whys):
             def apply(rows):
                 for (n, pattern, current), (_, token) in zip(taken, rows):
                     if pattern == "new":
                         self._grant(s, tx, n, holder, token, short, session_bound)
                     else:
                         self._extend(s, tx, n, current, short, session_bound)
-            alts.append(Alt(("rows", [(n, pattern) for n, pattern, _ in taken]), apply))
+            why = ", ".join(sorted(set(whys))) or "no candidate"
+            alts.append(Alt(("rows", [(n, pattern) for n, pattern, _ in taken]), apply, why))
 
-        def walk(i, taken):
+        def walk(i, taken, whys):
             if len(taken) == max_count or i == len(order):
-                return finish(taken)
+                return finish(taken, whys)
             n = order[i]
             others = self.others(s.slot, n)
             current = self.view(tx, n)
             live = current is not None and not current.expired
             own = live and current.holder == holder and current.owner == s.role
-            if live and not own:  # another holder's: skipped
-                return walk(i + 1, taken)
+            if live and not own:
+                return walk(i + 1, taken, whys + ["skip held"])
             changed = self.changed(tx, n)
             if consistent:
                 # only resources with no lease row, unchanged since the snapshot, lock free
-                if current is not None or others or changed == "yes":
-                    return walk(i + 1, taken)
+                if current is not None:
+                    return walk(i + 1, taken, whys + ["consistent: skip row"])
+                if others:
+                    return walk(i + 1, taken, whys + ["consistent: skip busy"])
+                if changed == "yes":
+                    return walk(i + 1, taken, whys + ["consistent: skip changed"])
                 if changed == "maybe":
-                    walk(i + 1, taken)
-                return walk(i + 1, taken + [(n, "new", None)])
+                    walk(i + 1, taken, whys + ["consistent: skip changed"])
+                return walk(i + 1, taken + [(n, "new", None)], whys + ["consistent: grant"])
             if own:
                 if others & {CHANGE, EXTEND}:
-                    return walk(i + 1, taken)
+                    return walk(i + 1, taken, whys + ["skip busy own"])
                 bad_binding = session_bound and current.bound not in (None, s.key)
                 if bad_binding:
-                    alts.append(Alt(("error", "55006")))
+                    alts.append(Alt(("error", "55006"), why="bound to another session"))
                 if changed != "no":
-                    alts.append(Alt(("error", "40001")))
+                    alts.append(Alt(("error", "40001"), why="changed since snapshot"))
                 if not bad_binding and changed != "yes":
-                    walk(i + 1, taken + [(n, current.token, current)])
+                    walk(i + 1, taken + [(n, current.token, current)],
+                         whys + ["re-acquire while others fence" if others else "re-acquire"])
                 return None
-            if others:  # busy: skipped
-                return walk(i + 1, taken)
+            if others:
+                return walk(i + 1, taken, whys + ["skip busy"])
             if changed != "no":
-                alts.append(Alt(("error", "40001")))
+                alts.append(Alt(("error", "40001"), why="changed since snapshot"))
             if changed != "yes":
-                walk(i + 1, taken + [(n, "new", None)])
+                walk(i + 1, taken + [(n, "new", None)], whys + ["takeover" if current is not None else "grant"])
             return None
 
-        walk(0, [])
+        walk(0, [], [])
         unique = []
         for alt in alts:
             if all(alt.pattern != other.pattern for other in unique):
@@ -429,23 +439,24 @@ class Model:
     def eval_renew(self, s, tx, n, token, short):
         lease = self.holds(tx, n, token)
         if lease is None:
-            return [Alt(("value", False))]
+            return [Alt(("value", False), why="not held")]
         if not is_member(s.role, lease.owner):
-            return [Alt(("error", "42501"))]
-        return [Alt(("value", True), lambda _v: self._extend(s, tx, n, lease, short, False))]
+            return [Alt(("error", "42501"), why="not a member")]
+        why = "held, others fence" if self.others(s.slot, n) else "held"
+        return [Alt(("value", True), lambda _v: self._extend(s, tx, n, lease, short, False), why)]
 
     def eval_release(self, s, tx, n, token):
         lease = self.holds(tx, n, token)
         if lease is None:
-            return [Alt(("value", False))]
+            return [Alt(("value", False), why="not held")]
         if not is_member(s.role, lease.owner):
-            return [Alt(("error", "42501"))]
+            return [Alt(("error", "42501"), why="not a member")]
 
         def apply(_v):
             tx.leases[n] = None
             tx.lock(n, CHANGE)
             tx.proofs.add(n)
-        return [Alt(("value", True), apply)]
+        return [Alt(("value", True), apply, "held")]
 
     def _fence(self, tx, n):
         tx.lock(n, FENCE)
@@ -454,76 +465,84 @@ class Model:
     def eval_check(self, s, tx, n, token):
         lease = self.holds(tx, n, token)
         if lease is not None and is_member(s.role, lease.owner):
-            return [Alt(("value", True), lambda _v: self._fence(tx, n))]
-        return [Alt(("value", False))]
+            why = "held, others fence or extend" if self.others(s.slot, n) else "held"
+            return [Alt(("value", True), lambda _v: self._fence(tx, n), why)]
+        return [Alt(("value", False), why="not held" if lease is None else "held, not a member")]
 
     def eval_assert(self, s, tx, n, token):
         lease = self.holds(tx, n, token)
         if lease is None:
-            return [Alt(("error", "55000"))]
+            return [Alt(("error", "55000"), why="not held")]
         if not is_member(s.role, lease.owner):
-            return [Alt(("error", "42501"))]
-        return [Alt(("void",), lambda _v: self._fence(tx, n))]
+            return [Alt(("error", "42501"), why="held, not a member")]
+        return [Alt(("void",), lambda _v: self._fence(tx, n), "held")]
 
     def eval_force(self, s, tx, n):
         if not may_force_release(s.role):
-            return [Alt(("error", "42501"))]
+            return [Alt(("error", "42501"), why="not granted")]
         lease = self.view(tx, n)
         if lease is None or lease.expired:
-            return [Alt(("value", False))]
+            return [Alt(("value", False), why="expired row" if lease is not None else "no lease")]
 
         def apply(_v):
             tx.leases[n] = None
             tx.lock(n, CHANGE)
-        return [Alt(("value", True), apply)]
+        return [Alt(("value", True), apply, "live lease")]
 
     def eval_info(self, s, tx, n):
         lease = self.snapshot_view(tx, n)
         if lease is None or lease.expired:
-            return [Alt(("info", None))]
-        token = lease.token if is_member(s.role, lease.owner) else None
-        return [Alt(("info", (lease.holder, token, lease.owner)))]
+            return [Alt(("info", None), why="free or expired")]
+        member = is_member(s.role, lease.owner)
+        token = lease.token if member else None
+        why = ("member" if member else "not a member") + (
+            ", snapshot differs" if lease is not self.view(tx, n) else "")
+        return [Alt(("info", (lease.holder, token, lease.owner)), why=why)]
 
     def eval_insert(self, s, tx, k, n, token):
         lease = self.holds(tx, n, token) if token is not None else None
         if lease is None or not is_member(s.role, lease.owner):
-            return [Alt(("error", "55000"))]
+            why = "NULL token" if token is None else "not held" if lease is None else "held, not a member"
+            return [Alt(("error", "55000"), why=why)]
 
         def apply(_v):
             tx.rows[k] = (n, token)
             tx.row_locks.add(k)
             self._fence(tx, n)
-        return [Alt(("count", 1), apply)]
+        return [Alt(("count", 1), apply, "held")]
 
     def eval_row_change(self, s, tx, kind, k, target=None, token=None):
         """UPDATE without the token column ("update"), with it ("update_token"), moving the row
         to resource `target` with it ("move"), or DELETE ("delete")."""
         row = self.row_view(tx, k)
         if row is None:
-            return [Alt(("count", 0))]
+            return [Alt(("count", 0), why="no row visible")]
         if self.row_changed(tx, k):
-            return [Alt(("error", "40001"))]
+            return [Alt(("error", "40001"), why="row changed since snapshot")]
         n = row[0]
         if kind in ("update", "delete"):
             if n not in tx.proofs:
-                return [Alt(("error", "55000"))]
+                holds_row = self.holds(tx, n, row[1]) is not None
+                return [Alt(("error", "55000"), why="unproven" + (" (row token holds)" if holds_row else ""))]
 
             def apply(_v):
                 tx.rows[k] = row if kind == "update" else None
                 tx.row_locks.add(k)
-            return [Alt(("count", 1), apply)]
+            return [Alt(("count", 1), apply, "proven")]
         if kind == "update_token":
             target = n
         lease = self.holds(tx, target, token) if token is not None else None
         # A token holds one resource only: a moved row's old resource must be proven.
         if lease is None or not is_member(s.role, lease.owner) or (target != n and n not in tx.proofs):
-            return [Alt(("error", "55000"))]
+            why = ("NULL token" if token is None else "not held" if lease is None
+                   else "held, not a member" if not is_member(s.role, lease.owner) else "old resource unproven")
+            return [Alt(("error", "55000"), why=why)]
 
         def apply(_v):
             tx.rows[k] = (target, token)
             tx.row_locks.add(k)
             self._fence(tx, target)
-        return [Alt(("count", 1), apply)]
+        return [Alt(("count", 1), apply, "held" + (", moved" if target != n else ""))]
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -719,9 +738,10 @@ def actual_kind(actual, fetch):
 class Record:
     """One executed step: who, what SQL, what the contract allows, what the server said."""
 
-    def __init__(self, index, slot, role, sql, expected, got, ok, signature):
+    def __init__(self, index, slot, role, sql, expected, got, ok, signature, why=None):
         self.index, self.slot, self.role = index, slot, role
         self.sql, self.expected, self.got, self.ok, self.signature = sql, expected, got, ok, signature
+        self.why = why or signature[-1]
 
     def line(self, number):
         who = "observer" if self.slot is None else f"s{self.slot} ({self.role})"
@@ -821,9 +841,9 @@ class History:
             if self.path == "sql":
                 obs.execute(f"DROP TRIGGER IF EXISTS {NOOP} ON lease.leases")
             remove_leases(obs, f"{PREFIX}{self.tag}:")
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as error:
             if exc[0] is None:
-                raise
+                raise ServerGone(f"observer: {error}") from error
         return False
 
     def connect(self, slot):
@@ -975,7 +995,7 @@ class History:
     def run_step(self, index, step):
         record = getattr(self, "do_" + step[0])(index, self.model.sessions[step[1]], *step[2:])
         self.records.append(record)
-        self.ctx.coverage[(record.signature[0], record.signature[-1] if record.ok else "MISMATCH")] += 1
+        self.ctx.coverage[(record.signature[0], record.why if record.ok else "MISMATCH")] += 1
         if not record.ok:
             self.failure = (index, record.signature)
             return
@@ -1054,7 +1074,10 @@ class History:
         got = self.got_text(actual, fetch)
         chosen = next((alt for alt in alts if model.matches(alt.pattern, actual)), None)
         signature = (kind, " or ".join(sorted({pattern_kind(a.pattern) for a in alts})), actual_kind(actual, fetch))
-        record = Record(index, s.slot, s.role, render(sql, params), expected, got, chosen is not None, signature)
+        record = Record(index, s.slot, s.role, render(sql, params), expected, got, chosen is not None, signature,
+                        chosen.why if chosen is not None and chosen.why else None)
+        if record.ok:
+            record.why = f"{record.why} [{tx.isolation if tx.explicit else 'autocommit'}]"
         if chosen is None:
             if autocommit:
                 s.tx = None
@@ -1456,14 +1479,14 @@ def test_model(observer):
         try:
             with History(ctx, number, path) as history:
                 steps = history.generate(rng, STEPS)
-        except ServerGone as gone:
+        except (ServerGone, psycopg.OperationalError) as gone:
             pytest.fail(f"lost the connection to the server (restarted?): {gone}; rerun the test")
         if history.failure is not None and history.failure[1] not in failures and len(failures) < MAX_FAILURES:
             failures[history.failure[1]] = (number, path, steps, history.records)
     elapsed = time.monotonic() - started
-    coverage = ", ".join(f"{kind}->{outcome}: {count}" for (kind, outcome), count in sorted(ctx.coverage.items()))
+    coverage = "\n".join(f"  {kind}: {why}: {count}" for (kind, why), count in sorted(ctx.coverage.items()))
     print(f"\nmodel: seed {SEED}, {HISTORIES} histories of {STEPS} steps, {ctx.statements} statements "
-          f"in {elapsed:.1f} s\ncoverage: {coverage}")
+          f"in {elapsed:.1f} s; answers by the contract's case:\n{coverage}")
     if not failures:
         return
 
@@ -1473,8 +1496,9 @@ def test_model(observer):
         shrunk = None
         try:
             shrunk = shrink(ctx, number, path, steps, signature, deadline)
-        except ServerGone as gone:
+        except (ServerGone, psycopg.OperationalError) as gone:
             reports.append(f"(shrinking stopped: lost the connection to the server: {gone})")
+            break
         if shrunk is not None:
             shown, note = shrunk[1].records, f"shrunk from {len(steps)} to {len(shrunk[0])} steps"
         else:

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import connect, one
 
-# Every earlier version: 0.1.0 is installed from its own script, 0.2.0 from it and the 0.2.0 step.
-OLD_VERSIONS = ("0.1.0", "0.2.0")
+# Every earlier version: 0.1.0 is installed from its own script, each later one from it and the steps.
+OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0")
 
 # Every object of the extension, with what an upgrade must get right: signatures, results,
 # volatility, security, settings, ACLs, comments, view definitions, columns, indexes.
@@ -58,9 +58,12 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         assert one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'lease'") == old_version
         held = one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder', '1 hour')")
         fenced = one(conn, "SELECT lease_acquire('upgrade:fenced', 'old-holder', '1 hour')")
-        # The newest argument does not exist before the update.
-        with pytest.raises(psycopg.errors.UndefinedFunction):
-            conn.execute("SELECT lease_acquire_any(ARRAY['x'], 'h', snapshot_consistent => true)")
+        # What the later steps add does not exist before them.
+        if old_version < "0.3.0":
+            with pytest.raises(psycopg.errors.UndefinedFunction):
+                conn.execute("SELECT lease_acquire_any(ARRAY['x'], 'h', snapshot_consistent => true)")
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            conn.execute("SELECT events_dropped FROM lease.stats")
 
         conn.execute("ALTER EXTENSION lease UPDATE")
         current = one(conn, "SELECT default_version FROM pg_available_extensions WHERE name = 'lease'")
@@ -96,6 +99,11 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         assert one(conn, "SELECT lease_release('upgrade:held', %s)", (held,)) is True
         conn.execute("DROP TABLE protected")
         upgraded = [row[0] for row in conn.execute(CATALOG).fetchall()]
+        # The leases and the token sequence are part of a dump after the update.
+        assert conn.execute(
+            "SELECT array_agg(c::regclass::text ORDER BY 1) FROM pg_extension, unnest(extconfig) AS c "
+            "WHERE extname = 'lease'"
+        ).fetchone()[0] == ["lease.leases", "lease.token_seq"]
 
     with connect(dbname=fresh_db) as conn:
         conn.execute("CREATE EXTENSION lease")

@@ -8,6 +8,14 @@ SELECT lease_acquire('job:42', 'worker-b', '30 seconds') AS refused;
 SELECT holder, token, owner, expires_at - clock_timestamp() < interval '30 seconds' AS expiring FROM lease_info('job:42');
 \echo 'a fenced write: the check and the write commit together, or not at all:'
 SELECT lease_check('job:42', :token) AS fence_passes;
+\echo 'a table fenced by the lease_fence trigger: a DELETE (it states no token) passes only in a transaction that proved the lease:'
+CREATE TEMP TABLE demo_jobs (id int PRIMARY KEY, lease_token bigint);
+CREATE TRIGGER fence BEFORE UPDATE OR DELETE ON demo_jobs FOR EACH ROW EXECUTE FUNCTION lease_fence('id', 'lease_token', 'job:');
+INSERT INTO demo_jobs VALUES (42, :token);
+BEGIN;
+SELECT lease_assert('job:42', :token);
+DELETE FROM demo_jobs WHERE id = 42;
+COMMIT;
 \echo 'renew, then release (true once, false afterwards):'
 SELECT lease_renew('job:42', :token, '1 minute') AS renewed;
 SELECT lease_release('job:42', :token) AS released, lease_release('job:42', :token) AS released_again;

@@ -113,13 +113,17 @@ fn lease_force_release(resource: Option<&str>) -> bool {
 pub fn force_release(resource: Option<&str>) -> LeaseResult<bool> {
     let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
     ensure_primary()?;
-    let _held = barrier::lock(resource, Mode::Change);
+    let held = barrier::lock(resource, Mode::Change);
     let now = clock_now();
     let store = Store::open();
-    let Some(current) = store.current(resource).filter(|lease| lease.expires_at > now) else {
-        return Ok(false);
-    };
-    let Some((holder, _)) = store.delete_grant(resource, current.token) else {
+    let revoked = store.current(resource).filter(|lease| lease.expires_at > now).and_then(|current| {
+        ensure_snapshot_current(&store, resource);
+        let (holder, _) = store.delete_grant(resource, current.token)?;
+        Some((current, holder))
+    });
+    drop(store);
+    let Some((current, holder)) = revoked else {
+        held.release_if_unused_before();
         return Ok(false);
     };
     session::unbind_at_commit(current.token);
@@ -234,7 +238,10 @@ struct Request<'a> {
 
 /// The outcome of one attempt to acquire.
 enum Attempt {
+    /// A new grant, or a takeover: the resource stays locked in [`Mode::Change`].
     Granted(i64),
+    /// The caller's own live lease, extended: the resource stays locked in [`Mode::Extend`].
+    Extended(i64),
     /// Someone else holds it until this time (server clock).
     Held(Timestamp),
     /// Free, but queued waiters come first.
@@ -242,6 +249,16 @@ enum Attempt {
     /// Another transaction is changing, extending or fencing the resource right now, so the
     /// answer is not known without waiting for it.
     Busy,
+}
+
+impl Attempt {
+    /// The token the caller holds after the attempt, if it does.
+    fn token(&self) -> Option<i64> {
+        match *self {
+            Attempt::Granted(token) | Attempt::Extended(token) => Some(token),
+            _ => None,
+        }
+    }
 }
 
 pub fn acquire(
@@ -266,15 +283,12 @@ pub fn acquire(
     // First as a call that does not wait: a holder's re-acquire of its own lease, and a free
     // lease nobody queues for, are answered at once.
     let token = if wait == 0 {
-        match attempt_now(&Store::open(), &request, None) {
-            Attempt::Granted(token) => Some(token),
-            _ => None,
-        }
+        attempt_now(&Store::open(), &request, None).token()
     } else {
         // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
-        match in_subtransaction(|| attempt_now(&Store::open(), &request, None)) {
-            Attempt::Granted(token) => Some(token),
-            _ => wait_for(&request, wait)?,
+        match in_subtransaction(|| attempt_now(&Store::open(), &request, None)).token() {
+            Some(token) => Some(token),
+            None => wait_for(&request, wait)?,
         }
     };
     if token.is_none() {
@@ -331,15 +345,19 @@ pub fn acquire_any(
         if !seen.insert(resource) || held_by_others(resource) {
             continue;
         }
-        // Being changed or fenced by another transaction right now (most likely another
-        // claimer): skip.
-        let Some(held) = barrier::try_lock(resource, Mode::Change) else { continue };
-        if snapshot_consistent && store.changed_since_snapshot(resource) {
-            held.release_if_unused_before();
-            continue;
-        }
         let request = Request { resource, holder, ttl, session_bound, only_if_free: snapshot_consistent };
-        if let Attempt::Granted(token) = attempt_holding(held, &store, &request, None) {
+        let outcome = match barrier::try_lock(resource, Mode::Change) {
+            Some(held) if snapshot_consistent && store.changed_since_snapshot(resource) => {
+                held.release_if_unused_before();
+                continue;
+            }
+            Some(held) => attempt_holding(held, &store, &request, None),
+            // Being changed or fenced by another transaction right now (most likely another
+            // claimer): skipped, unless it is the caller's own live lease and only fences
+            // stand in the way, as for lease_acquire.
+            None => attempt_while_busy(&store, &request),
+        };
+        if let Some(token) = outcome.token() {
             granted.push((resource.to_owned(), token));
             if granted.len() == max_count {
                 break;
@@ -377,7 +395,7 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
         if ticket.is_head() {
             let give_up_at = deadline.min(lock_deadline);
             match in_subtransaction(|| attempt_waiting(request, ticket.number(), give_up_at)) {
-                Attempt::Granted(token) => {
+                Attempt::Granted(token) | Attempt::Extended(token) => {
                     stats::add(Counter::Handovers, 1);
                     return Ok(Some(token));
                 }
@@ -431,7 +449,7 @@ fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
             })
             .execute();
         match outcome {
-            Attempt::Granted(_) => {
+            Attempt::Granted(_) | Attempt::Extended(_) => {
                 pg_sys::ReleaseCurrentSubTransaction();
                 restore();
             }
@@ -499,9 +517,14 @@ fn held_by_another(store: &Store, request: &Request) -> Option<Attempt> {
 /// the lock when that read says the lease is another holder's, extends the caller's own live
 /// lease when only fences stand in the way, and is [`Attempt::Busy`] otherwise.
 fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
-    if let Some(held) = barrier::try_lock(request.resource, Mode::Change) {
-        return attempt_holding(held, store, request, ticket);
+    match barrier::try_lock(request.resource, Mode::Change) {
+        Some(held) => attempt_holding(held, store, request, ticket),
+        None => attempt_while_busy(store, request),
     }
+}
+
+/// The rest of [`attempt_now`] when another transaction holds the resource's lock.
+fn attempt_while_busy(store: &Store, request: &Request) -> Attempt {
     if let Some(held) = held_by_another(store, request) {
         return held;
     }
@@ -521,9 +544,12 @@ fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt
 /// As [`attempt_now`], with the resource's lock taken in [`Mode::Change`].
 fn attempt_holding(held: barrier::Held, store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
     let outcome = attempt_locked(store, request, ticket);
-    if !matches!(outcome, Attempt::Granted(_)) {
+    match outcome {
+        Attempt::Granted(_) => {}
+        // Only extended: fences need not wait for this transaction.
+        Attempt::Extended(_) => held.downgrade(Mode::Extend),
         // Nothing changed: do not keep others out for the rest of the transaction.
-        held.release_if_unused_before();
+        _ => held.release_if_unused_before(),
     }
     outcome
 }
@@ -634,7 +660,7 @@ fn extend_ours(store: &Store, request: &Request) -> Option<Attempt> {
     barrier::prove(resource, current.token);
     stats::add(Counter::Reacquired, 1);
     record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
-    Some(Attempt::Granted(current.token))
+    Some(Attempt::Extended(current.token))
 }
 
 /// The session's application_name.
@@ -661,8 +687,12 @@ pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) 
     let now = clock_now();
     let store = Store::open();
     let expires_at = now + ttl;
-    let Some(lease) = store.extend(resource, token, now, expires_at) else {
-        ensure_snapshot_current(&store, resource);
+    let lease = match decide_on_latest(&store, resource, token, now) {
+        Ok(true) => store.extend(resource, token, now, expires_at),
+        Ok(false) => None,
+        Err(error) => return Err(error),
+    };
+    let Some(lease) = lease else {
         drop(store);
         held.release_if_unused_before();
         return Ok(false);
@@ -681,8 +711,12 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     let held = barrier::lock(resource, Mode::Change);
     let now = clock_now();
     let store = Store::open();
-    let Some(lease) = store.delete(resource, token, now) else {
-        ensure_snapshot_current(&store, resource);
+    let lease = match decide_on_latest(&store, resource, token, now) {
+        Ok(true) => store.delete(resource, token, now),
+        Ok(false) => None,
+        Err(error) => return Err(error),
+    };
+    let Some(lease) = lease else {
         drop(store);
         held.release_if_unused_before();
         return Ok(false);
@@ -692,6 +726,25 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     barrier::prove(resource, token);
     record(Kind::Released, resource, &lease.holder, token, None, now);
     Ok(true)
+}
+
+/// Under a transaction-wide snapshot (REPEATABLE READ, SERIALIZABLE), a renewal or release is
+/// decided on the lease as last committed: false if `token` does not hold it, 42501 if the
+/// caller is not a member of its owner role, 40001 if it changed since the transaction's
+/// snapshot (the statement that would write it cannot see it). True: go on, the statement sees
+/// the lease as it is. Always true under READ COMMITTED, where the statement itself decides.
+fn decide_on_latest(store: &Store, resource: &str, token: i64, now: Timestamp) -> LeaseResult<bool> {
+    if !store.transaction_snapshot() {
+        return Ok(true);
+    }
+    match store.current(resource) {
+        Some(lease) if lease.token == token && lease.expires_at > now => {
+            ensure_member(store, resource, lease.owner)?;
+            ensure_snapshot_current(store, resource);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Whether `token` holds `resource` for the caller: it holds the lease now and the caller is a

@@ -60,6 +60,18 @@ impl Held {
             unsafe { pg_sys::LockRelease(&self.tag, self.mode, false) };
         }
     }
+
+    /// Keeps the resource in the weaker `mode` instead, for the rest of the transaction: a call
+    /// that took the change lock and only extended the lease must not keep fences out. Keeps
+    /// the stronger lock if the weaker one cannot be had at once (a request that conflicts with
+    /// it is queued), which keeps out more than needed but never less.
+    pub fn downgrade(self, mode: Mode) {
+        // SAFETY: a try-lock on the same fully initialised tag; released at transaction end.
+        let result = unsafe { pg_sys::LockAcquire(&self.tag, mode.lock_mode(), false, true) };
+        if result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+            self.release_if_unused_before();
+        }
+    }
 }
 
 /// Blocks until no conflicting lock of another transaction is held on `resource`, then keeps

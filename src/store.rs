@@ -610,7 +610,7 @@ impl Store {
         }
         let args =
             [resources.to_vec().into_datum(), now.into_datum(), holder.into_datum(), caller.into_datum()];
-        let count = self.execute(Statement::HeldByOthers, &args, false, 0);
+        let count = self.execute(Statement::HeldByOthers, &args, self.transaction_snapshot, 0);
         // SAFETY: the statement returned `count` rows of one text column, never NULL.
         let held: std::collections::HashSet<String> =
             (0..count as usize).map(|row| unsafe { column::<String>(row, 1) }).collect();

@@ -37,20 +37,37 @@ larger than every token seen before, a re-acquire must return the held token, an
 remembered for later calls. Expired leases that the expiry worker may remove are waited for
 before the next step, so every history is deterministic.
 
+Where the contract leaves a choice, the model assumes (see Model.eval_*):
+- Under REPEATABLE READ, check, assert and the fence trigger decide on the lease as last
+  committed and never raise 40001; renew, release and force_release decide on it too (false,
+  42501), but one that would renew, release or revoke a lease that another transaction changed
+  since the snapshot raises 40001 (its statement cannot see the lease it would write);
+  lease_info, a plain SQL function, reads the transaction's snapshot.
+- lease_acquire_any is "an acquire": under REPEATABLE READ a candidate it would grant or extend
+  whose lease changed since the snapshot raises 40001 (with snapshot_consistent it is skipped);
+  the caller's own live lease is extended while other transactions only fence it, as with
+  lease_acquire; it raises 55006 as lease_acquire does.
+- A lease that another transaction granted and released after the snapshot may or may not
+  count as changed (both answers are accepted).
+- An expired lease that no transaction locks is removed by the expiry worker within 10 s (the
+  driver waits for that, so the model knows whether its row exists); one that a transaction
+  locks stays until that transaction ends.
+
 On a mismatch the history is shrunk (a prefix, then deleting chunks and single steps, each
 candidate replayed on fresh resources and connections) and the test fails printing the seed and
 the shortest failing history as (session, SQL, expected, got).
 
 Settings (environment):
     LEASE_MODEL_SEED        seed of the run (default 1306)
-    LEASE_MODEL_HISTORIES   histories to run (default 12, well under a minute)
+    LEASE_MODEL_HISTORIES   histories to run (default 40: a few seconds when all agree)
     LEASE_MODEL_STEPS       random steps per history (default 60)
-    LEASE_MODEL_SHRINK_SECONDS  time allowed for shrinking all failures (default 180)
-    LEASE_MODEL_MAX_FAILURES    distinct mismatches to shrink and report (default 4)
+    LEASE_MODEL_SHRINK_SECONDS  time allowed for shrinking all failures (default 40)
+    LEASE_MODEL_MAX_FAILURES    distinct kinds of mismatch to shrink and report (default 3)
 
 The long run:
     LEASE_MODEL_HISTORIES=500 pytest tests/client/test_model.py
-(add -s to see the coverage summary of the run).
+(add -s to see how many answers of each case of the contract the run checked; after a failure,
+LEASE_MODEL_COVERAGE=1 shows them too).
 """
 
 import collections
@@ -64,10 +81,10 @@ import pytest
 from conftest import DATABASE, PORT, connect
 
 SEED = int(os.environ.get("LEASE_MODEL_SEED", "1306"))
-HISTORIES = int(os.environ.get("LEASE_MODEL_HISTORIES", "12"))
+HISTORIES = int(os.environ.get("LEASE_MODEL_HISTORIES", "40"))
 STEPS = int(os.environ.get("LEASE_MODEL_STEPS", "60"))
-SHRINK_SECONDS = float(os.environ.get("LEASE_MODEL_SHRINK_SECONDS", "180"))
-MAX_FAILURES = int(os.environ.get("LEASE_MODEL_MAX_FAILURES", "4"))
+SHRINK_SECONDS = float(os.environ.get("LEASE_MODEL_SHRINK_SECONDS", "40"))
+MAX_FAILURES = int(os.environ.get("LEASE_MODEL_MAX_FAILURES", "3"))
 
 SUPERUSER = "postgres"
 ROLE_A = "lease_model_a"
@@ -82,6 +99,7 @@ LONG, SHORT = "1 hour", "1 ms"
 WAIT = "10 ms"
 LEASE_LOCK_SPACE = 0x4C45  # pg_locks.objsubid of the resources' barrier locks
 POLL_TIMEOUT = 5.0
+SWEEP_TIMEOUT = 10.0
 
 CHANGE, EXTEND, FENCE = "CHANGE", "EXTEND", "FENCE"
 
@@ -271,7 +289,7 @@ class Model:
             return CHANGE in others
         proofs = tx.proofs if tx is not None else set()
         if kind == "insert":
-            return CHANGE in self.others(s.slot, step[3])
+            return step[3] is not None and CHANGE in self.others(s.slot, step[3])
         k = step[2]
         if self.row_locked_by_others(s.slot, k):
             return True
@@ -285,7 +303,7 @@ class Model:
         if kind == "update_token":
             return CHANGE in self.others(s.slot, n)
         if kind == "move":
-            return CHANGE in self.others(s.slot, step[3]) or unproven_old_blocked
+            return (step[3] is not None and CHANGE in self.others(s.slot, step[3])) or unproven_old_blocked
         raise AssertionError(kind)
 
     def can_kill(self, slot):
@@ -443,7 +461,13 @@ class Model:
         if not is_member(s.role, lease.owner):
             return [Alt(("error", "42501"), why="not a member")]
         why = "held, others fence" if self.others(s.slot, n) else "held"
-        return [Alt(("value", True), lambda _v: self._extend(s, tx, n, lease, short, False), why)]
+        return self._unless_changed(tx, n, Alt(("value", True), lambda _v: self._extend(s, tx, n, lease, short, False), why))
+
+    def _unless_changed(self, tx, n, alt):
+        """The answer `alt`, or 40001 if the lease changed since a REPEATABLE READ snapshot."""
+        changed = self.changed(tx, n)
+        alts = [Alt(("error", "40001"), why="changed since snapshot")] if changed != "no" else []
+        return alts + ([alt] if changed != "yes" else [])
 
     def eval_release(self, s, tx, n, token):
         lease = self.holds(tx, n, token)
@@ -456,7 +480,7 @@ class Model:
             tx.leases[n] = None
             tx.lock(n, CHANGE)
             tx.proofs.add(n)
-        return [Alt(("value", True), apply, "held")]
+        return self._unless_changed(tx, n, Alt(("value", True), apply, "held"))
 
     def _fence(self, tx, n):
         tx.lock(n, FENCE)
@@ -487,7 +511,7 @@ class Model:
         def apply(_v):
             tx.leases[n] = None
             tx.lock(n, CHANGE)
-        return [Alt(("value", True), apply, "live lease")]
+        return self._unless_changed(tx, n, Alt(("value", True), apply, "live lease"))
 
     def eval_info(self, s, tx, n):
         lease = self.snapshot_view(tx, n)
@@ -500,9 +524,10 @@ class Model:
         return [Alt(("info", (lease.holder, token, lease.owner)), why=why)]
 
     def eval_insert(self, s, tx, k, n, token):
-        lease = self.holds(tx, n, token) if token is not None else None
+        lease = self.holds(tx, n, token) if token is not None and n is not None else None
         if lease is None or not is_member(s.role, lease.owner):
-            why = "NULL token" if token is None else "not held" if lease is None else "held, not a member"
+            why = ("NULL resource" if n is None else "NULL token" if token is None
+                   else "not held" if lease is None else "held, not a member")
             return [Alt(("error", "55000"), why=why)]
 
         def apply(_v):
@@ -531,10 +556,11 @@ class Model:
             return [Alt(("count", 1), apply, "proven")]
         if kind == "update_token":
             target = n
-        lease = self.holds(tx, target, token) if token is not None else None
+        lease = self.holds(tx, target, token) if token is not None and target is not None else None
         # A token holds one resource only: a moved row's old resource must be proven.
         if lease is None or not is_member(s.role, lease.owner) or (target != n and n not in tx.proofs):
-            why = ("NULL token" if token is None else "not held" if lease is None
+            why = ("NULL resource" if target is None else "NULL token" if token is None
+                   else "not held" if lease is None
                    else "held, not a member" if not is_member(s.role, lease.owner) else "old resource unproven")
             return [Alt(("error", "55000"), why=why)]
 
@@ -812,6 +838,10 @@ class History:
     def row_id(self, k):
         return self.row_base + k
 
+    def row_resource(self, n):
+        """The fenced table's resource column for resource n (None: NULL)."""
+        return None if n is None else f"{self.tag}:{n}"
+
     # -- set-up and clean-up ---------------------------------------------------------------
 
     def __enter__(self):
@@ -957,6 +987,8 @@ class History:
         if kind == "insert":
             k = model.next_row
             model.next_row += 1
+            if rng.random() < 0.05:
+                return ("insert", slot, k, None, token_spec(n))
             return ("insert", slot, k, n, ("null",) if rng.random() < 0.1 else token_spec(n))
         if kind == "bad":
             return ("bad", slot, rng.choice(BAD_CALLS), n)
@@ -968,7 +1000,7 @@ class History:
         spec = ("null",) if rng.random() < 0.05 else token_spec(n if kind == "move" else row_n)
         if kind == "update_token":
             return ("update_token", slot, k, spec)
-        return ("move", slot, k, n, spec)
+        return ("move", slot, k, None if rng.random() < 0.1 else n, spec)
 
     def applicable(self, step):
         kind, slot = step[0], step[1]
@@ -1124,22 +1156,25 @@ class History:
         names = [self.name(n) for n in gone]
         obs = self.observer
         removed = wait_until(lambda: obs.execute(
-            "SELECT count(*) FROM lease.leases WHERE resource = ANY(%s)", (names,)).fetchone()[0] == 0)
+            "SELECT count(*) FROM lease.leases WHERE resource = ANY(%s)", (names,)).fetchone()[0] == 0,
+            timeout=SWEEP_TIMEOUT)
         if removed:
             removed = self.wait_worker_idle()
         if not removed:
-            self.fail_observation(index, f"-- the expiry worker removes the expired {', '.join(names)}",
-                                  "removed within 5 s", "still there", ("sweep",))
+            self.fail_observation(index, f"-- the expiry worker removes the expired {', '.join(names)}, "
+                                  "which no transaction locks", f"removed within {SWEEP_TIMEOUT:.0f} s",
+                                  "still there", ("sweep",))
             return
         model.removed(gone)
 
     def wait_worker_idle(self):
-        """The worker takes a resource's lock to remove a lease; wait until it has let go."""
+        """The worker takes a resource's lock to remove a lease; wait until it has let go (its
+        commit makes the removal visible a moment before the lock is released)."""
         obs = self.observer
-        pids = [pid for pid in self.pids if pid is not None]
         return wait_until(lambda: obs.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
-            "AND NOT (pid = ANY(%s))", (LEASE_LOCK_SPACE, pids)).fetchone()[0] == 0)
+            "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid) "
+            "WHERE a.backend_type = 'lease expirer' AND l.locktype = 'advisory' AND l.objsubid = %s",
+            (LEASE_LOCK_SPACE,)).fetchone()[0] == 0)
 
     def fail_observation(self, index, sql, expected, got, signature):
         record = Record(index, None, None, sql, expected, got, False, signature)
@@ -1220,9 +1255,14 @@ class History:
     # -- the calls ---------------------------------------------------------------------------
 
     def do_acquire(self, index, s, n, holder, ttl, wait, session_bound):
+        def evaluate(tx):
+            # With a wait the call first tries as without one; nothing changes while it waits.
+            alts = self.model.eval_acquire(s, tx, n, holder, ttl == SHORT, session_bound)
+            for alt in alts:
+                alt.why = f"{alt.why}, waiting" if wait else alt.why
+            return alts
         return self.call(index, s, "acquire", "SELECT lease_acquire(%s, %s, %s::interval, %s::interval, %s)",
-                         (self.name(n), holder, ttl, wait, session_bound), "value",
-                         lambda tx: self.model.eval_acquire(s, tx, n, holder, ttl == SHORT, session_bound))
+                         (self.name(n), holder, ttl, wait, session_bound), "value", evaluate)
 
     def do_acquire_any(self, index, s, candidates, holder, ttl, max_count, session_bound, consistent):
         return self.call(index, s, "acquire_any",
@@ -1263,7 +1303,7 @@ class History:
     def do_insert(self, index, s, k, n, spec):
         token = self.model.resolve(s, spec)
         return self.call(index, s, "insert", f"INSERT INTO {TABLE} (id, res, tok) VALUES (%s, %s, %s)",
-                         (self.row_id(k), f"{self.tag}:{n}", token), "count",
+                         (self.row_id(k), self.row_resource(n), token), "count",
                          lambda tx: self.model.eval_insert(s, tx, k, n, token))
 
     def do_update(self, index, s, k):
@@ -1280,7 +1320,7 @@ class History:
     def do_move(self, index, s, k, n, spec):
         token = self.model.resolve(s, spec)
         return self.call(index, s, "move", f"UPDATE {TABLE} SET res = %s, tok = %s WHERE id = %s",
-                         (f"{self.tag}:{n}", token, self.row_id(k)), "count",
+                         (self.row_resource(n), token, self.row_id(k)), "count",
                          lambda tx: self.model.eval_row_change(s, tx, "move", k, target=n, token=token))
 
     def do_delete(self, index, s, k):
@@ -1370,41 +1410,47 @@ def replay(ctx, label, path, steps):
 
 
 def shrink(ctx, label, path, steps, signature, deadline):
-    """The shortest list of steps found whose replay fails with the same kind of mismatch."""
+    """The shortest list of steps found whose replay fails with the same kind of mismatch:
+    deleting chunks of steps, then single steps, then making steps simpler, until none helps."""
     def failing_prefix(candidate):
         history = replay(ctx, label, path, candidate)
         if history.failure is None or history.failure[1] != signature:
             return None
         return candidate[:history.failure[0] + 1]
 
-    current = failing_prefix(steps) or steps
-    granularity = 2
-    while len(current) > 1 and time.monotonic() < deadline:
-        chunk = max(1, (len(current) + granularity - 1) // granularity)
-        reduced = False
-        for start in range(0, len(current), chunk):
-            if time.monotonic() >= deadline:
-                break
-            smaller = failing_prefix(current[:start] + current[start + chunk:])
-            if smaller is not None:
-                current = smaller
-                granularity = max(granularity - 1, 2)
-                reduced = True
-                break
-        if not reduced:
-            if chunk == 1:
-                break
-            granularity = min(len(current), granularity * 2)
-    # then make single steps simpler, one change at a time
-    index = 0
-    while index < len(current) and time.monotonic() < deadline:
-        for simpler in simpler_steps(current[index]):
-            smaller = failing_prefix(current[:index] + [simpler] + current[index + 1:])
-            if smaller is not None:
-                current = smaller
-                break
-        else:
-            index += 1
+    current = failing_prefix(steps)
+    if current is None:  # does not fail again the same way
+        return None
+    while time.monotonic() < deadline:
+        before = current
+        granularity = 2
+        while len(current) > 1 and time.monotonic() < deadline:
+            chunk = max(1, (len(current) + granularity - 1) // granularity)
+            reduced = False
+            for start in range(0, len(current), chunk):
+                if time.monotonic() >= deadline:
+                    break
+                smaller = failing_prefix(current[:start] + current[start + chunk:])
+                if smaller is not None:
+                    current = smaller
+                    granularity = max(granularity - 1, 2)
+                    reduced = True
+                    break
+            if not reduced:
+                if chunk == 1:
+                    break
+                granularity = min(len(current), granularity * 2)
+        index = 0
+        while index < len(current) and time.monotonic() < deadline:
+            for simpler in simpler_steps(current[index]):
+                smaller = failing_prefix(current[:index] + [simpler] + current[index + 1:])
+                if smaller is not None:
+                    current = smaller
+                    break
+            else:
+                index += 1
+        if current == before:
+            break
     final = replay(ctx, label, path, current)
     if final.failure is None or final.failure[1] != signature:
         return None
@@ -1484,16 +1530,20 @@ def test_model(observer):
         if history.failure is not None and history.failure[1] not in failures and len(failures) < MAX_FAILURES:
             failures[history.failure[1]] = (number, path, steps, history.records)
     elapsed = time.monotonic() - started
-    coverage = "\n".join(f"  {kind}: {why}: {count}" for (kind, why), count in sorted(ctx.coverage.items()))
     print(f"\nmodel: seed {SEED}, {HISTORIES} histories of {STEPS} steps, {ctx.statements} statements "
-          f"in {elapsed:.1f} s; answers by the contract's case:\n{coverage}")
+          f"in {elapsed:.1f} s, {len(failures)} kind(s) of mismatch")
+    if not failures or os.environ.get("LEASE_MODEL_COVERAGE"):
+        print("answers by the contract's case:")
+        for (kind, why), count in sorted(ctx.coverage.items()):
+            print(f"  {kind}: {why}: {count}")
     if not failures:
         return
 
     reports = []
-    deadline = time.monotonic() + SHRINK_SECONDS
-    for signature, (number, path, steps, records) in failures.items():
+    end = time.monotonic() + SHRINK_SECONDS
+    for position, (signature, (number, path, steps, records)) in enumerate(failures.items()):
         shrunk = None
+        deadline = time.monotonic() + (end - time.monotonic()) / (len(failures) - position)
         try:
             shrunk = shrink(ctx, number, path, steps, signature, deadline)
         except (ServerGone, psycopg.OperationalError) as gone:
@@ -1509,5 +1559,4 @@ def test_model(observer):
     sessions = ", ".join(f"s{slot} = {role}" for slot, role in enumerate(SESSION_ROLES))
     report = (f"{len(failures)} kind(s) of mismatch with the lease contract ({sessions}; "
               f"{ROLE_B} is a member of {ROLE_A} and may lease_force_release):\n\n" + "\n\n".join(reports))
-    print(report)
     pytest.fail(report, pytrace=False)

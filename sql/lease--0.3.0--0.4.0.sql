@@ -1,5 +1,6 @@
 -- lease 0.3.0 -> 0.4.0: the guarantees at the edges. Leases and the token sequence are part of
--- a dump; lease_info shows tokens only to those who may use them; lease.stats counts events
+-- a dump; lease_info shows tokens only to those who may use them, and lease.active applies the
+-- same rule; lease.stats counts events
 -- dropped because the NOTIFY queue was too full. A fresh install of 0.4.0 runs this file too
 -- (after the 0.3.0 step).
 \echo Use "ALTER EXTENSION lease UPDATE TO '0.4.0'" to load this file. \quit
@@ -11,37 +12,41 @@
 SELECT pg_catalog.pg_extension_config_dump('lease.leases', '');
 SELECT pg_catalog.pg_extension_config_dump('lease.token_seq', '');
 
--- lease_info: anyone may see who holds what, but a token only by members of the lease's owner
--- role (the only ones who can use it) and by roles that may read lease.leases. The function
--- now runs as its caller, so that membership is the caller's; it reads through a view that
--- the extension owns (and that hides no rows, so the planner still uses the primary key).
-CREATE VIEW lease._info AS
-SELECT l.resource, l.holder,
-       CASE WHEN pg_catalog.pg_has_role(l.owner, 'MEMBER')
-                 OR pg_catalog.has_table_privilege('lease.leases', 'SELECT')
-            THEN l.token END AS token,
-       l.owner::text::name AS owner, l.acquired_at, l.renewed_at, l.expires_at,
-       l.session_pid, l.application_name
-FROM lease.leases AS l
-WHERE l.expires_at > pg_catalog.clock_timestamp();
-GRANT SELECT ON lease._info TO PUBLIC;
-COMMENT ON VIEW lease._info IS
-'Internal: the live leases as lease_info shows them, tokens only to members of the owner role and to roles that may read lease.leases.';
-GRANT EXECUTE ON FUNCTION lease._valid_resource(text) TO PUBLIC;
+-- lease_info: anyone may see who holds what, but a token only the roles that may use it: those
+-- with the privileges of the lease's owner role (the rule lease_check, lease_renew and
+-- lease_release apply), and roles that may read lease.leases. lease_info runs as its owner, so
+-- the caller is asked for by lease._token_visible, which looks at the role the session acts as.
+-- lease.active applies the same rule to its rows.
+CREATE FUNCTION lease._token_visible(owner regrole) RETURNS boolean
+STABLE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'token_visible_wrapper';
+COMMENT ON FUNCTION lease._token_visible(regrole) IS
+'Internal: whether the role the session acts as (outside any SECURITY DEFINER function) has the privileges of owner, or may read lease.leases.';
 
 CREATE OR REPLACE FUNCTION lease_info(resource text)
 RETURNS TABLE(resource text, holder text, token bigint, owner name,
               acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz,
               session_pid integer, application_name text)
-VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp LANGUAGE sql
+VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp LANGUAGE sql
 AS $$
-    SELECT i.resource, i.holder, i.token, i.owner, i.acquired_at, i.renewed_at, i.expires_at,
-           i.session_pid, i.application_name
-    FROM lease._info AS i
-    WHERE i.resource = lease._valid_resource($1)
+    SELECT l.resource, l.holder, CASE WHEN lease._token_visible(l.owner) THEN l.token END,
+           l.owner::text::name, l.acquired_at, l.renewed_at, l.expires_at, l.session_pid, l.application_name
+    FROM lease.leases AS l
+    WHERE l.resource = lease._valid_resource($1) AND l.expires_at > clock_timestamp()
 $$;
 COMMENT ON FUNCTION lease_info(text) IS
-'The live lease on resource: one row while it is held, no row when it is free or expired. token is NULL unless the caller is a member of the lease''s owner role or may read lease.leases. session_pid and application_name identify the holder''s session of a session-bound lease.';
+'The live lease on resource: one row while it is held, no row when it is free or expired. token is NULL unless the caller has the privileges of the lease''s owner role or may read lease.leases. session_pid and application_name identify the holder''s session of a session-bound lease.';
+
+CREATE OR REPLACE VIEW lease.active WITH (security_barrier) AS
+SELECT l.resource, l.holder, l.token, l.owner::text::name AS owner,
+       l.acquired_at, l.renewed_at, l.expires_at,
+       l.expires_at - clock_timestamp() AS remaining,
+       l.session_pid IS NOT NULL AS session_bound, l.session_pid, l.application_name,
+       coalesce(w.waiters, 0) AS waiters
+FROM lease.leases AS l
+LEFT JOIN lease._waiter_counts() AS w ON w.resource_key = lease._resource_key(l.resource)
+WHERE l.expires_at > clock_timestamp() AND lease._token_visible(l.owner);
+COMMENT ON VIEW lease.active IS
+'Every live lease: holder, token, owner, times, time remaining, session binding and waiters. Ordinary roles see the leases of roles whose privileges they have; roles with SELECT on lease.leases (and superusers) see all.';
 
 -- lease.stats gains events_dropped.
 DROP VIEW lease.stats;

@@ -20,6 +20,7 @@ use crate::expiry;
 use crate::settings;
 use crate::stats::{self, Counter};
 use crate::store::{clock_now, Binding, Store, Timestamp};
+use crate::transaction;
 use crate::{session, waiting};
 
 /// Longest resource name, in bytes.
@@ -28,6 +29,9 @@ pub const MAX_RESOURCE_BYTES: usize = 512;
 pub const MAX_HOLDER_BYTES: usize = 256;
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
+/// How soon a waiter looks again at a resource whose lock another transaction holds, if no
+/// commit or abort wakes it first.
+const BUSY_RETRY_MS: i64 = 5;
 /// How `extract(epoch from interval)` counts a month.
 const DAYS_PER_MONTH: i128 = 30;
 
@@ -113,9 +117,13 @@ fn lease_force_release(resource: Option<&str>) -> bool {
 pub fn force_release(resource: Option<&str>) -> LeaseResult<bool> {
     let resource = name_argument(resource, "resource", MAX_RESOURCE_BYTES)?;
     ensure_primary()?;
+    // A revocation that finds nothing to revoke does not queue for the lock.
+    let store = Store::open();
+    if store.current(resource).is_none_or(|lease| lease.expires_at <= clock_now()) {
+        return Ok(false);
+    }
     let held = barrier::lock(resource, Mode::Change);
     let now = clock_now();
-    let store = Store::open();
     let revoked = store.current(resource).filter(|lease| lease.expires_at > now).and_then(|current| {
         ensure_snapshot_current(&store, resource);
         let (holder, _) = store.delete_grant(resource, current.token)?;
@@ -173,6 +181,24 @@ fn waiter_counts() -> TableIterator<'static, (name!(resource_key, i64), name!(wa
 #[pg_extern(sql = false)]
 fn resource_key(resource: &str) -> i64 {
     barrier::resource_key(resource) as i64
+}
+
+/// `lease._token_visible(owner)`: whether the role the session acts as (`SET ROLE` counts,
+/// a `SECURITY DEFINER` function does not) has the privileges of `owner`, or may read
+/// `lease.leases`: who sees tokens in `lease_info` and rows in `lease.active`.
+#[pg_extern(sql = false)]
+fn token_visible(owner: pg_sys::Oid) -> bool {
+    // SAFETY: role and ACL lookups on valid OIDs, inside a transaction.
+    unsafe {
+        let caller = pg_sys::GetOuterUserId();
+        pg_sys::has_privs_of_role(caller, owner) || {
+            let namespace = pg_sys::get_namespace_oid(c"lease".as_ptr(), false);
+            let table = pg_sys::get_relname_relid(c"leases".as_ptr(), namespace);
+            table != pg_sys::InvalidOid
+                && pg_sys::pg_class_aclcheck(table, caller, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                    == pg_sys::AclResult::ACLCHECK_OK
+        }
+    }
 }
 
 /// `lease._stats()`: the counters behind `lease.stats`.
@@ -379,7 +405,9 @@ impl Drop for WaitClock {
 /// Queues for the lease until it is granted (its token), `wait` microseconds pass (None), or
 /// `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise 57014.
 /// Whatever other transactions do, it returns within `wait` plus the time one attempt takes:
-/// the only lock it waits for is the resource's, and that wait ends at the deadline.
+/// it never waits in the lock manager, only on its latch, which commits and aborts that free
+/// the resource set, and which it sets itself every [`BUSY_RETRY_MS`] while another
+/// transaction holds the resource's lock.
 fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     let key = barrier::resource_key(request.resource);
     let ticket = waiting::enqueue(key).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
@@ -393,15 +421,14 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     loop {
         let mut sleep_until = deadline.min(lock_deadline);
         if ticket.is_head() {
-            let give_up_at = deadline.min(lock_deadline);
-            match in_subtransaction(|| attempt_waiting(request, ticket.number(), give_up_at)) {
+            match in_subtransaction(|| attempt_waiting(request, ticket.number())) {
                 Attempt::Granted(token) | Attempt::Extended(token) => {
                     stats::add(Counter::Handovers, 1);
                     return Ok(Some(token));
                 }
                 Attempt::Held(expires_at) => sleep_until = sleep_until.min(expires_at),
-                // Busy: the wait for the resource's lock ran to the deadline (checked below).
-                Attempt::Yielded | Attempt::Busy => {}
+                Attempt::Busy => sleep_until = sleep_until.min(clock_now() + BUSY_RETRY_MS * 1_000),
+                Attempt::Yielded => {}
             }
         }
         let now = clock_now();
@@ -416,90 +443,22 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
 }
 
 /// Runs one attempt in an internal subtransaction that is kept if the lease was granted and
-/// rolled back otherwise, so that a waiter holds no lock while it sleeps. A lock wait that ran
-/// out of time (55P03) is the attempt's answer, [`Attempt::Busy`]; any other error is raised.
+/// rolled back otherwise, so that a waiter holds no lock while it sleeps.
 fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
-    // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, and after
-    // it ends (kept, rolled back, or rolled back because of an error that is then re-raised)
-    // restore the caller's memory context and resource owner. Rolling back our own
-    // subtransaction on error matters when the caller catches the error (a PL/pgSQL exception
-    // block): its own subtransaction must be the one it rolls back.
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        let restore = move || {
-            pg_sys::MemoryContextSwitchTo(context);
-            pg_sys::CurrentResourceOwner = owner;
-        };
-        let roll_back = move || {
-            restore();
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            restore();
-        };
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let attempt = std::panic::AssertUnwindSafe(attempt);
-        // A lock wait that ran out of time is rolled back below, as every other answer but a
-        // grant is.
-        let outcome = PgTryBuilder::new(attempt)
-            .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_timeout| Attempt::Busy)
-            .catch_others(|error| {
-                roll_back();
-                error.rethrow()
-            })
-            .execute();
-        match outcome {
-            Attempt::Granted(_) | Attempt::Extended(_) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                restore();
-            }
-            _ => roll_back(),
-        }
-        outcome
-    }
+    transaction::in_subtransaction(attempt, |outcome| outcome.token().is_some())
 }
 
 /// The attempt of a waiter at the head of its queue: if another holder holds the lease it
-/// sleeps without taking any lock; otherwise it waits for the resource's lock, but not past
-/// `give_up_at` (server clock), and decides under it.
-fn attempt_waiting(request: &Request, ticket: u64, give_up_at: Timestamp) -> Attempt {
+/// sleeps without taking any lock; otherwise it decides as a call without `wait` does
+/// ([`Attempt::Busy`] while another transaction holds the resource's lock: a waiter never
+/// queues in the lock manager, where an exclusive request would hold up the holder's renewals
+/// and every fence behind it).
+fn attempt_waiting(request: &Request, ticket: u64) -> Attempt {
     let store = Store::open();
     if let Some(held) = held_by_another(&store, request) {
         return held;
     }
-    let remaining_ms = ((give_up_at - clock_now() + 999) / 1_000).clamp(1, i64::from(i32::MAX));
-    // The lock wait honours the shorter of lock_timeout and the time left to wait: a timeout
-    // raises 55P03, which in_subtransaction turns into Busy.
-    let held = {
-        let _timeout = LockTimeoutAtMost::set(remaining_ms as i32);
-        barrier::lock(request.resource, Mode::Change)
-    };
-    attempt_holding(held, &store, request, Some(ticket))
-}
-
-/// Lowers `lock_timeout` while it lives; restores the setting on drop, also while an error
-/// unwinds.
-struct LockTimeoutAtMost {
-    saved: i32,
-}
-
-impl LockTimeoutAtMost {
-    /// `lock_timeout` becomes at most `ms` milliseconds.
-    fn set(ms: i32) -> LockTimeoutAtMost {
-        // SAFETY: LockTimeout is a plain backend-local GUC variable, read when a lock wait starts.
-        unsafe {
-            let saved = pg_sys::LockTimeout;
-            pg_sys::LockTimeout = if saved > 0 { saved.min(ms) } else { ms };
-            LockTimeoutAtMost { saved }
-        }
-    }
-}
-
-impl Drop for LockTimeoutAtMost {
-    fn drop(&mut self) {
-        // SAFETY: as in set.
-        unsafe { pg_sys::LockTimeout = self.saved };
-    }
+    attempt_now(&store, request, Some(ticket))
 }
 
 /// Held by another holder, as a read without the resource's lock shows it: the answer for a
@@ -683,16 +642,10 @@ pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) 
     ensure_primary()?;
 
     // A renewal only makes the lease live longer: fences do not hold it up.
-    let held = barrier::lock(resource, Mode::Extend);
+    let Some((held, store)) = lock_if_held(resource, token, Mode::Extend)? else { return Ok(false) };
     let now = clock_now();
-    let store = Store::open();
     let expires_at = now + ttl;
-    let lease = match decide_on_latest(&store, resource, token, now) {
-        Ok(true) => store.extend(resource, token, now, expires_at),
-        Ok(false) => None,
-        Err(error) => return Err(error),
-    };
-    let Some(lease) = lease else {
+    let Some(lease) = store.extend(resource, token, now, expires_at) else {
         drop(store);
         held.release_if_unused_before();
         return Ok(false);
@@ -708,15 +661,9 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     let token = token_argument(token)?;
     ensure_primary()?;
 
-    let held = barrier::lock(resource, Mode::Change);
+    let Some((held, store)) = lock_if_held(resource, token, Mode::Change)? else { return Ok(false) };
     let now = clock_now();
-    let store = Store::open();
-    let lease = match decide_on_latest(&store, resource, token, now) {
-        Ok(true) => store.delete(resource, token, now),
-        Ok(false) => None,
-        Err(error) => return Err(error),
-    };
-    let Some(lease) = lease else {
+    let Some(lease) = store.delete(resource, token, now) else {
         drop(store);
         held.release_if_unused_before();
         return Ok(false);
@@ -728,23 +675,36 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     Ok(true)
 }
 
-/// Under a transaction-wide snapshot (REPEATABLE READ, SERIALIZABLE), a renewal or release is
-/// decided on the lease as last committed: false if `token` does not hold it, 42501 if the
-/// caller is not a member of its owner role, 40001 if it changed since the transaction's
-/// snapshot (the statement that would write it cannot see it). True: go on, the statement sees
-/// the lease as it is. Always true under READ COMMITTED, where the statement itself decides.
-fn decide_on_latest(store: &Store, resource: &str, token: i64, now: Timestamp) -> LeaseResult<bool> {
-    if !store.transaction_snapshot() {
-        return Ok(true);
-    }
-    match store.current(resource) {
-        Some(lease) if lease.token == token && lease.expires_at > now => {
-            ensure_member(store, resource, lease.owner)?;
-            ensure_snapshot_current(store, resource);
-            Ok(true)
+/// For a renewal or a release: takes the resource's lock in `mode` only if `token` holds the
+/// lease as last committed and the caller is a member of its owner role, so that a call that
+/// cannot succeed never queues in the lock manager (where it would hold up the requests behind
+/// it, the holder's own renewals among them); returns the lock and the store, or None (the
+/// answer is false), or 42501. Under the lock the statement decides again. Under a
+/// transaction-wide snapshot, a lease that changed since the snapshot is 40001: the statement
+/// that would write it cannot see it.
+fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(barrier::Held, Store)>> {
+    let holds = |store: &Store| -> LeaseResult<bool> {
+        match store.current(resource) {
+            Some(lease) if lease.token == token && lease.expires_at > clock_now() => {
+                ensure_member(store, resource, lease.owner).map(|()| true)
+            }
+            _ => Ok(false),
         }
-        _ => Ok(false),
+    };
+    let store = Store::open();
+    if !holds(&store)? {
+        return Ok(None);
     }
+    let held = barrier::lock(resource, mode);
+    if store.transaction_snapshot() {
+        if !holds(&store)? {
+            drop(store);
+            held.release_if_unused_before();
+            return Ok(None);
+        }
+        ensure_snapshot_current(&store, resource);
+    }
+    Ok(Some((held, store)))
 }
 
 /// Whether `token` holds `resource` for the caller: it holds the lease now and the caller is a

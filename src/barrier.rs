@@ -12,7 +12,11 @@
 //!
 //! The locks cost no row writes, are released at commit or abort (or with the savepoint that
 //! took them), and a wait for one honours `lock_timeout`, `statement_timeout`, cancellation and
-//! deadlock detection. A fence that passed therefore keeps every grant of that resource out
+//! deadlock detection. In PostgreSQL's lock manager a queued request holds up every later
+//! request that conflicts with it, so a queued change would make the holder's renewals wait for
+//! a fence after all: only calls that will change the lease queue in change mode (a release or
+//! a revocation of a lease that holds, by a caller allowed to make it); acquires never queue,
+//! they try and, when they may wait, sleep on their latch. A fence that passed therefore keeps every grant of that resource out
 //! until the fencing transaction ends.
 //!
 //! The lock key is a 64-bit hash of the resource name, in a lock space of its own
@@ -152,8 +156,9 @@ mod proofs {
         })
     }
 
-    pub fn forget_all() {
-        PROVEN.with(|proven| proven.borrow_mut().clear());
+    /// Forgets every proof; returns the resources they were about.
+    pub fn forget_all() -> Vec<String> {
+        PROVEN.with(|proven| proven.borrow_mut().drain(..).map(|(_, resource, _)| resource).collect())
     }
 
     pub fn forget_from(level: i32) {
@@ -180,9 +185,13 @@ pub fn proven(resource: &str) -> Option<i64> {
     proofs::token(resource)
 }
 
-/// At the end of the transaction: every proof ends with its locks.
-pub fn at_transaction_end() {
-    proofs::forget_all();
+/// At the end of the transaction: every proof ends with its locks. Returns the lock keys of the
+/// resources proved, whose waiters may find them free now.
+pub fn at_transaction_end() -> Vec<u64> {
+    let mut keys: Vec<u64> = proofs::forget_all().iter().map(|resource| resource_key(resource)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// At the abort of the subtransaction at `level`: its locks are gone, and its proofs with them.

@@ -58,9 +58,10 @@ const COLUMNS: [(&str, Oid, bool); 9] = [
 ];
 
 impl Layout {
-    /// Whether the open relation `relation` is the table as created: a plain table with
-    /// exactly the expected columns (names, types, NOT NULL, the resource's collation) and
-    /// its primary key, and nothing a direct write would bypass: no trigger (a foreign key
+    /// Whether the open relation `relation` is the table as created: a plain heap table with
+    /// exactly the expected columns (names, types, NOT NULL, no identity or generated column,
+    /// the resource's collation) and its primary key on `resource`, and nothing a direct write
+    /// would bypass: no trigger (a foreign key
     /// referencing the table is one), no row-level security, no CHECK constraint, no rule, no
     /// inheritance child. Its other indexes (partial, on expressions) are maintained by the
     /// executor's own index insertion, see [`Inserter`]. Checked on the relation actually
@@ -72,6 +73,7 @@ impl Layout {
         let form = &*(*relation).rd_rel;
         let descriptor = (*relation).rd_att;
         if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+            || form.relam != Oid::from(pg_sys::HEAP_TABLE_AM_OID)
             || form.relhassubclass
             || form.relrowsecurity
             || !(*relation).trigdesc.is_null()
@@ -87,10 +89,11 @@ impl Layout {
                     && attribute.atttypid == type_oid
                     && attribute.attnotnull == not_null
                     && attribute.attgenerated == 0
+                    && attribute.attidentity == 0
                     && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
             })
             && attributes[RESOURCE - 1].attcollation == Oid::from(pg_sys::C_COLLATION_OID);
-        columns_match && pg_sys::RelationGetPrimaryKeyIndex(relation) != Oid::INVALID
+        columns_match && primary_key_is_resource(relation)
     }
 
     /// Opens `table` with `lock` (which also takes in the invalidations of concurrent DDL that
@@ -105,6 +108,22 @@ impl Layout {
         pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
         matches
     }
+}
+
+/// Whether the table's primary key is on `resource` alone, the column lookups scan it by.
+///
+/// # Safety
+/// `relation` must be open (and locked) in the current transaction.
+unsafe fn primary_key_is_resource(relation: pg_sys::Relation) -> bool {
+    // The relation cache keeps the set (a copy is returned): no index is opened.
+    let columns = pg_sys::RelationGetIndexAttrBitmap(
+        relation,
+        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+    );
+    let on_resource = pg_sys::bms_num_members(columns) == 1
+        && pg_sys::bms_is_member(RESOURCE as i32 - pg_sys::FirstLowInvalidHeapAttributeNumber, columns);
+    pg_sys::bms_free(columns);
+    on_resource
 }
 
 /// Whether this transaction reads the latest committed state in each statement.

@@ -124,14 +124,15 @@ pub fn before_commit() {
     }
 }
 
-/// At commit: wake the waiters of freed (or renewed) resources, wake the worker for an earlier expiry, and
-/// hand the events to announce to the ring.
-pub fn at_commit() {
+/// At commit: count the changes, wake the worker for an earlier expiry, and hand the events to
+/// announce to the ring. Returns the lock keys of the freed (or renewed) resources, whose
+/// waiters are woken once this transaction's locks are released.
+pub fn at_commit() -> Vec<u64> {
     let pending = take_pending();
     if pending.is_empty() {
-        return;
+        return Vec::new();
     }
-    let Some(shared) = shared::get() else { return };
+    let Some(shared) = shared::get() else { return Vec::new() };
     for p in &pending {
         let counter = match (p.event.kind, p.event.reason) {
             (Kind::Acquired, _) => Counter::Acquired,
@@ -143,18 +144,24 @@ pub fn at_commit() {
         };
         stats::add(counter, 1);
     }
-    if shared.waiting.load(Ordering::Acquire) > 0 {
-        let keys: Vec<u64> = pending
+    let freed: Vec<u64> = match shared.waiting.load(Ordering::Acquire) {
+        0 => Vec::new(),
+        _ => pending
             .iter()
             .filter(|p| p.event.kind.wakes_waiters())
             .map(|p| crate::barrier::resource_key(&p.event.resource))
-            .collect();
-        crate::waiting::wake_heads(&keys);
-    }
-    let Some(state) = shared.serving_my_database() else {
-        // Announced before commit already; a worker must still expire these leases on time.
+            .collect(),
+    };
+    // The slot chosen before commit (events not sent then are for its ring), even if its worker
+    // stopped since: it publishes them when it is back.
+    let Some(state) = shared.assigned_to_my_database() else {
+        // Announced before commit already, unless the slot was freed since then (its worker
+        // could not be started): those are lost, and counted. A worker must still expire
+        // these leases on time.
+        let lost = pending.iter().filter(|p| p.announce).count();
+        stats::add(Counter::EventsDropped, lost as u64);
         shared.request_worker();
-        return;
+        return freed;
     };
     let earliest_expiry = pending
         .iter()
@@ -170,6 +177,7 @@ pub fn at_commit() {
     if first_request || sweep_earlier {
         state.wake_worker();
     }
+    freed
 }
 
 /// At abort: nothing happened.

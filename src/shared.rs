@@ -24,7 +24,7 @@
 //! - The *token blocks*: per database, a block of token numbers reserved durably in the token
 //!   sequence, handed out one by one in the order calls ask ([`crate::store`]).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use pgrx::pg_sys;
 
@@ -68,6 +68,9 @@ pub struct DatabaseState {
     pub worker_latch: AtomicPtr<pg_sys::Latch>,
     /// Set once a worker has run for this assignment; events go to the ring only then.
     pub worker_started: AtomicBool,
+    /// The pid of the worker that owns the slot (0: none). A worker claims it first thing and
+    /// gives it back when it exits in any way, so at most one worker consumes the ring.
+    pub worker_pid: AtomicI32,
     /// When the worker will wake next (server clock); `i64::MAX` while it is awake.
     pub next_wakeup: AtomicI64,
     /// Set by backends that added events since the worker last drained the ring.

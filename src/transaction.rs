@@ -1,6 +1,11 @@
 //! Transaction callbacks: what happens to a transaction's lease work when it commits, aborts,
 //! or a subtransaction ends. Events ([`crate::events`]), session locks ([`crate::session`]),
-//! waiter slots ([`crate::waiting`]) and fence proofs ([`crate::barrier`]) each keep their part; this module only dispatches.
+//! waiter slots ([`crate::waiting`]) and fence proofs ([`crate::barrier`]) each keep their
+//! part; this module only dispatches, and runs work in internal subtransactions.
+//!
+//! Waiters of the resources a transaction held locks on are woken once its locks are released
+//! (a resource-release callback after the lock phase), so that a woken waiter finds the lock
+//! free instead of finding it still held for a few microseconds and sleeping again.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -14,6 +19,60 @@ pub fn register_callbacks() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
+        pg_sys::RegisterResourceReleaseCallback(Some(on_resource_release), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_resource_release(
+    phase: pg_sys::ResourceReleasePhase::Type,
+    _is_commit: bool,
+    is_top_level: bool,
+    _arg: *mut std::ffi::c_void,
+) {
+    if is_top_level && phase == pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS {
+        waiting::wake_deferred();
+    }
+}
+
+/// Runs `work` in an internal subtransaction, kept (its changes and locks belong to the
+/// caller's transaction) if `keep` says so and rolled back otherwise; an error rolls it back
+/// and is raised again. Rolled back, its locks are released; what it did to shared memory and
+/// sequences stays.
+pub fn in_subtransaction<R>(work: impl FnOnce() -> R, keep: impl FnOnce(&R) -> bool) -> R {
+    // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, and after
+    // it ends (kept, rolled back, or rolled back because of an error that is then re-raised)
+    // restore the caller's memory context and resource owner. Rolling back our own
+    // subtransaction on error matters when the caller catches the error (a PL/pgSQL exception
+    // block): its own subtransaction must be the one it rolls back.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        let restore = move || {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        let roll_back = move || {
+            restore();
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+        };
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let work = std::panic::AssertUnwindSafe(work);
+        let outcome = PgTryBuilder::new(work)
+            .catch_others(|error| {
+                roll_back();
+                error.rethrow()
+            })
+            .execute();
+        if keep(&outcome) {
+            pg_sys::ReleaseCurrentSubTransaction();
+            restore();
+        } else {
+            roll_back();
+        }
+        outcome
     }
 }
 
@@ -34,17 +93,20 @@ unsafe extern "C-unwind" fn on_transaction_event(
             .report(PgLogLevel::ERROR);
         }
         XACT_EVENT_PRE_COMMIT => events::before_commit(),
+        // A prepared transaction keeps its locks, fences included, but they are no longer this
+        // session's: neither are the proofs they back.
+        XACT_EVENT_PREPARE => drop(barrier::at_transaction_end()),
         XACT_EVENT_COMMIT => {
             waiting::leave_queue_on_abort(1); // a wait never outlives its transaction
             session::at_commit();
-            events::at_commit();
-            barrier::at_transaction_end();
+            let freed = events::at_commit();
+            waiting::wake_after_locks(freed.into_iter().chain(barrier::at_transaction_end()));
         }
         XACT_EVENT_ABORT => {
             waiting::leave_queue_on_abort(1);
             session::at_abort();
             events::at_abort();
-            barrier::at_transaction_end();
+            waiting::wake_after_locks(barrier::at_transaction_end());
         }
         _ => {}
     }

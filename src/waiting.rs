@@ -23,6 +23,8 @@ use crate::shared::{self, Shared};
 thread_local! {
     /// The (sub)transaction level at which this backend's current wait started, if it waits.
     static WAIT_LEVEL: Cell<Option<i32>> = const { Cell::new(None) };
+    /// Lock keys of resources whose waiters to wake once this transaction's locks are released.
+    static TO_WAKE: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This backend's database: queues are per database, like resources.
@@ -146,6 +148,22 @@ pub fn counts() -> Vec<(u64, i32)> {
         }
     }
     counts
+}
+
+/// Wakes the heads of the queues of these resources (by lock key) once the ending
+/// transaction's locks are released ([`wake_deferred`]).
+pub fn wake_after_locks(keys: impl IntoIterator<Item = u64>) {
+    let Some(shared) = shared::get() else { return };
+    if shared.waiting.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    TO_WAKE.with(|to_wake| to_wake.borrow_mut().extend(keys));
+}
+
+/// Called after a transaction's locks were released: wakes what [`wake_after_locks`] noted.
+pub fn wake_deferred() {
+    let keys = TO_WAKE.with(|to_wake| std::mem::take(&mut *to_wake.borrow_mut()));
+    wake_heads(&keys);
 }
 
 /// Wakes the head of the queue for each of these keys (resources that were just freed).

@@ -36,6 +36,7 @@ use crate::events;
 use crate::expiry;
 use crate::settings;
 use crate::shared::{self, DatabaseState};
+use crate::stats::{self, Counter};
 use crate::store::clock_now;
 
 /// Events published per NOTIFY transaction.
@@ -67,7 +68,7 @@ pub fn register() {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    attach_signal_handlers();
     BackgroundWorker::connect_worker_to_spi(None, None);
     let shared = shared::get().expect("the lease launcher runs only when the library is preloaded");
     // SAFETY: MyLatch is this process's latch, in shared memory for as long as it lives.
@@ -102,6 +103,23 @@ pub extern "C-unwind" fn lease_launcher_main(_argument: pg_sys::Datum) {
     }
     shared.launcher_latch.store(std::ptr::null_mut(), Ordering::Release);
     exit_to_be_restarted();
+}
+
+/// SIGHUP reloads the configuration (pgrx sets a flag the loops look at); SIGTERM is
+/// PostgreSQL's own `die`, as for any backend: the next interrupt check ends the process with a
+/// FATAL error, also while it waits for a lock, which pgrx's handler (a flag and the latch)
+/// cannot interrupt. A FATAL exit has status 1, so the worker is started again (see
+/// [`exit_to_be_restarted`]).
+fn attach_signal_handlers() {
+    const SIGTERM: std::ffi::c_int = 15;
+    // The server's own handler, not pgrx's wrapper of it: a signal handler must be the C
+    // function itself.
+    unsafe extern "C-unwind" {
+        fn die(signal: std::ffi::c_int);
+    }
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SAFETY: installs PostgreSQL's standard termination handler before signals are unblocked.
+    unsafe { pg_sys::pqsignal(SIGTERM, Some(die)) };
 }
 
 /// Ends a worker on SIGTERM with a non-zero status: the postmaster restarts a worker that
@@ -170,6 +188,8 @@ impl Launcher {
             }
             Err(_) => {
                 let database = slot.database.swap(0, Ordering::AcqRel);
+                // Events a stopped worker left in the ring are lost with the slot: count them.
+                stats::add(Counter::EventsDropped, slot.ring_counters().1);
                 self.refused.insert(database, clock_now());
                 warning!(
                     "lease: could not start an expiry worker for database with OID {database}; raise max_worker_processes"
@@ -187,8 +207,8 @@ impl Launcher {
         for (index, slot) in shared.database_slots().iter().enumerate() {
             let running = match &self.workers[index] {
                 Some(worker) => !matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)),
-                // Started by an earlier launcher: running while it has a latch.
-                None => !slot.worker_latch.load(Ordering::Acquire).is_null(),
+                // Started by an earlier launcher: running while it holds the slot.
+                None => slot.worker_pid.load(Ordering::Acquire) != 0,
             };
             let database = slot.database.load(Ordering::Acquire);
             if running || database == 0 {
@@ -249,21 +269,26 @@ fn servable_databases() -> Vec<(pg_sys::Oid, String)> {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    attach_signal_handlers();
     let shared = shared::get().expect("the lease worker runs only when the library is preloaded");
     let index = argument.value();
     let state = &shared.database_slots()[index];
+    // SAFETY: MyProcPid is this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    if state.worker_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return; // another worker serves the slot (started by an earlier launcher)
+    }
+    // SAFETY: registers a callback with this worker's slot index, which gives the slot back on
+    // any exit.
+    unsafe { pg_sys::before_shmem_exit(Some(leave_slot), argument) };
     let database = pg_sys::Oid::from(state.database.load(Ordering::Acquire));
     if database == pg_sys::InvalidOid {
         return; // freed before we started
     }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    // SAFETY: registers a callback with this worker's slot index; MyLatch is this process's
-    // latch, in shared memory for as long as it lives, and the callback clears it on any exit.
-    unsafe {
-        pg_sys::before_shmem_exit(Some(forget_latch), argument);
-        state.worker_latch.store(pg_sys::MyLatch, Ordering::Release);
-    }
+    // SAFETY: MyLatch is this process's latch, in shared memory for as long as it lives;
+    // leave_slot clears it on any exit.
+    state.worker_latch.store(unsafe { pg_sys::MyLatch }, Ordering::Release);
     state.worker_started.store(true, Ordering::Release);
     let name = BackgroundWorker::transaction(|| {
         // SAFETY: a catalog lookup inside a transaction; the result is copied at once.
@@ -329,11 +354,20 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
     }
 }
 
-/// Clears the worker's latch in its slot when the worker exits in any way.
+/// Gives the slot back when the worker exits in any way: its latch and its claim, if they are
+/// still this worker's (the slot may have been reassigned to a new worker meanwhile).
 #[pg_guard]
-unsafe extern "C-unwind" fn forget_latch(_code: i32, argument: pg_sys::Datum) {
+unsafe extern "C-unwind" fn leave_slot(_code: i32, argument: pg_sys::Datum) {
     if let Some(state) = shared::get().and_then(|shared| shared.database_slots().get(argument.value())) {
-        state.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: MyLatch and MyProcPid are this process's.
+        let (latch, pid) = unsafe { (pg_sys::MyLatch, pg_sys::MyProcPid) };
+        let _ = state.worker_latch.compare_exchange(
+            latch,
+            std::ptr::null_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let _ = state.worker_pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 

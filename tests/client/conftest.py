@@ -52,6 +52,12 @@ def pg_ctl(*args, data_dir=DATA_DIR, check=True):
     return as_server_user(f"{PG_BIN}/pg_ctl", "-D", data_dir, *args, check=check)
 
 
+def is_waiting_for_lease(observer, pid):
+    """Whether `pid` sleeps in lease_acquire(..., wait => ...) (on its latch)."""
+    row = observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    return row == ("Extension",)
+
+
 def is_waiting_on_lock(observer, pid):
     row = observer.execute(
         "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from conftest import (
-    PG_BIN, RUN_DIR, SERVER_USER, Background, Listener, as_root, as_server_user, connect, dsn, one,
+    PG_BIN, RUN_DIR, SERVER_USER, Background, Listener, as_root, as_server_user, connect, dsn,
+    is_waiting_for_lease, one,
     reload_settings, wait_for,
 )
 
@@ -86,8 +87,7 @@ def test_acquire_does_not_wait_for_a_fenced_transaction(conn):
         assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         # a waiter with time to spare gets it the moment the fenced transaction ends
         patient = Background(lambda c: one(c, "SELECT lease_acquire('edge:fenced', 'other', '1 s', wait => '30 s')"))
-        wait_for(lambda: one(conn, "SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = %s",
-                             (patient.pid,)), what="the waiter to wait for the fence")
+        wait_for(lambda: is_waiting_for_lease(conn, patient.pid), what="the waiter to wait for the fence")
         holder.commit()
         assert patient.result() > token
     conn.execute("DELETE FROM lease.leases WHERE resource = 'edge:fenced'")

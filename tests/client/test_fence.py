@@ -4,7 +4,7 @@ ends, even when the lease expires meanwhile; and a superseded token never passes
 import psycopg
 import pytest
 
-from conftest import Background, connect, is_waiting_on_lock, one, wait_for
+from conftest import Background, connect, is_waiting_for_lease, is_waiting_on_lock, one, wait_for
 
 
 def expire_now(conn, resource):
@@ -15,6 +15,7 @@ def expire_now(conn, resource):
 
 
 def test_takeover_blocks_until_the_fenced_writer_commits(conn):
+    conn.execute("DROP TABLE IF EXISTS fenced_jobs")
     conn.execute("CREATE TABLE fenced_jobs (id int PRIMARY KEY, done_by bigint)")
     conn.execute("INSERT INTO fenced_jobs VALUES (1, NULL)")
     token = one(conn, "SELECT lease_acquire('fence:commit', 'writer', '200 ms')")
@@ -28,7 +29,7 @@ def test_takeover_blocks_until_the_fenced_writer_commits(conn):
         # without wait the takeover is refused at once; with wait it waits for the writer
         assert one(conn, "SELECT lease_acquire('fence:commit', 'taker', '1 min')") is None
         taker = Background(lambda c: one(c, "SELECT lease_acquire('fence:commit', 'taker', '1 min', wait => '1 min')"))
-        wait_for(lambda: is_waiting_on_lock(conn, taker.pid), what="the takeover to block")
+        wait_for(lambda: is_waiting_for_lease(conn, taker.pid), what="the takeover to wait")
         assert not taker.done()
         writer.commit()
     new_token = taker.result()
@@ -43,7 +44,7 @@ def test_takeover_proceeds_after_the_fenced_writer_rolls_back(conn):
         assert one(writer, "SELECT lease_check('fence:rollback', %s)", (token,)) is True
         expire_now(conn, "fence:rollback")
         taker = Background(lambda c: one(c, "SELECT lease_acquire('fence:rollback', 'taker', '1 min', wait => '1 min')"))
-        wait_for(lambda: is_waiting_on_lock(conn, taker.pid), what="the takeover to block")
+        wait_for(lambda: is_waiting_for_lease(conn, taker.pid), what="the takeover to wait")
         writer.rollback()
     assert taker.result() > token
 

@@ -32,6 +32,10 @@ const USECS_PER_DAY: i128 = 86_400_000_000;
 /// How soon a waiter looks again at a resource whose lock another transaction holds, if no
 /// commit or abort wakes it first.
 const BUSY_RETRY_MS: i64 = 5;
+/// How many times (a millisecond apart) a re-acquire of one's own live lease tries again for
+/// the lock that another transaction holds: long enough for another acquirer's refused attempt,
+/// short enough to answer at once for a change in progress.
+const OWN_LEASE_RETRIES: usize = 10;
 /// How `extract(epoch from interval)` counts a month.
 const DAYS_PER_MONTH: i128 = 30;
 
@@ -487,10 +491,23 @@ fn attempt_while_busy(store: &Store, request: &Request) -> Attempt {
     if let Some(held) = held_by_another(store, request) {
         return held;
     }
-    if request.only_if_free {
+    let ours = store.current(request.resource).is_some_and(|lease| {
+        lease.holder == request.holder && lease.owner == store.caller() && lease.expires_at > clock_now()
+    });
+    if request.only_if_free || !ours {
         return Attempt::Busy;
     }
-    let Some(held) = barrier::try_lock(request.resource, Mode::Extend) else { return Attempt::Busy };
+    // The caller's own live lease, as far as the read shows. Other acquirers that find it held
+    // take its lock for a few microseconds: look again a few times before calling it busy.
+    let mut held = barrier::try_lock(request.resource, Mode::Extend);
+    for _ in 0..OWN_LEASE_RETRIES {
+        if held.is_some() {
+            break;
+        }
+        waiting::sleep(1);
+        held = barrier::try_lock(request.resource, Mode::Extend);
+    }
+    let Some(held) = held else { return Attempt::Busy };
     match extend_ours(store, request) {
         Some(outcome) => outcome,
         None => {

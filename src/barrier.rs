@@ -84,6 +84,27 @@ pub fn lock(resource: &str, mode: Mode) -> Held {
     acquire(resource, mode, false).expect("a waiting lock is granted")
 }
 
+/// `locktag_field4` of the lock that lets one backend at a time reserve token numbers.
+const TOKEN_RESERVATION_SPACE: u16 = 0x4C54;
+
+/// Takes, until the end of the (sub)transaction, the lock under which a backend reserves a
+/// block of token numbers of `sequence` (see `Store::next_token`); waits for another backend's
+/// reservation.
+pub fn lock_token_reservation(sequence: pg_sys::Oid) {
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: sequence.to_u32(),
+        locktag_field3: 0,
+        locktag_field4: TOKEN_RESERVATION_SPACE,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a fully initialised advisory tag; a transaction-scoped lock, released with the
+    // subtransaction that takes it.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false) };
+}
+
 /// As [`lock`], but gives up at once (returning None) if it would have to wait.
 pub fn try_lock(resource: &str, mode: Mode) -> Option<Held> {
     acquire(resource, mode, true)

@@ -278,45 +278,63 @@ impl Shared {
         self.assigned_to_my_database().filter(|slot| slot.worker_started.load(Ordering::Acquire))
     }
 
-    /// The next token number of `sequence` in this backend's database: from the database's
-    /// reserved block, or from a new block that `reserve` takes (and makes durable) when the
-    /// block is used up or belongs to another sequence. Numbers leave in the order calls take
-    /// them, across backends.
+    /// The next token number of `sequence` in this backend's database, from the database's
+    /// reserved block; when the block is used up (or belongs to another sequence), `refill`
+    /// reserves a new one ([`Shared::install_block`]) and the call takes from that. None when no
+    /// block can be kept for this database (more databases than [`TOKEN_BLOCKS`]). Numbers
+    /// leave in the order calls take them, across backends.
     ///
-    /// `reserve` runs without the token lock: it may wait for the sequence's lock (an open
+    /// `refill` runs without the token lock: it may wait for the sequence's lock (an open
     /// `ALTER SEQUENCE`), flush WAL or raise, and an LWLock must be held across none of these.
-    /// Two backends may then reserve at once; a block is installed only if it is newer than
-    /// the one in place (blocks come from one sequence, so the newer has the larger numbers),
-    /// and an older one is dropped unused: numbers never go down.
-    pub fn take_token(&self, sequence: pg_sys::Oid, mut reserve: impl FnMut() -> (i64, i64)) -> Option<i64> {
-        // SAFETY: MyDatabaseId is fixed for the life of the backend.
-        let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        let sequence = sequence.to_u32();
-        let mut reserved: Option<(i64, i64)> = None;
+    /// It must let one backend reserve at a time (see `Store::next_token`): two reservations at
+    /// once could leave the sequence below a block in use.
+    pub fn take_token(&self, sequence: pg_sys::Oid, mut refill: impl FnMut()) -> Option<i64> {
         loop {
             {
                 let _guard = self.lock_tokens();
-                // SAFETY: guarded by token_lock, held above.
-                let blocks = unsafe { &mut *self.token_blocks.get() };
-                let index = blocks
-                    .iter()
-                    .position(|block| block.database == database)
-                    .or_else(|| blocks.iter().position(|block| block.database == 0))?;
-                let block = &mut blocks[index];
-                if let Some((start, end)) = reserved.take() {
-                    let ours = block.database == database && block.sequence == sequence;
-                    if !ours || block.end <= start {
-                        *block = TokenBlock { database, sequence, next: start, end };
-                    }
-                }
-                if block.database == database && block.sequence == sequence && block.next < block.end {
+                let block = self.block_of_my_database()?;
+                if block.sequence == sequence.to_u32() && block.next < block.end {
                     let token = block.next;
                     block.next += 1;
                     return Some(token);
                 }
             }
-            reserved = Some(reserve());
+            refill();
         }
+    }
+
+    /// Whether this database's block of `sequence` has numbers left.
+    pub fn has_tokens(&self, sequence: pg_sys::Oid) -> bool {
+        let _guard = self.lock_tokens();
+        self.block_of_my_database()
+            .is_some_and(|block| block.sequence == sequence.to_u32() && block.next < block.end)
+    }
+
+    /// Installs the newly reserved numbers `start..end` of `sequence` as this database's block.
+    pub fn install_block(&self, sequence: pg_sys::Oid, start: i64, end: i64) {
+        let _guard = self.lock_tokens();
+        if let Some(block) = self.block_of_my_database() {
+            *block = TokenBlock { database: block.database, sequence: sequence.to_u32(), next: start, end };
+        }
+    }
+
+    /// This database's token block, claiming a free one if it has none. The caller holds the
+    /// token lock.
+    #[allow(clippy::mut_from_ref)]
+    fn block_of_my_database(&self) -> Option<&mut TokenBlock> {
+        // SAFETY: MyDatabaseId is fixed for the life of the backend.
+        let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        // SAFETY: guarded by token_lock, which every caller holds.
+        let blocks = unsafe { &mut *self.token_blocks.get() };
+        let index = blocks
+            .iter()
+            .position(|block| block.database == database)
+            .or_else(|| blocks.iter().position(|block| block.database == 0))?;
+        let block = &mut blocks[index];
+        if block.database != database {
+            *block = TokenBlock { database, sequence: 0, next: 0, end: 0 };
+        }
+        Some(block)
     }
 
     /// Takes the token lock; the guard releases it. Nothing that can wait or raise may run

@@ -322,28 +322,48 @@ impl Store {
     pub fn next_token(&self) -> i64 {
         let sequence = self.catalog.token_sequence;
         let number = crate::shared::get()
-            .and_then(|shared| shared.take_token(sequence, || self.reserve_tokens()))
+            .and_then(|shared| shared.take_token(sequence, || self.reserve_tokens(shared)))
             .unwrap_or_else(|| self.nextval_durable());
         // SAFETY: reads the timeline this server inserts WAL on (it is not in recovery).
         let timeline = i64::from(unsafe { pg_sys::GetWALInsertionTimeLine() });
         ((timeline - 1) << TOKEN_SEQUENCE_BITS) | number
     }
 
-    /// Reserves the next block of token numbers: `start..end`, durable once this returns.
-    fn reserve_tokens(&self) -> (i64, i64) {
-        let sequence = self.catalog.token_sequence.into_datum();
-        // SAFETY: nextval and setval through the guarded fmgr path with a valid sequence OID;
-        // XactLastRecEnd is the end of the WAL this backend inserted last (setval's record).
-        unsafe {
-            let start = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence])
-                .expect("nextval returned NULL");
-            let last = (start + TOKEN_BLOCK - 1).min(MAX_TOKEN_NUMBER);
-            if last > start {
-                pgrx::direct_function_call::<i64>(pg_sys::setval_oid, &[sequence, last.into_datum()]);
-            }
-            pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
-            (start, last + 1)
-        }
+    /// Reserves the next block of token numbers and installs it in shared memory, durable first.
+    ///
+    /// One backend at a time: under a lock of the database's token sequence (in a lock space
+    /// of its own), taken in an internal subtransaction that is rolled back at once, which
+    /// releases the lock and keeps what `nextval` and `setval` did (sequences are not
+    /// transactional). A backend that waited for the lock finds the block refilled and reserves
+    /// nothing. Two reservations at once could otherwise end with the earlier `setval` last,
+    /// leaving the sequence below numbers of the later block, which a restart would hand out
+    /// again. The wait for the lock (or for an open `ALTER SEQUENCE`) is an ordinary lock wait:
+    /// `statement_timeout` and cancellation end it.
+    fn reserve_tokens(&self, shared: &crate::shared::Shared) {
+        let sequence = self.catalog.token_sequence;
+        crate::transaction::in_subtransaction(
+            || {
+                crate::barrier::lock_token_reservation(sequence);
+                if shared.has_tokens(sequence) {
+                    return;
+                }
+                // SAFETY: nextval and setval through the guarded fmgr path with a valid sequence
+                // OID; XactLastRecEnd is the end of the WAL this backend inserted last (setval's
+                // record).
+                unsafe {
+                    let datum = sequence.into_datum();
+                    let start = pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[datum])
+                        .expect("nextval returned NULL");
+                    let last = (start + TOKEN_BLOCK - 1).min(MAX_TOKEN_NUMBER);
+                    if last > start {
+                        pgrx::direct_function_call::<i64>(pg_sys::setval_oid, &[datum, last.into_datum()]);
+                    }
+                    pg_sys::XLogFlush(pg_sys::XactLastRecEnd);
+                    shared.install_block(sequence, start, last + 1);
+                }
+            },
+            |_| false,
+        );
     }
 
     /// One number straight from the sequence, durable before it leaves the server.

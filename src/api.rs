@@ -692,11 +692,11 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     Ok(true)
 }
 
-/// For a renewal or a release: takes the resource's lock in `mode` only if `token` holds the
-/// lease as last committed and the caller is a member of its owner role, so that a call that
-/// cannot succeed never queues in the lock manager (where it would hold up the requests behind
-/// it, the holder's own renewals among them); returns the lock and the store, or None (the
-/// answer is false), or 42501. Under the lock the statement decides again. Under a
+/// For a renewal or a release: takes the resource's lock in `mode`, but queues for it only if
+/// `token` holds the lease as last committed and the caller is a member of its owner role, so
+/// that a call that cannot succeed never queues in the lock manager (where it would hold up the
+/// requests behind it, the holder's own renewals among them); returns the lock and the store,
+/// or None (the answer is false), or 42501. Under the lock the statement decides again. Under a
 /// transaction-wide snapshot, a lease that changed since the snapshot is 40001: the statement
 /// that would write it cannot see it.
 fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(barrier::Held, Store)>> {
@@ -708,11 +708,17 @@ fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(b
             _ => Ok(false),
         }
     };
+    let held = match barrier::try_lock(resource, mode) {
+        Some(held) => held,
+        None => {
+            // Another transaction holds a conflicting lock: queue only if this call can succeed.
+            if !holds(&Store::open())? {
+                return Ok(None);
+            }
+            barrier::lock(resource, mode)
+        }
+    };
     let store = Store::open();
-    if !holds(&store)? {
-        return Ok(None);
-    }
-    let held = barrier::lock(resource, mode);
     if store.transaction_snapshot() {
         if !holds(&store)? {
             drop(store);

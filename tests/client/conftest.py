@@ -3,6 +3,7 @@ throwaway test server that scripts/test.sh started, and control of that server."
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -37,6 +38,16 @@ def wait_for(condition, timeout=30.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def free_port():
+    """A loopback port free right now. Client connections take their local ports from the
+    ephemeral range, which holds the 54xxx ports too: a server started during the tests on a
+    fixed port there can find it taken by one of the many connections (in TIME_WAIT) the tests
+    made before."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def as_root(*args, check=True):

@@ -4,14 +4,13 @@ holder's own retry, stale snapshots, binding on re-acquire, a worker that cannot
 full NOTIFY queue."""
 
 import os
-import socket
 
 import psycopg
 import pytest
 
 from conftest import (
     PG_BIN, RUN_DIR, SERVER_USER, Background, Listener, as_root, as_server_user, connect, dsn,
-    is_waiting_for_lease, one,
+    free_port, is_waiting_for_lease, one,
     reload_settings, wait_for,
 )
 
@@ -222,9 +221,7 @@ def test_a_database_whose_worker_cannot_start_publishes_directly():
     max_worker_processes exhausted its events were never published."""
     directory = os.path.join(RUN_DIR, "edge-noworkers")
     data = os.path.join(directory, "data")
-    with socket.socket() as probe:  # a port no client connection holds as its local port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     as_root("rm", "-rf", directory)
     as_root("mkdir", "-p", directory)
     as_root("chown", SERVER_USER, directory)

@@ -223,19 +223,25 @@ def caller(isolation):
 
 # --- item 2: the direct path and what a SQL statement would honour ----------------------------
 
-def test_an_audit_trigger_sees_every_change_of_every_call(conn):
-    conn.execute("DROP TABLE IF EXISTS public.g_audit")
-    conn.execute("CREATE TABLE public.g_audit (id bigserial PRIMARY KEY, op text, resource text, token bigint)")
-    conn.execute("""
-        CREATE OR REPLACE FUNCTION public.g_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+def create_row_logger(conn, function, table):
+    """A trigger function `function` that logs (TG_OP, resource, token) of every row change of
+    lease.leases into `table`."""
+    conn.execute(f"""
+        CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'DELETE' THEN
-                INSERT INTO public.g_audit (op, resource, token) VALUES (TG_OP, OLD.resource, OLD.token);
+                INSERT INTO {table} (op, resource, token) VALUES (TG_OP, OLD.resource, OLD.token);
             ELSE
-                INSERT INTO public.g_audit (op, resource, token) VALUES (TG_OP, NEW.resource, NEW.token);
+                INSERT INTO {table} (op, resource, token) VALUES (TG_OP, NEW.resource, NEW.token);
             END IF;
             RETURN NULL;
         END $$""")
+
+
+def test_an_audit_trigger_sees_every_change_of_every_call(conn):
+    conn.execute("DROP TABLE IF EXISTS public.g_audit")
+    conn.execute("CREATE TABLE public.g_audit (id bigserial PRIMARY KEY, op text, resource text, token bigint)")
+    create_row_logger(conn, "public.g_audit_row", "public.g_audit")
     try:
         with connect() as warm:  # a backend that used the direct path before the trigger came
             one(warm, "SELECT lease_release('g:audit:warm', lease_acquire('g:audit:warm', 'h'))")
@@ -542,16 +548,7 @@ def test_a_pg_repack_style_log_and_replay_copy_equals_the_table(conn):
     conn.execute("DROP TABLE IF EXISTS public.g_repack_log, public.g_repack_copy")
     conn.execute("CREATE TABLE public.g_repack_log (id bigserial PRIMARY KEY, op text, resource text, token bigint)")
     conn.execute('CREATE TABLE public.g_repack_copy (resource text COLLATE "C" PRIMARY KEY, token bigint NOT NULL)')
-    conn.execute("""
-        CREATE OR REPLACE FUNCTION public.g_repack_log_row() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF TG_OP = 'DELETE' THEN
-                INSERT INTO public.g_repack_log (op, resource, token) VALUES (TG_OP, OLD.resource, OLD.token);
-            ELSE
-                INSERT INTO public.g_repack_log (op, resource, token) VALUES (TG_OP, NEW.resource, NEW.token);
-            END IF;
-            RETURN NULL;
-        END $$""")
+    create_row_logger(conn, "public.g_repack_log_row", "public.g_repack_log")
     app = connect()
     try:
         # leases that exist before the repack starts (some are released during it)

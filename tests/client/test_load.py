@@ -1,5 +1,5 @@
 """Randomized load with faults (tests/load): 32 sessions for LEASE_LOAD_SECONDS (default 30) on
-a throwaway cluster of its own (port LEASE_TEST_PORT + 2, fsync on), with backends terminated
+a throwaway cluster of its own (on a free port, fsync on), with backends terminated
 and one crash and restart; the checker must find zero violations of its five properties, must
 have checked enough, must catch each fault injected into a copy of the record, and must catch
 the stale writes of a broken model that checks leases without fencing.
@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import PORT, RUN_DIR, SERVER_USER
+from conftest import RUN_DIR, SERVER_USER, free_port
 
 SECONDS = float(os.environ.get("LEASE_LOAD_SECONDS", "30"))
 RUN_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "load", "run.sh")
@@ -29,7 +29,7 @@ def run_load(out, name, seconds, *options):
     out.mkdir(parents=True, exist_ok=True)
     report, summary = out / f"{name}.md", out / f"{name}.json"
     summary.unlink(missing_ok=True)
-    env = dict(os.environ, LEASE_LOAD_PORT=str(PORT + 2), LEASE_RUN_DIR=RUN_DIR, LEASE_SERVER_USER=SERVER_USER)
+    env = dict(os.environ, LEASE_LOAD_PORT=str(free_port()), LEASE_RUN_DIR=RUN_DIR, LEASE_SERVER_USER=SERVER_USER)
     finished = subprocess.run(
         [RUN_SCRIPT, "--seconds", str(seconds), "--report", str(report), "--json", str(summary), *options],
         env=env, capture_output=True, text=True, timeout=seconds + 900,

@@ -4,12 +4,12 @@ and the expiry worker does not run; after promotion it starts, sweeps and announ
 import psycopg
 import pytest
 
-from conftest import PORT, Listener, Standby, connect, one, wait_for, worker_pid
+from conftest import Listener, Standby, connect, free_port, one, wait_for, worker_pid
 
 
 @pytest.fixture
 def standby():
-    replica = Standby("test-standby", PORT + 1)
+    replica = Standby("test-standby", free_port())
     yield replica
     replica.destroy()
 

@@ -36,8 +36,9 @@ install_extension
 say "starting the test server on 127.0.0.1:$PORT"
 cluster_destroy test
 # Only the database postgres gets an expiry worker: the SQL and isolation tests sweep their own
-# databases themselves (tests/client/test_databases.py lifts the restriction).
-cluster_start test "$PORT" "fsync = off" "log_min_messages = warning" "lease.database = 'postgres'"
+# databases themselves (tests/client/test_databases.py lifts the restriction). Prepared
+# transactions are on for tests/client/test_edges.py.
+cluster_start test "$PORT" "fsync = off" "log_min_messages = warning" "lease.database = 'postgres'" "max_prepared_transactions = 5"
 trap 'cluster_stop test; cluster_stop test-standby; cluster_destroy load' EXIT
 
 # run_suite TOOL DIR SUFFIX DATABASE: runs every tests/DIR/*SUFFIX file with pg_regress or

@@ -11,7 +11,7 @@ import pytest
 from conftest import (
     PG_BIN, RUN_DIR, SERVER_USER, Background, Listener, as_root, as_server_user, connect, dsn,
     free_port, is_waiting_for_lease, one,
-    reload_settings, wait_for,
+    reload_settings, wait_for, worker_pid,
 )
 
 
@@ -251,3 +251,60 @@ def test_a_database_whose_worker_cannot_start_publishes_directly():
     finally:
         as_server_user(f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop", check=False)
         as_root("rm", "-rf", directory, check=False)
+
+
+def test_no_call_that_cannot_succeed_queues_ahead_of_a_renewal(conn, roles):
+    """Review of issue 13: a queued exclusive request (a hopeless release, a waiter) held up the
+    holder's renewal behind a fence until the lease lapsed."""
+    with connect_as("edge_alice") as alice, connect_as("edge_alice", autocommit=False) as fenced:
+        token = one(alice, "SELECT lease_acquire('edge:queue-renew', 'alice', '2 s', session_bound => true)")
+        fenced.execute("SELECT lease_assert('edge:queue-renew', %s)", (token,))
+        with connect_as("edge_bob") as bob:
+            # answered at once, without queueing for the lock the fence holds
+            assert sqlstate_of(bob, "SELECT lease_release('edge:queue-renew', %s)", (token,)) == "42501"
+            assert one(bob, "SELECT lease_release('edge:queue-renew', 999999)") is False
+            assert one(bob, "SELECT lease_renew('edge:queue-renew', 999999)") is False
+        waiter = Background(lambda c: one(c, "SELECT lease_acquire('edge:queue-renew', 'waiter', '1 min', wait => '20 s')"))
+        wait_for(lambda: is_waiting_for_lease(conn, waiter.pid), what="the waiter to queue")
+        renewal = Background(lambda c: (c.execute("SET ROLE edge_alice"),
+                                        one(c, "SELECT lease_renew('edge:queue-renew', %s, '1 hour')", (token,)))[1])
+        assert renewal.result(timeout=10) is True
+        assert not waiter.done() and fenced.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        fenced.commit()
+        assert one(alice, "SELECT lease_release('edge:queue-renew', %s)", (token,)) is True
+        assert waiter.result() > token
+
+
+def test_a_worker_waiting_for_a_lock_is_terminated_and_comes_back(conn):
+    """Review of issue 13: the expiry worker ignored SIGTERM while it waited for a lock."""
+    with connect(autocommit=False) as locker:
+        one(conn, "SELECT lease_acquire('edge:locked-sweep', 'h', '20 ms')")
+        locker.execute("LOCK TABLE lease.leases IN ACCESS EXCLUSIVE MODE")
+        pid = wait_for(lambda: one(conn, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease expirer' "
+                                         "AND datname = current_database() AND wait_event_type = 'Lock'"),
+                       what="the worker to wait for the table lock")
+        assert one(conn, "SELECT pg_terminate_backend(%s)", (pid,)) is True
+        wait_for(lambda: one(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 0,
+                 what="the worker to end while the lock is held")
+        locker.rollback()
+    wait_for(lambda: worker_pid(conn) not in (None, pid), what="a new worker")
+    wait_for(lambda: one(conn, "SELECT count(*) FROM lease.leases WHERE resource = 'edge:locked-sweep'") == 0,
+             what="the new worker to sweep")
+
+
+def test_a_prepared_transaction_takes_its_fence_proofs_with_it(conn, jobs):
+    """Review of issue 13: after PREPARE TRANSACTION the session kept the proofs of the
+    prepared transaction, and its next transaction deleted fenced rows without one."""
+    token = one(conn, "SELECT lease_acquire('edge:job:42', 'w1', '1 hour')")
+    conn.execute("UPDATE edge_jobs SET lease_token = %s WHERE id = 42", (token,))
+    with connect(autocommit=False) as w1:
+        w1.execute("SELECT lease_check('edge:job:42', %s)", (token,))
+        w1.execute("PREPARE TRANSACTION 'edge_fenced'")
+        try:
+            with pytest.raises(psycopg.Error) as rejected:
+                w1.execute("DELETE FROM edge_jobs WHERE id = 42")
+            assert rejected.value.sqlstate == "55000"
+            w1.rollback()
+        finally:
+            conn.execute("COMMIT PREPARED 'edge_fenced'")
+    assert one(conn, "SELECT count(*) FROM edge_jobs") == 1

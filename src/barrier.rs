@@ -207,12 +207,9 @@ pub fn proven(resource: &str) -> Option<i64> {
 }
 
 /// At the end of the transaction: every proof ends with its locks. Returns the lock keys of the
-/// resources proved, whose waiters may find them free now.
-pub fn at_transaction_end() -> Vec<u64> {
-    let mut keys: Vec<u64> = proofs::forget_all().iter().map(|resource| resource_key(resource)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
+/// resources proved, whose waiters may find them free now (computed only as they are read).
+pub fn at_transaction_end() -> impl Iterator<Item = u64> {
+    proofs::forget_all().into_iter().map(|resource| resource_key(&resource))
 }
 
 /// At the abort of the subtransaction at `level`: its locks are gone, and its proofs with them.

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Two builds of the library side by side: `bench/ab.sh OLD.so NEW.so [rounds=4] [seconds=5]`.
+# Each round restarts one benchmark server with each library in turn (the order alternating
+# between rounds) and runs the core cycles (bench/core/lease.sql) and the hand-written table
+# (bench/core/table.sql) at 1 and 8 clients, synchronous_commit off and on. Prints a Markdown
+# table: medians (with the range of the rounds) and each version's ratio to the table that ran
+# next to it. The extension is created at version 0.3.0, whose acquire and release every later
+# library serves. Leaves the NEW library installed.
+source "$(dirname "$0")/../scripts/common.sh"
+OLD=$1 NEW=$2 ROUNDS=${3:-4} SECONDS_PER_RUN=${4:-5}
+PORT=${LEASE_BENCH_PORT:-54327}
+LIB=$($PG_CONFIG --pkglibdir)/lease.so
+RAW=$(mktemp)
+use() {  # install library $1 and restart the server on it
+    cluster_stop ab
+    as_root rm -f "$LIB"
+    as_root install -m 755 "$1" "$LIB"
+    cluster_start ab "$PORT" "shared_buffers = 512MB" "max_wal_size = 4GB" "log_min_messages = warning"
+}
+run() {  # script clients synchronous_commit -> cycles/s
+    PGOPTIONS="-c synchronous_commit=$3" "$PG_BIN/pgbench" -n -M prepared -T "$SECONDS_PER_RUN" -c "$2" -j "$2" \
+        -h 127.0.0.1 -p "$PORT" -U postgres -f "$ROOT/bench/core/$1.sql" postgres 2>/dev/null \
+        | awk '/^tps/ {printf "%d", $3}'
+}
+cluster_destroy ab
+use "$OLD"
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
+    -c "CREATE EXTENSION IF NOT EXISTS lease VERSION '0.3.0'" -f "$ROOT/bench/core/setup.sql" >/dev/null
+for round in $(seq 1 "$ROUNDS"); do
+    order="old new"
+    [ $((round % 2)) = 0 ] && order="new old"
+    for version in $order; do
+        if [ "$version" = old ]; then use "$OLD"; else use "$NEW"; fi
+        "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "TRUNCATE lease.leases, bench_leases"
+        for sync in on off; do
+            for clients in 1 8; do
+                echo "$version $sync $clients $(run lease "$clients" "$sync") $(run table "$clients" "$sync")" >> "$RAW"
+            done
+        done
+    done
+done
+cluster_destroy ab
+python3 - "$RAW" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(sys.argv[1]):
+    version, sync, clients, lease, table = line.split()
+    runs[(sync, int(clients))][version].append((int(lease), int(table)))
+print("| synchronous_commit | clients | old lease (cycles/s) | new lease (cycles/s) | new / old | old lease / table | new lease / table | runs each |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for (sync, clients), by in sorted(runs.items(), key=lambda item: (item[0][0] != "on", item[0][1])):
+    median = {v: statistics.median(l for l, _ in by[v]) for v in by}
+    span = {v: f"{min(l for l, _ in by[v])}-{max(l for l, _ in by[v])}" for v in by}
+    ratio = {v: statistics.median(l / t for l, t in by[v]) for v in by}
+    print(f"| {sync} | {clients} | {median['old']:.0f} ({span['old']}) | {median['new']:.0f} ({span['new']}) | "
+          f"{median['new'] / median['old']:.2f} | {ratio['old']:.2f} | {ratio['new']:.2f} | {len(by['old'])} |")
+PY
+rm -f "$RAW"

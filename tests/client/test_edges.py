@@ -280,8 +280,8 @@ def test_a_worker_waiting_for_a_lock_is_terminated_and_comes_back(conn):
     with connect(autocommit=False) as locker:
         one(conn, "SELECT lease_acquire('edge:locked-sweep', 'h', '20 ms')")
         locker.execute("LOCK TABLE lease.leases IN ACCESS EXCLUSIVE MODE")
-        pid = wait_for(lambda: one(conn, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease expirer' "
-                                         "AND datname = current_database() AND wait_event_type = 'Lock'"),
+        pid = wait_for(lambda: one(conn, "SELECT (SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease expirer' "
+                                         "AND datname = current_database() AND wait_event_type = 'Lock')"),
                        what="the worker to wait for the table lock")
         assert one(conn, "SELECT pg_terminate_backend(%s)", (pid,)) is True
         wait_for(lambda: one(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 0,

@@ -79,8 +79,8 @@ def is_waiting_on_lock(observer, pid):
 class Background:
     """Runs `function(connection)` on its own connection in a thread; `result()` joins it."""
 
-    def __init__(self, function, autocommit=True):
-        self.connection = connect(autocommit=autocommit)
+    def __init__(self, function, autocommit=True, dbname=DATABASE):
+        self.connection = connect(autocommit=autocommit, dbname=dbname)
         self.pid = self.connection.info.backend_pid
         self._value = None
         self._error = None

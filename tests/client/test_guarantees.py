@@ -25,7 +25,6 @@ stays in the catalog) recreates the extension afterwards, as conftest does at se
 """
 
 import os
-import threading
 
 import psycopg
 import pytest
@@ -323,19 +322,7 @@ def test_row_level_security_applies_as_to_sql_when_the_owner_is_an_ordinary_role
         conn.execute("CREATE POLICY g_hide ON lease.leases AS RESTRICTIVE "
                      "USING (resource NOT LIKE 'g:rls:hidden:%')")
         with caller(isolation) as c:
-            pid = c.info.backend_pid
-            hidden = f"g:rls:hidden:{isolation}:new"
-            for statement in (
-                "SELECT lease_acquire(%s, 'h', '1 min')",
-                "SELECT lease_acquire(%s, 'h', '1 min', NULL, true)",
-                "SELECT count(*) FROM lease_acquire_any(ARRAY[%s], 'h', '1 min')",
-            ):
-                with pytest.raises(psycopg.Error) as raised:
-                    c.execute(statement, (hidden,))
-                assert sqlstate_of(raised) == "42501", statement
-                assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (hidden,)) == 0
-                assert one(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
-                                 "AND pid = %s", (SESSION_LOCK_SPACE, pid)) == 0
+            every_grant_fails(conn, c, f"g:rls:hidden:{isolation}:new", "42501")
             with pytest.raises(psycopg.Error) as raised:
                 c.execute("SELECT lease_acquire(%s, 'other', '1 min')", (existing,))
             assert sqlstate_of(raised) == "42501"
@@ -359,6 +346,23 @@ def test_row_level_security_applies_as_to_sql_when_the_owner_is_an_ordinary_role
     assert kept == [("h", before)]
 
 
+def every_grant_fails(conn, c, resource, sqlstate):
+    """Each way of granting `resource` on connection `c` (plain, session-bound, a claim) fails
+    with `sqlstate` and leaves no row and no session lock behind."""
+    pid = c.info.backend_pid
+    for statement in (
+        "SELECT lease_acquire(%s, 'h', '1 min')",
+        "SELECT lease_acquire(%s, 'h', '1 min', NULL, true)",
+        "SELECT count(*) FROM lease_acquire_any(ARRAY[%s], 'h', '1 min')",
+    ):
+        with pytest.raises(psycopg.Error) as raised:
+            c.execute(statement, (resource,))
+        assert sqlstate_of(raised) == sqlstate, statement
+        assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (resource,)) == 0
+        assert one(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
+                         "AND pid = %s", (SESSION_LOCK_SPACE, pid)) == 0
+
+
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_a_check_constraint_rejects_the_grant_and_leaves_nothing(conn, isolation):
     forbidden = "g:check:forbidden"
@@ -366,18 +370,7 @@ def test_a_check_constraint_rejects_the_grant_and_leaves_nothing(conn, isolation
     try:
         with caller(isolation) as c:
             one(c, "SELECT 1")
-            pid = c.info.backend_pid
-            for statement in (
-                "SELECT lease_acquire(%s, 'h', '1 min')",
-                "SELECT lease_acquire(%s, 'h', '1 min', NULL, true)",
-                "SELECT count(*) FROM lease_acquire_any(ARRAY[%s], 'h', '1 min')",
-            ):
-                with pytest.raises(psycopg.Error) as raised:
-                    c.execute(statement, (forbidden,))
-                assert sqlstate_of(raised) == "23514", statement
-                assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (forbidden,)) == 0
-                assert one(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
-                                 "AND pid = %s", (SESSION_LOCK_SPACE, pid)) == 0
+            every_grant_fails(conn, c, forbidden, "23514")
             # everything else still works under the constraint
             exercise(c, f"g:check:{isolation}:")
     finally:
@@ -640,18 +633,6 @@ def test_a_rolled_back_release_does_not_unbind_a_session_bound_lease(conn):
 
 # --- item 4: an ALTER SEQUENCE left open stalls nothing uncancellably -------------------------
 
-class BackgroundIn(Background):
-    """conftest's Background, connected to another database."""
-
-    def __init__(self, function, dbname):
-        self.connection = connect(dbname=dbname)
-        self.pid = self.connection.info.backend_pid
-        self._value = None
-        self._error = None
-        self._thread = threading.Thread(target=self._run, args=(function,), daemon=True)
-        self._thread.start()
-
-
 def failure_sqlstate(call, timeout):
     """Joins `call` within `timeout`; returns the SQLSTATE it failed with (None if it returned)."""
     try:
@@ -683,12 +664,12 @@ def test_an_open_alter_sequence_stalls_no_grant_uncancellably(conn):
         def timed(c):
             c.execute("SET statement_timeout = '300ms'")
             return one(c, "SELECT lease_acquire('g:seq:a', 'h', '1 min')")
-        calls.append(BackgroundIn(timed, db))
+        calls.append(Background(timed, dbname=db))
         assert failure_sqlstate(calls[-1], 20) == "57014"
         assert still_open()
 
         # so does pg_cancel_backend
-        cancelled = BackgroundIn(lambda c: one(c, "SELECT lease_acquire('g:seq:b', 'h', '1 min')"), db)
+        cancelled = Background(lambda c: one(c, "SELECT lease_acquire('g:seq:b', 'h', '1 min')"), dbname=db)
         calls.append(cancelled)
         wait_for(lambda: one(conn, "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted "
                                    "AND locktype = 'relation' AND relation = %s", (cancelled.pid, sequence)) == 1,

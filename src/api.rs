@@ -422,14 +422,25 @@ fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     // SAFETY: LockTimeout is the backend's lock_timeout setting, in milliseconds.
     let lock_timeout_ms = i64::from(unsafe { pg_sys::LockTimeout });
     let lock_deadline = if lock_timeout_ms > 0 { start + lock_timeout_ms * 1_000 } else { i64::MAX };
+    // What an attempt allocates is freed after it: a long wait makes many attempts.
+    let mut attempts = pgrx::PgMemoryContexts::new("lease wait");
     loop {
         let mut sleep_until = deadline.min(lock_deadline);
         if ticket.is_head() {
-            match in_subtransaction(|| attempt_waiting(request, ticket.number())) {
-                Attempt::Granted(token) | Attempt::Extended(token) => {
+            // SAFETY: the context lives until the end of this function, and is reset only after
+            // the attempt, whose outcome holds no pointer into it.
+            let outcome = unsafe {
+                let outcome =
+                    attempts.switch_to(|_| in_subtransaction(|| attempt_waiting(request, ticket.number())));
+                attempts.reset();
+                outcome
+            };
+            match outcome {
+                Attempt::Granted(token) => {
                     stats::add(Counter::Handovers, 1);
                     return Ok(Some(token));
                 }
+                Attempt::Extended(token) => return Ok(Some(token)),
                 Attempt::Held(expires_at) => sleep_until = sleep_until.min(expires_at),
                 Attempt::Busy => sleep_until = sleep_until.min(clock_now() + BUSY_RETRY_MS * 1_000),
                 Attempt::Yielded => {}
@@ -470,9 +481,10 @@ fn attempt_waiting(request: &Request, ticket: u64) -> Attempt {
 fn held_by_another(store: &Store, request: &Request) -> Option<Attempt> {
     let current = store.current(request.resource)?;
     let ours = current.holder == request.holder && current.owner == store.caller();
-    // A session-bound lease whose session ended is free: only its lock can tell.
-    (!ours && !current.session_bound && current.expires_at > clock_now())
-        .then_some(Attempt::Held(current.expires_at))
+    // A session-bound lease whose session ended is free: its session lock tells (a try-lock).
+    let live = current.expires_at > clock_now()
+        && !(current.session_bound && session::holder_is_gone(current.token));
+    (!ours && live).then_some(Attempt::Held(current.expires_at))
 }
 
 /// One attempt that never waits for another transaction: with the resource's lock free, it
@@ -480,6 +492,24 @@ fn held_by_another(store: &Store, request: &Request) -> Option<Attempt> {
 /// the lock when that read says the lease is another holder's, extends the caller's own live
 /// lease when only fences stand in the way, and is [`Attempt::Busy`] otherwise.
 fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
+    // While anyone waits, a call that cannot win must not take the lock even for a moment: a
+    // waiter at the head of its queue that found it busy would sleep again. (Without waiters the
+    // lock is tried first, which saves a free grant a second read.)
+    if waiting::anyone_waits() {
+        if let Some(held) = held_by_another(store, request) {
+            return held;
+        }
+        if ticket.is_none() && waiting::must_yield(request.resource, None) {
+            let ours = store.current(request.resource).is_some_and(|lease| {
+                lease.holder == request.holder
+                    && lease.owner == store.caller()
+                    && lease.expires_at > clock_now()
+            });
+            if !ours {
+                return Attempt::Yielded;
+            }
+        }
+    }
     match barrier::try_lock(request.resource, Mode::Change) {
         Some(held) => attempt_holding(held, store, request, ticket),
         None => attempt_while_busy(store, request),

@@ -75,6 +75,7 @@ impl Layout {
         if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
             || form.relam != Oid::from(pg_sys::HEAP_TABLE_AM_OID)
             || form.relhassubclass
+            || form.relispartition
             || form.relrowsecurity
             || !(*relation).trigdesc.is_null()
             || !(*relation).rd_rules.is_null()
@@ -115,7 +116,8 @@ impl Layout {
 /// # Safety
 /// `relation` must be open (and locked) in the current transaction.
 unsafe fn primary_key_is_resource(relation: pg_sys::Relation) -> bool {
-    // The relation cache keeps the set (a copy is returned): no index is opened.
+    // The relation cache keeps the set (a copy is returned); it opens the indexes only when the
+    // cache entry was rebuilt.
     let columns = pg_sys::RelationGetIndexAttrBitmap(
         relation,
         pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,

@@ -31,14 +31,18 @@ pub fn sweep(limit: i64) -> Sweep {
     let candidates = store.expired_candidates(clock_now(), limit);
     let mut outcome = Sweep { found: candidates.len() as i64, ..Sweep::default() };
     for (resource, token) in candidates {
-        if barrier::try_lock(&resource, barrier::Mode::Change).is_none() {
+        let Some(held) = barrier::try_lock(&resource, barrier::Mode::Change) else {
             outcome.busy += 1;
             continue;
-        }
+        };
         let now = clock_now();
-        if let Some((holder, expires_at)) = store.delete_expired(&resource, token, now) {
-            events::record(expired_event(resource, holder, token, expires_at, now));
-            outcome.removed += 1;
+        match store.delete_expired(&resource, token, now) {
+            Some((holder, expires_at)) => {
+                events::record(expired_event(resource, holder, token, expires_at, now));
+                outcome.removed += 1;
+            }
+            // Renewed or taken over meanwhile: keep out nobody for the rest of the transaction.
+            None => held.release_if_unused_before(),
         }
     }
     outcome
@@ -54,15 +58,18 @@ pub fn sweep_ended_sessions() -> Sweep {
             continue;
         }
         outcome.found += 1;
-        if barrier::try_lock(&resource, barrier::Mode::Change).is_none() {
+        let Some(held) = barrier::try_lock(&resource, barrier::Mode::Change) else {
             outcome.busy += 1;
             continue;
-        }
-        if let Some((holder, expires_at)) = store.delete_grant(&resource, token) {
-            let mut event = expired_event(resource, holder, token, expires_at, clock_now());
-            event.reason = Reason::SessionEnded;
-            events::record(event);
-            outcome.removed += 1;
+        };
+        match store.delete_grant(&resource, token) {
+            Some((holder, expires_at)) => {
+                let mut event = expired_event(resource, holder, token, expires_at, clock_now());
+                event.reason = Reason::SessionEnded;
+                events::record(event);
+                outcome.removed += 1;
+            }
+            None => held.release_if_unused_before(),
         }
     }
     outcome

@@ -116,6 +116,11 @@ fn leave(shared: &Shared) {
     wake_head_locked(waiters.slots(), database, key);
 }
 
+/// Whether any backend waits for any lease (a hint: the count may change at once).
+pub fn anyone_waits() -> bool {
+    shared::get().is_some_and(|shared| shared.waiting.load(Ordering::Acquire) > 0)
+}
+
 /// Whether a grant of `resource` must be left to a queued waiter:
 /// true when someone waits for it and `ticket` (the caller's, if it waits) is not the head.
 pub fn must_yield(resource: &str, ticket: Option<u64>) -> bool {

@@ -205,11 +205,12 @@ impl Launcher {
         let shared = shared::get().expect("preloaded");
         let mut databases = None;
         for (index, slot) in shared.database_slots().iter().enumerate() {
-            let running = match &self.workers[index] {
-                Some(worker) => !matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)),
-                // Started by an earlier launcher: running while it holds the slot.
-                None => slot.worker_pid.load(Ordering::Acquire) != 0,
-            };
+            // Running while a worker holds the slot (also one an earlier launcher started), or
+            // while ours has not stopped (it may not have claimed the slot yet).
+            let running = slot.worker_pid.load(Ordering::Acquire) != 0
+                || self.workers[index]
+                    .as_ref()
+                    .is_some_and(|worker| !matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)));
             let database = slot.database.load(Ordering::Acquire);
             if running || database == 0 {
                 if !running {

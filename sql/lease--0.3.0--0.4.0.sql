@@ -14,24 +14,33 @@ SELECT pg_catalog.pg_extension_config_dump('lease.token_seq', '');
 
 -- lease_info: anyone may see who holds what, but a token only the roles that may use it: those
 -- with the privileges of the lease's owner role (the rule lease_check, lease_renew and
--- lease_release apply), and roles that may read lease.leases. lease_info runs as its owner, so
--- the caller is asked for by lease._token_visible, which looks at the role the session acts as.
--- lease.active applies the same rule to its rows.
+-- lease_release apply), and roles that may read lease.leases. lease_info now runs as its caller
+-- and reads through lease._lease_row, which reads the table as its owner and decides on the
+-- caller (a SECURITY DEFINER function would only know its own owner). lease.active applies the
+-- same rule to its rows, through lease._token_visible.
 CREATE FUNCTION lease._token_visible(owner regrole) RETURNS boolean
 STABLE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'token_visible_wrapper';
 COMMENT ON FUNCTION lease._token_visible(regrole) IS
-'Internal: whether the role the session acts as (outside any SECURITY DEFINER function) has the privileges of owner, or may read lease.leases.';
+'Internal: whether the current role has the privileges of owner, or may read lease.leases.';
+
+CREATE FUNCTION lease._lease_row(resource text)
+RETURNS TABLE(resource text, holder text, token bigint, owner text,
+              acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz,
+              session_pid integer, application_name text)
+VOLATILE STRICT ROWS 1 LANGUAGE c AS 'MODULE_PATHNAME', 'lease_row_wrapper';
+COMMENT ON FUNCTION lease._lease_row(text) IS
+'Internal: the live lease on resource as lease_info shows it, the token only to roles with the privileges of its owner role or SELECT on lease.leases.';
+GRANT EXECUTE ON FUNCTION lease._valid_resource(text) TO PUBLIC;
 
 CREATE OR REPLACE FUNCTION lease_info(resource text)
 RETURNS TABLE(resource text, holder text, token bigint, owner name,
               acquired_at timestamptz, renewed_at timestamptz, expires_at timestamptz,
               session_pid integer, application_name text)
-VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp LANGUAGE sql
+VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp LANGUAGE sql
 AS $$
-    SELECT l.resource, l.holder, CASE WHEN lease._token_visible(l.owner) THEN l.token END,
-           l.owner::text::name, l.acquired_at, l.renewed_at, l.expires_at, l.session_pid, l.application_name
-    FROM lease.leases AS l
-    WHERE l.resource = lease._valid_resource($1) AND l.expires_at > clock_timestamp()
+    SELECT r.resource, r.holder, r.token, r.owner::name, r.acquired_at, r.renewed_at, r.expires_at,
+           r.session_pid, r.application_name
+    FROM lease._lease_row(lease._valid_resource($1)) AS r
 $$;
 COMMENT ON FUNCTION lease_info(text) IS
 'The live lease on resource: one row while it is held, no row when it is free or expired. token is NULL unless the caller has the privileges of the lease''s owner role or may read lease.leases. session_pid and application_name identify the holder''s session of a session-bound lease.';

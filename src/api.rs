@@ -187,22 +187,66 @@ fn resource_key(resource: &str) -> i64 {
     barrier::resource_key(resource) as i64
 }
 
-/// `lease._token_visible(owner)`: whether the role the session acts as (`SET ROLE` counts,
-/// a `SECURITY DEFINER` function does not) has the privileges of `owner`, or may read
-/// `lease.leases`: who sees tokens in `lease_info` and rows in `lease.active`.
+/// `lease._token_visible(owner)`: whether the current role has the privileges of `owner`, or
+/// may read `lease.leases`: who sees a lease's row in `lease.active`.
 #[pg_extern(sql = false)]
 fn token_visible(owner: pg_sys::Oid) -> bool {
+    // SAFETY: reads the current user id.
+    may_see_tokens(unsafe { pg_sys::GetUserId() }, owner)
+}
+
+/// Whether `role` may see the tokens of leases owned by `owner`: it has the privileges of
+/// `owner` (the rule for checks, renewals and releases), or it may read `lease.leases`.
+fn may_see_tokens(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: role and ACL lookups on valid OIDs, inside a transaction.
     unsafe {
-        let caller = pg_sys::GetOuterUserId();
-        pg_sys::has_privs_of_role(caller, owner) || {
+        pg_sys::has_privs_of_role(role, owner) || {
             let namespace = pg_sys::get_namespace_oid(c"lease".as_ptr(), false);
             let table = pg_sys::get_relname_relid(c"leases".as_ptr(), namespace);
             table != pg_sys::InvalidOid
-                && pg_sys::pg_class_aclcheck(table, caller, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                && pg_sys::pg_class_aclcheck(table, role, pg_sys::ACL_SELECT as pg_sys::AclMode)
                     == pg_sys::AclResult::ACLCHECK_OK
         }
     }
+}
+
+/// `lease._lease_row(resource)`: the live lease on `resource`, as `lease_info` shows it: the
+/// token only to a caller that [`may_see_tokens`] (the caller is the role that calls
+/// `lease_info`, which runs as its caller). The row is read as the table's owner.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn lease_row(
+    resource: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(resource, String),
+        name!(holder, String),
+        name!(token, Option<i64>),
+        name!(owner, String),
+        name!(acquired_at, pgrx::datum::TimestampWithTimeZone),
+        name!(renewed_at, pgrx::datum::TimestampWithTimeZone),
+        name!(expires_at, pgrx::datum::TimestampWithTimeZone),
+        name!(session_pid, Option<i32>),
+        name!(application_name, Option<String>),
+    ),
+> {
+    let store = Store::open();
+    let row = store.info(resource, clock_now()).map(|lease| {
+        let token = may_see_tokens(store.caller(), lease.owner).then_some(lease.token);
+        (
+            resource.to_owned(),
+            lease.holder,
+            token,
+            lease.owner_name,
+            lease.acquired_at,
+            lease.renewed_at,
+            lease.expires_at,
+            lease.session_pid,
+            lease.application_name,
+        )
+    });
+    TableIterator::new(row)
 }
 
 /// `lease._stats()`: the counters behind `lease.stats`.

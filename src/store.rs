@@ -52,6 +52,19 @@ pub struct Binding<'a> {
     pub application_name: &'a str,
 }
 
+/// A live lease as `lease_info` shows it.
+pub struct LeaseInfo {
+    pub holder: String,
+    pub token: i64,
+    pub owner: Oid,
+    pub owner_name: String,
+    pub acquired_at: pgrx::datum::TimestampWithTimeZone,
+    pub renewed_at: pgrx::datum::TimestampWithTimeZone,
+    pub expires_at: pgrx::datum::TimestampWithTimeZone,
+    pub session_pid: Option<i32>,
+    pub application_name: Option<String>,
+}
+
 /// Who held a lease that a call just changed or ended.
 pub struct Holder {
     pub owner: Oid,
@@ -75,6 +88,7 @@ enum Statement {
     SessionTokensAlive,
     HeldByOthers,
     Bind,
+    Info,
 }
 
 const TEXT: Oid = pg_sys::TEXTOID;
@@ -87,7 +101,7 @@ const INT8_ARRAY: Oid = pg_sys::INT8ARRAYOID;
 const TEXT_ARRAY: Oid = pg_sys::TEXTARRAYOID;
 
 /// SQL text and parameter types of each [`Statement`].
-const PLAN_SOURCES: [(&CStr, &[Oid]); 14] = [
+const PLAN_SOURCES: [(&CStr, &[Oid]); 15] = [
     (
         c"INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at,
                                    session_pid, application_name)
@@ -163,11 +177,18 @@ const PLAN_SOURCES: [(&CStr, &[Oid]); 14] = [
           WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2",
         &[TEXT, INT8, INT4, TEXT],
     ),
+    (
+        c"SELECT holder, token, owner, owner::pg_catalog.text, acquired_at, renewed_at, expires_at, session_pid,
+                 application_name
+          FROM lease.leases
+          WHERE resource OPERATOR(pg_catalog.=) $1 AND expires_at OPERATOR(pg_catalog.>) $2",
+        &[TEXT, TSTZ],
+    ),
 ];
 
 thread_local! {
     /// This backend's kept plans, prepared on first use.
-    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 14]>> = const { Cell::new(None) };
+    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; 15]>> = const { Cell::new(None) };
     /// The lease table's and the token sequence's OIDs and the table's owner, looked up on
     /// first use and forgotten whenever the relation cache says either may have changed.
     static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
@@ -542,6 +563,28 @@ impl Store {
         // SAFETY: the statement returns one row of one regrole column, never NULL.
         (self.execute(Statement::Holds, &args, self.transaction_snapshot, 1) == 1)
             .then(|| unsafe { column::<Oid>(0, 1) })
+    }
+
+    /// The live lease on `resource` at `now`, every column (read through SQL, so also on a hot
+    /// standby).
+    pub fn info(&self, resource: &str, now: Timestamp) -> Option<LeaseInfo> {
+        if self.execute(Statement::Info, &[resource.into_datum(), now.into_datum()], false, 1) == 0 {
+            return None;
+        }
+        // SAFETY: one row of the statement's columns; only the last two may be NULL.
+        unsafe {
+            Some(LeaseInfo {
+                holder: column(0, 1),
+                token: column(0, 2),
+                owner: column(0, 3),
+                owner_name: column(0, 4),
+                acquired_at: column(0, 5),
+                renewed_at: column(0, 6),
+                expires_at: column(0, 7),
+                session_pid: nullable_column(0, 8),
+                application_name: nullable_column(0, 9),
+            })
+        }
     }
 
     /// Binds the lease with `token` to a session, as shown to administrators.

@@ -308,3 +308,23 @@ def test_a_prepared_transaction_takes_its_fence_proofs_with_it(conn, jobs):
         finally:
             conn.execute("COMMIT PREPARED 'edge_fenced'")
     assert one(conn, "SELECT count(*) FROM edge_jobs") == 1
+
+
+def test_a_privileged_refresh_shows_an_ordinary_role_no_other_tokens(conn, roles):
+    """Review of issue 13: lease_info and lease.active decided on the role the session acted as,
+    so a superuser refreshing an ordinary role's materialized view filled it with every token."""
+    with connect_as("edge_alice") as alice:
+        token = one(alice, "SELECT lease_acquire('edge:mv', 'alice', '1 hour')")
+        assert alice.execute("SELECT (SELECT token FROM lease_info('edge:mv')), "
+                             "(SELECT count(*) FROM lease.active WHERE resource = 'edge:mv')").fetchone() == (token, 1)
+    conn.execute("GRANT CREATE ON SCHEMA public TO edge_bob")
+    try:
+        with connect_as("edge_bob") as bob:
+            bob.execute("CREATE MATERIALIZED VIEW edge_mv AS SELECT (SELECT token FROM lease_info('edge:mv')) AS token, "
+                        "(SELECT count(*) FROM lease.active WHERE resource = 'edge:mv') AS active_rows")
+        conn.execute("REFRESH MATERIALIZED VIEW edge_mv")
+        with connect_as("edge_bob") as bob:
+            assert bob.execute("SELECT token, active_rows FROM edge_mv").fetchone() == (None, 0)
+    finally:
+        conn.execute("DROP MATERIALIZED VIEW IF EXISTS edge_mv")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM edge_bob")

@@ -32,10 +32,10 @@ const USECS_PER_DAY: i128 = 86_400_000_000;
 /// How soon a waiter looks again at a resource whose lock another transaction holds, if no
 /// commit or abort wakes it first.
 const BUSY_RETRY_MS: i64 = 5;
-/// How many times (a millisecond apart) a re-acquire of one's own live lease tries again for
-/// the lock that another transaction holds: long enough for another acquirer's refused attempt,
-/// short enough to answer at once for a change in progress.
-const OWN_LEASE_RETRIES: usize = 10;
+/// How many times (a millisecond apart) an acquire tries again for a lock that another
+/// transaction holds, unless the lease is another holder's: long enough for a sweep's removal or
+/// another acquirer's refused attempt, short enough to answer at once for a long fence.
+const BUSY_RETRIES: usize = 10;
 /// How `extract(epoch from interval)` counts a month.
 const DAYS_PER_MONTH: i128 = 30;
 
@@ -429,7 +429,7 @@ pub fn acquire_any(
             // Being changed or fenced by another transaction right now (most likely another
             // claimer): skipped, unless it is the caller's own live lease and only fences
             // stand in the way, as for lease_acquire.
-            None => attempt_while_busy(&store, &request),
+            None => attempt_while_busy(&store, &request, None, false),
         };
         if let Some(token) = outcome.token() {
             granted.push((resource.to_owned(), token));
@@ -556,32 +556,39 @@ fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt
     }
     match barrier::try_lock(request.resource, Mode::Change) {
         Some(held) => attempt_holding(held, store, request, ticket),
-        None => attempt_while_busy(store, request),
+        None => attempt_while_busy(store, request, ticket, true),
     }
 }
 
-/// The rest of [`attempt_now`] when another transaction holds the resource's lock.
-fn attempt_while_busy(store: &Store, request: &Request) -> Attempt {
+/// The rest of [`attempt_now`] when another transaction holds the resource's lock. A lease the
+/// read shows as another holder's is refused at once. Otherwise the lock is most likely held for
+/// a moment (the expiry worker removing the expired lease, another acquirer's refused attempt):
+/// with `patient`, the call tries again, a millisecond apart, for up to [`BUSY_RETRIES`]
+/// milliseconds (the caller's own live lease in [`Mode::Extend`], which fences do not block)
+/// before it calls the resource busy. `lease_acquire_any` is not patient: it skips at once.
+fn attempt_while_busy(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
     if let Some(held) = held_by_another(store, request) {
         return held;
     }
     let ours = store.current(request.resource).is_some_and(|lease| {
         lease.holder == request.holder && lease.owner == store.caller() && lease.expires_at > clock_now()
     });
-    if request.only_if_free || !ours {
+    if !patient && (request.only_if_free || !ours) {
         return Attempt::Busy;
     }
-    // The caller's own live lease, as far as the read shows. Other acquirers that find it held
-    // take its lock for a few microseconds: look again a few times before calling it busy.
-    let mut held = barrier::try_lock(request.resource, Mode::Extend);
-    for _ in 0..OWN_LEASE_RETRIES {
+    let mode = if ours && !request.only_if_free { Mode::Extend } else { Mode::Change };
+    let mut held = barrier::try_lock(request.resource, mode);
+    for _ in 0..BUSY_RETRIES {
         if held.is_some() {
             break;
         }
         waiting::sleep(1);
-        held = barrier::try_lock(request.resource, Mode::Extend);
+        held = barrier::try_lock(request.resource, mode);
     }
     let Some(held) = held else { return Attempt::Busy };
+    if mode == Mode::Change {
+        return attempt_holding(held, store, request, ticket);
+    }
     match extend_ours(store, request) {
         Some(outcome) => outcome,
         None => {

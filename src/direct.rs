@@ -5,10 +5,11 @@
 //! itself.
 //!
 //! It is only used where its decisions are exactly those of the SPI statements:
-//! - every caller holds the resource's barrier lock in exclusive mode (or share mode, for a
-//!   read), so no other transaction can insert, change or delete that resource's row meanwhile
-//!   (the one exception, `lease_acquire_any`'s first read of its candidates, takes what it
-//!   reads as a hint and decides each grant under the lock);
+//! - every caller that decides holds the resource's barrier lock (change mode to insert or
+//!   delete; any mode for a read), so no other transaction can insert or delete that resource's
+//!   row meanwhile; reads made without the lock (an acquire's look before it takes the lock, a
+//!   claim's first test of its candidates, a renewal's or release's look before it queues) are
+//!   hints, and every decision is made again under the lock;
 //! - the transaction runs at READ COMMITTED, where each statement reads the latest committed
 //!   state; REPEATABLE READ and SERIALIZABLE keep the SPI statements, whose conflicts with a
 //!   transaction's older snapshot raise serialization failures;
@@ -329,7 +330,7 @@ impl Inserter {
     /// None).
     ///
     /// # Safety
-    /// The caller holds the resource's barrier lock in exclusive mode and found no row for it.
+    /// The caller holds the resource's barrier lock in change mode and found no row for it.
     pub unsafe fn insert(&mut self, values: &[Option<Datum>; 9]) {
         pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
         let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
@@ -379,7 +380,7 @@ impl Drop for Inserter {
 ///
 /// # Safety
 /// As for [`Lookup::open`]; `row` must have been found in this call, under the resource's
-/// barrier lock held in exclusive mode.
+/// barrier lock held in change mode.
 pub unsafe fn delete(table: Oid, row: &FoundRow) -> bool {
     pg_sys::PreventCommandIfReadOnly(c"DELETE".as_ptr());
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;

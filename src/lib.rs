@@ -6,7 +6,7 @@
 //! - [`fence`]: the `lease_fence` trigger that fences row changes of protected tables;
 //! - [`store`]: every statement on the lease table, and the token sequence;
 //! - [`direct`]: the hot statements done on the table's heap and indexes directly;
-//! - [`barrier`]: the per-resource locks that make `lease_check` a fence;
+//! - [`barrier`]: the per-resource locks (change, extend, fence) and the fence proofs;
 //! - [`expiry`]: removing expired leases (the sweep);
 //! - [`events`]: recording lease events and announcing them after commit;
 //! - [`shared`]: shared memory (the event ring, the waiter table, the worker's wake-up time);

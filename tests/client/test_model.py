@@ -189,7 +189,7 @@ def snapshot_value(history, snapshot):
 
 
 class Model:
-    """The contract of /tmp/contract.md over resources 0..RESOURCES-1 and their fenced rows."""
+    """The contract (README: SQL API, Fencing, Waiting, Guarantees) over resources 0..RESOURCES-1 and their fenced rows."""
 
     def __init__(self):
         self.sessions = [SessionModel(slot, role) for slot, role in enumerate(SESSION_ROLES)]

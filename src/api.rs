@@ -19,7 +19,7 @@ use crate::events::{self, Event, Kind, Reason};
 use crate::expiry;
 use crate::settings;
 use crate::stats::{self, Counter};
-use crate::store::{clock_now, Binding, Store, Timestamp};
+use crate::store::{self, clock_now, Binding, Store, Timestamp};
 use crate::transaction;
 use crate::{session, waiting};
 
@@ -200,13 +200,9 @@ fn token_visible(owner: pg_sys::Oid) -> bool {
 fn may_see_tokens(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: role and ACL lookups on valid OIDs, inside a transaction.
     unsafe {
-        pg_sys::has_privs_of_role(role, owner) || {
-            let namespace = pg_sys::get_namespace_oid(c"lease".as_ptr(), false);
-            let table = pg_sys::get_relname_relid(c"leases".as_ptr(), namespace);
-            table != pg_sys::InvalidOid
-                && pg_sys::pg_class_aclcheck(table, role, pg_sys::ACL_SELECT as pg_sys::AclMode)
-                    == pg_sys::AclResult::ACLCHECK_OK
-        }
+        pg_sys::has_privs_of_role(role, owner)
+            || pg_sys::pg_class_aclcheck(store::lease_table(), role, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
     }
 }
 
@@ -429,7 +425,7 @@ pub fn acquire_any(
             // Being changed or fenced by another transaction right now (most likely another
             // claimer): skipped, unless it is the caller's own live lease and only fences
             // stand in the way, as for lease_acquire.
-            None => attempt_while_busy(&store, &request, None, false),
+            None => attempt_while_busy(&store, &request, None, None, false),
         };
         if let Some(token) = outcome.token() {
             granted.push((resource.to_owned(), token));
@@ -507,76 +503,80 @@ fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
     transaction::in_subtransaction(attempt, |outcome| outcome.token().is_some())
 }
 
-/// The attempt of a waiter at the head of its queue: if another holder holds the lease it
-/// sleeps without taking any lock; otherwise it decides as a call without `wait` does
-/// ([`Attempt::Busy`] while another transaction holds the resource's lock: a waiter never
-/// queues in the lock manager, where an exclusive request would hold up the holder's renewals
-/// and every fence behind it).
+/// The attempt of a waiter at the head of its queue: decided as a call without `wait`
+/// decides, with its ticket. While another holder holds the lease it sleeps without taking any
+/// lock, and it never queues in the lock manager, where an exclusive request would hold up the
+/// holder's renewals and every fence behind it.
 fn attempt_waiting(request: &Request, ticket: u64) -> Attempt {
-    let store = Store::open();
-    if let Some(held) = held_by_another(&store, request) {
-        return held;
-    }
-    attempt_now(&store, request, Some(ticket))
+    attempt_now(&Store::open(), request, Some(ticket))
 }
 
-/// Held by another holder, as a read without the resource's lock shows it: the answer for a
-/// waiter (sleep until it expires) or a caller that does not wait, with no lock taken.
-fn held_by_another(store: &Store, request: &Request) -> Option<Attempt> {
-    let current = store.current(request.resource)?;
-    let ours = current.holder == request.holder && current.owner == store.caller();
+/// What a read without the resource's lock shows of its lease: a hint, decided again under the
+/// lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sight {
+    /// No lease, an expired one, or a session-bound one whose session ended.
+    Free,
+    /// The caller's own live lease (same holder name, same role).
+    Ours,
+    /// Another holder's live lease, until this time (server clock).
+    Others(Timestamp),
+}
+
+fn look(store: &Store, request: &Request) -> Sight {
+    let Some(current) = store.current(request.resource) else { return Sight::Free };
     // A session-bound lease whose session ended is free: its session lock tells (a try-lock).
     let live = current.expires_at > clock_now()
         && !(current.session_bound && session::holder_is_gone(current.token));
-    (!ours && live).then_some(Attempt::Held(current.expires_at))
+    match (live, current.holder == request.holder && current.owner == store.caller()) {
+        (false, _) => Sight::Free,
+        (true, true) => Sight::Ours,
+        (true, false) => Sight::Others(current.expires_at),
+    }
 }
 
 /// One attempt that never waits for another transaction: with the resource's lock free, it
-/// decides as usual; while another transaction holds the lock, it answers from a read without
-/// the lock when that read says the lease is another holder's, extends the caller's own live
-/// lease when only fences stand in the way, and is [`Attempt::Busy`] otherwise.
+/// decides as usual; while another transaction holds the lock, see [`attempt_while_busy`].
 fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
     // While anyone waits, a call that cannot win must not take the lock even for a moment: a
     // waiter at the head of its queue that found it busy would sleep again. (Without waiters the
     // lock is tried first, which saves a free grant a second read.)
-    if waiting::anyone_waits() {
-        if let Some(held) = held_by_another(store, request) {
-            return held;
+    let sight = waiting::anyone_waits().then(|| look(store, request));
+    match sight {
+        Some(Sight::Others(until)) => return Attempt::Held(until),
+        Some(Sight::Free) if ticket.is_none() && waiting::must_yield(request.resource, None) => {
+            return Attempt::Yielded
         }
-        if ticket.is_none() && waiting::must_yield(request.resource, None) {
-            let ours = store.current(request.resource).is_some_and(|lease| {
-                lease.holder == request.holder
-                    && lease.owner == store.caller()
-                    && lease.expires_at > clock_now()
-            });
-            if !ours {
-                return Attempt::Yielded;
-            }
-        }
+        _ => {}
     }
     match barrier::try_lock(request.resource, Mode::Change) {
         Some(held) => attempt_holding(held, store, request, ticket),
-        None => attempt_while_busy(store, request, ticket, true),
+        None => attempt_while_busy(store, request, sight, ticket, true),
     }
 }
 
-/// The rest of [`attempt_now`] when another transaction holds the resource's lock. A lease the
-/// read shows as another holder's is refused at once. Otherwise the lock is most likely held for
-/// a moment (the expiry worker removing the expired lease, another acquirer's refused attempt):
-/// with `patient`, the call tries again, a millisecond apart, for up to [`BUSY_RETRIES`]
-/// milliseconds (the caller's own live lease in [`Mode::Extend`], which fences do not block)
-/// before it calls the resource busy. `lease_acquire_any` is not patient: it skips at once.
-fn attempt_while_busy(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
-    if let Some(held) = held_by_another(store, request) {
-        return held;
-    }
-    let ours = store.current(request.resource).is_some_and(|lease| {
-        lease.holder == request.holder && lease.owner == store.caller() && lease.expires_at > clock_now()
-    });
-    if !patient && (request.only_if_free || !ours) {
+/// The rest of [`attempt_now`] when another transaction holds the resource's lock (`sight`: the
+/// read already made, if any). A lease another holder holds is refused at once. Otherwise the
+/// lock is most likely held for a moment (the expiry worker removing the expired lease, another
+/// acquirer's refused attempt): with `patient`, the call tries again, a millisecond apart, for
+/// up to [`BUSY_RETRIES`] milliseconds (the caller's own live lease in [`Mode::Extend`], which
+/// fences do not block) before it calls the resource busy. `lease_acquire_any` is not patient:
+/// it skips at once, except for the caller's own live lease.
+fn attempt_while_busy(
+    store: &Store,
+    request: &Request,
+    sight: Option<Sight>,
+    ticket: Option<u64>,
+    patient: bool,
+) -> Attempt {
+    let ours = match sight.unwrap_or_else(|| look(store, request)) {
+        Sight::Others(until) => return Attempt::Held(until),
+        sight => sight == Sight::Ours && !request.only_if_free,
+    };
+    if !patient && !ours {
         return Attempt::Busy;
     }
-    let mode = if ours && !request.only_if_free { Mode::Extend } else { Mode::Change };
+    let mode = if ours { Mode::Extend } else { Mode::Change };
     let mut held = barrier::try_lock(request.resource, mode);
     for _ in 0..BUSY_RETRIES {
         if held.is_some() {
@@ -635,7 +635,7 @@ fn attempt_locked(store: &Store, request: &Request, ticket: Option<u64>) -> Atte
             // A new token's session lock is nobody's but ours.
             error!("lease: could not take the session lock of a new lease");
         }
-        barrier::prove(resource, token);
+        barrier::prove(resource);
         record(Kind::Acquired, resource, holder, token, Some(expires_at), now);
         Attempt::Granted(token)
     };
@@ -714,7 +714,7 @@ fn extend_ours(store: &Store, request: &Request) -> Option<Attempt> {
         let binding = Binding { pid: unsafe { pg_sys::MyProcPid }, application_name: &application_name };
         store.bind(resource, current.token, binding);
     }
-    barrier::prove(resource, current.token);
+    barrier::prove(resource);
     stats::add(Counter::Reacquired, 1);
     record(Kind::Renewed, resource, holder, current.token, Some(expires_at), now);
     Some(Attempt::Extended(current.token))
@@ -749,7 +749,7 @@ pub fn renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) 
         return Ok(false);
     };
     ensure_member(&store, resource, lease.owner)?;
-    barrier::prove(resource, token);
+    barrier::prove(resource);
     record(Kind::Renewed, resource, &lease.holder, token, Some(expires_at), now);
     Ok(true)
 }
@@ -768,7 +768,7 @@ pub fn release(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> 
     };
     ensure_member(&store, resource, lease.owner)?;
     session::unbind_at_commit(token);
-    barrier::prove(resource, token);
+    barrier::prove(resource);
     record(Kind::Released, resource, &lease.holder, token, None, now);
     Ok(true)
 }
@@ -789,17 +789,17 @@ fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(b
             _ => Ok(false),
         }
     };
+    let store = Store::open();
     let held = match barrier::try_lock(resource, mode) {
         Some(held) => held,
         None => {
             // Another transaction holds a conflicting lock: queue only if this call can succeed.
-            if !holds(&Store::open())? {
+            if !holds(&store)? {
                 return Ok(None);
             }
             barrier::lock(resource, mode)
         }
     };
-    let store = Store::open();
     if store.transaction_snapshot() {
         if !holds(&store)? {
             drop(store);
@@ -825,7 +825,7 @@ pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
     };
     drop(store);
     match outcome {
-        Ok(true) => barrier::prove(resource, token),
+        Ok(true) => barrier::prove(resource),
         // A failed fence protects nothing: it must not hold up the lease's owner.
         _ => held.release_if_unused_before(),
     }

@@ -147,77 +147,52 @@ pub fn resource_key(resource: &str) -> u64 {
     hash ^ (hash >> 33)
 }
 
-/// Proofs: the resources this transaction has shown it holds, each with the token that held it
-/// and the subtransaction level of the call. A call that succeeded with a token that held the
-/// resource (a fence, a grant, an extension, a release) took the resource's lock, which keeps
-/// every other grant out until this transaction ends; so the proof stays true for as long as the
-/// lock is kept, and is dropped with the (sub)transaction that took it. `lease_fence` lets a row
-/// change that does not state a token pass on a proof.
-mod proofs {
-    use std::cell::RefCell;
-
-    thread_local! {
-        static PROVEN: RefCell<Vec<(i32, String, i64)>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub fn record(resource: &str, token: i64) {
-        // SAFETY: reads the current nesting level.
-        let level = unsafe { pgrx::pg_sys::GetCurrentTransactionNestLevel() };
-        PROVEN.with(|proven| {
-            let mut proven = proven.borrow_mut();
-            if !proven.iter().any(|(at, name, held)| *at <= level && name == resource && *held == token) {
-                proven.push((level, resource.to_owned(), token));
-            }
-        });
-    }
-
-    pub fn token(resource: &str) -> Option<i64> {
-        PROVEN.with(|proven| {
-            proven.borrow().iter().rev().find(|(_, name, _)| name == resource).map(|(_, _, token)| *token)
-        })
-    }
-
-    /// Forgets every proof; returns the resources they were about.
-    pub fn forget_all() -> Vec<String> {
-        PROVEN.with(|proven| proven.borrow_mut().drain(..).map(|(_, resource, _)| resource).collect())
-    }
-
-    pub fn forget_from(level: i32) {
-        PROVEN.with(|proven| proven.borrow_mut().retain(|(at, _, _)| *at < level));
-    }
-
-    pub fn hand_to_parent(level: i32) {
-        PROVEN.with(|proven| {
-            for (at, _, _) in proven.borrow_mut().iter_mut().filter(|(at, _, _)| *at >= level) {
-                *at = level - 1;
-            }
-        });
-    }
+// Proofs: the resources this transaction has shown it holds, each with the subtransaction
+// level of the call. A call that succeeded with a token that held the resource (a fence, a
+// grant, an extension, a release) took the resource's lock, which keeps every other grant out
+// until this transaction ends; so the proof stays true for as long as the lock is kept, and is
+// dropped with the (sub)transaction that took it. `lease_fence` lets a row change that does not
+// state a token pass on a proof.
+thread_local! {
+    /// This transaction's proofs: (subtransaction level, resource).
+    static PROVEN: std::cell::RefCell<Vec<(i32, String)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Records that `token` held `resource` in a call of this transaction that keeps the
-/// resource's lock.
-pub fn prove(resource: &str, token: i64) {
-    proofs::record(resource, token);
+/// Records that a call of this transaction that keeps the resource's lock succeeded with a
+/// token that held `resource`.
+pub fn prove(resource: &str) {
+    // SAFETY: reads the current nesting level.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    PROVEN.with(|proven| {
+        let mut proven = proven.borrow_mut();
+        if !proven.iter().any(|(at, name)| *at <= level && name == resource) {
+            proven.push((level, resource.to_owned()));
+        }
+    });
 }
 
-/// The token with which this transaction proved that it holds `resource`, if it did.
-pub fn proven(resource: &str) -> Option<i64> {
-    proofs::token(resource)
+/// Whether this transaction proved that it holds `resource`.
+pub fn proven(resource: &str) -> bool {
+    PROVEN.with(|proven| proven.borrow().iter().any(|(_, name)| name == resource))
 }
 
 /// At the end of the transaction: every proof ends with its locks. Returns the lock keys of the
 /// resources proved, whose waiters may find them free now (computed only as they are read).
 pub fn at_transaction_end() -> impl Iterator<Item = u64> {
-    proofs::forget_all().into_iter().map(|resource| resource_key(&resource))
+    let proven = PROVEN.with(|proven| std::mem::take(&mut *proven.borrow_mut()));
+    proven.into_iter().map(|(_, resource)| resource_key(&resource))
 }
 
 /// At the abort of the subtransaction at `level`: its locks are gone, and its proofs with them.
 pub fn at_subtransaction_abort(level: i32) {
-    proofs::forget_from(level);
+    PROVEN.with(|proven| proven.borrow_mut().retain(|(at, _)| *at < level));
 }
 
 /// At the commit of the subtransaction at `level`: its locks and proofs belong to the parent.
 pub fn at_subtransaction_commit(level: i32) {
-    proofs::hand_to_parent(level);
+    PROVEN.with(|proven| {
+        for (at, _) in proven.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
+            *at = level - 1;
+        }
+    });
 }

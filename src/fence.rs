@@ -100,12 +100,12 @@ fn fence(trigger: &PgTrigger) -> LeaseResult<pg_sys::HeapTuple> {
                 // The writer states its token: it must hold the new resource, and the old one
                 // too unless this transaction proved that already.
                 holds(&table, resource.as_deref(), token)?;
-                if old_resource != resource && proven(old_resource.as_deref()).is_none() {
+                if old_resource != resource && !proven(old_resource.as_deref()) {
                     holds(&table, old_resource.as_deref(), token)?;
                 }
             } else {
                 for name in [&resource, &old_resource] {
-                    if proven(name.as_deref()).is_none() {
+                    if !proven(name.as_deref()) {
                         return Err(LeaseError::Unproven { table, resource: name.clone() });
                     }
                 }
@@ -115,7 +115,7 @@ fn fence(trigger: &PgTrigger) -> LeaseResult<pg_sys::HeapTuple> {
         _ => {
             // SAFETY: the old row of a DELETE, described by the relation's descriptor.
             let (resource, _) = unsafe { read_row(data.tg_trigtuple, descriptor, &columns) };
-            if proven(resource.as_deref()).is_none() {
+            if !proven(resource.as_deref()) {
                 return Err(LeaseError::Unproven { table, resource });
             }
             Ok(data.tg_trigtuple)
@@ -180,16 +180,12 @@ unsafe fn read_row(
 fn holds(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
     match (resource, token) {
         (Some(_), Some(_)) if api::check(resource, token)? => Ok(()),
-        _ => Err(unproven(table, resource, token)),
+        _ => Err(LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token }),
     }
 }
 
-/// The token with which this transaction proved the row's resource (see
+/// Whether this transaction proved that it holds the row's resource (see
 /// [`crate::barrier::prove`]).
-fn proven(resource: Option<&str>) -> Option<i64> {
-    resource.and_then(barrier::proven)
-}
-
-fn unproven(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseError {
-    LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token }
+fn proven(resource: Option<&str>) -> bool {
+    resource.is_some_and(barrier::proven)
 }

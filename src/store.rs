@@ -242,6 +242,11 @@ unsafe extern "C-unwind" fn forget_catalog(_argument: Datum, relation: Oid) {
     });
 }
 
+/// The OID of `lease.leases` (looked up once per backend, forgotten on relation invalidation).
+pub fn lease_table() -> Oid {
+    Catalog::get().table
+}
+
 /// The server clock now (`clock_timestamp()`), the one clock every lease decision uses.
 pub fn clock_now() -> Timestamp {
     // SAFETY: GetCurrentTimestamp only reads the system clock.

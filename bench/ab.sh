@@ -5,12 +5,15 @@
 # (bench/core/table.sql) at 1 and 8 clients, synchronous_commit off and on. Prints a Markdown
 # table: medians (with the range of the rounds) and each version's ratio to the table that ran
 # next to it. The extension is created at version 0.3.0, whose acquire and release every later
-# library serves. Leaves the NEW library installed.
+# library serves. With LEASE_AB_PUBLISH=1, each round also measures the expiry worker's CPU
+# time per published event (bench/events/publish.py) and a second table compares that. Leaves
+# the NEW library installed.
 source "$(dirname "$0")/../scripts/common.sh"
 OLD=$1 NEW=$2 ROUNDS=${3:-4} SECONDS_PER_RUN=${4:-5}
 PORT=${LEASE_BENCH_PORT:-54327}
 LIB=$($PG_CONFIG --pkglibdir)/lease.so
 RAW=$(mktemp)
+PUBLISH_RAW=$(mktemp)
 use() {  # install library $1 and restart the server on it
     cluster_stop ab
     as_root rm -f "$LIB"
@@ -37,6 +40,9 @@ for round in $(seq 1 "$ROUNDS"); do
                 echo "$version $sync $clients $(run lease "$clients" "$sync") $(run table "$clients" "$sync")" >> "$RAW"
             done
         done
+        if [ "${LEASE_AB_PUBLISH:-0}" = 1 ]; then
+            echo "$version $("$VENV/bin/python" "$ROOT/bench/events/publish.py" "$PORT")" >> "$PUBLISH_RAW"
+        fi
     done
 done
 cluster_destroy ab
@@ -55,4 +61,24 @@ for (sync, clients), by in sorted(runs.items(), key=lambda item: (item[0][0] != 
     print(f"| {sync} | {clients} | {median['old']:.0f} ({span['old']}) | {median['new']:.0f} ({span['new']}) | "
           f"{median['new'] / median['old']:.2f} | {ratio['old']:.2f} | {ratio['new']:.2f} | {len(by['old'])} |")
 PY
-rm -f "$RAW"
+if [ "${LEASE_AB_PUBLISH:-0}" = 1 ]; then
+    python3 - "$PUBLISH_RAW" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(sys.argv[1]):
+    version, *fields = line.split()
+    for field in fields:
+        name, value = field.split("=")
+        runs[name][version].append(float(value))
+print()
+print("| expiry worker, publishing | old (median, range) | new (median, range) | new / old | runs each |")
+print("|---|---:|---:|---:|---:|")
+for name in ("cpu_us_per_event", "events_per_s"):
+    by = runs[name]
+    median = {v: statistics.median(by[v]) for v in by}
+    span = {v: f"{min(by[v]):g}-{max(by[v]):g}" for v in by}
+    print(f"| {name} | {median['old']:g} ({span['old']}) | {median['new']:g} ({span['new']}) | "
+          f"{median['new'] / median['old']:.2f} | {len(by['old'])} |")
+PY
+fi
+rm -f "$RAW" "$PUBLISH_RAW"

@@ -11,6 +11,9 @@ PGRX_VERSION=0.18.1
 SERVER_USER=${LEASE_SERVER_USER:-postgres}
 RUN_DIR=${LEASE_RUN_DIR:-/tmp/lease}
 VENV=$ROOT/.venv
+# Where cargo pgrx init records pg_config; the pgrx-pg-sys build script of every cargo build
+# (cargo pgrx's, and cargo clippy's in scripts/test.sh) reads it to find PostgreSQL's headers.
+PGRX_CONFIG=${PGRX_HOME:-$HOME/.pgrx}/config.toml
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -40,9 +43,22 @@ setup_machine() {
         say "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
-    if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+    if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$PGRX_CONFIG"; then
         say "registering PostgreSQL $PG_MAJOR with pgrx"
         cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# The Rust tools of the static checks (scripts/test.sh static): rustfmt and clippy, added to
+# the toolchain with rustup if missing.
+setup_lints() {
+    if ! cargo fmt --version >/dev/null 2>&1; then
+        say "installing rustfmt"
+        rustup component add rustfmt
+    fi
+    if ! cargo clippy --version >/dev/null 2>&1; then
+        say "installing clippy"
+        rustup component add clippy
     fi
 }
 

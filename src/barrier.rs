@@ -16,15 +16,19 @@
 //! request that conflicts with it, so a queued change would make the holder's renewals wait for
 //! a fence after all: only calls that will change the lease queue in change mode (a release or
 //! a revocation of a lease that holds, by a caller allowed to make it); acquires never queue,
-//! they try and, when they may wait, sleep on their latch. A fence that passed therefore keeps every grant of that resource out
-//! until the fencing transaction ends.
+//! they try and, when they may wait, sleep on their latch. A fence that passed therefore keeps
+//! every grant of that resource out until the fencing transaction ends.
 //!
 //! The lock key is a 64-bit hash of the resource name, in a lock space of its own
 //! (`pg_locks.objsubid` = [`LOCK_SPACE`]) that never collides with the application's own
 //! `pg_advisory_lock` keys. Two names with the same hash only share a queue: correctness never
 //! depends on the hash being unique, because the lease row is always read after the lock.
+//!
+//! Uses [`crate::vocabulary`].
 
 use pgrx::pg_sys;
+
+use crate::vocabulary::{my_database, nesting_level};
 
 /// `locktag_field4` of lease locks; `pg_advisory_lock` uses 1 and 2.
 pub const LOCK_SPACE: u16 = 0x4C45;
@@ -50,13 +54,13 @@ impl Mode {
 /// A barrier lock this transaction took: it can be given back early when the call that took
 /// it changed nothing (a refused acquire, a failed fence), unless the transaction held it
 /// already.
-pub struct Held {
+pub struct Taken {
     tag: pg_sys::LOCKTAG,
     mode: pg_sys::LOCKMODE,
     first_time: bool,
 }
 
-impl Held {
+impl Taken {
     /// Releases the lock now if this call was the one that took it.
     pub fn release_if_unused_before(self) {
         if self.first_time {
@@ -80,7 +84,7 @@ impl Held {
 
 /// Blocks until no conflicting lock of another transaction is held on `resource`, then keeps
 /// the conflicting ones out until this transaction ends.
-pub fn lock(resource: &str, mode: Mode) -> Held {
+pub fn lock(resource: &str, mode: Mode) -> Taken {
     acquire(resource, mode, false).expect("a waiting lock is granted")
 }
 
@@ -88,39 +92,22 @@ pub fn lock(resource: &str, mode: Mode) -> Held {
 const TOKEN_RESERVATION_SPACE: u16 = 0x4C54;
 
 /// Takes, until the end of the (sub)transaction, the lock under which a backend reserves a
-/// block of token numbers of `sequence` (see `Store::next_token`); waits for another backend's
+/// block of token numbers of `sequence` (see `store::tokens`); waits for another backend's
 /// reservation.
 pub fn lock_token_reservation(sequence: pg_sys::Oid) {
-    let tag = pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: sequence.to_u32(),
-        locktag_field3: 0,
-        locktag_field4: TOKEN_RESERVATION_SPACE,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
+    let tag = advisory_tag(TOKEN_RESERVATION_SPACE, u64::from(sequence.to_u32()) << 32);
     // SAFETY: a fully initialised advisory tag; a transaction-scoped lock, released with the
     // subtransaction that takes it.
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false) };
 }
 
 /// As [`lock`], but gives up at once (returning None) if it would have to wait.
-pub fn try_lock(resource: &str, mode: Mode) -> Option<Held> {
+pub fn try_lock(resource: &str, mode: Mode) -> Option<Taken> {
     acquire(resource, mode, true)
 }
 
-fn acquire(resource: &str, mode: Mode, dont_wait: bool) -> Option<Held> {
-    let key = resource_key(resource);
-    let tag = pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: (key >> 32) as u32,
-        locktag_field3: key as u32,
-        locktag_field4: LOCK_SPACE,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
+fn acquire(resource: &str, mode: Mode, dont_wait: bool) -> Option<Taken> {
+    let tag = advisory_tag(LOCK_SPACE, resource_key(resource));
     let mode = mode.lock_mode();
     // SAFETY: the tag is a fully initialised advisory tag; a transaction-scoped lock is released
     // by the lock manager at transaction end, and errors (cancel, deadlock, timeouts) are raised
@@ -128,7 +115,32 @@ fn acquire(resource: &str, mode: Mode, dont_wait: bool) -> Option<Held> {
     let result = unsafe { pg_sys::LockAcquire(&tag, mode, false, dont_wait) };
     match result {
         pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL => None,
-        result => Some(Held { tag, mode, first_time: result == pg_sys::LockAcquireResult::LOCKACQUIRE_OK }),
+        result => Some(Taken { tag, mode, first_time: result == pg_sys::LockAcquireResult::LOCKACQUIRE_OK }),
+    }
+}
+
+/// An advisory lock tag of this database in one of the extension's lock spaces
+/// (`pg_locks.objsubid` = `space`), keyed by 64 bits: the one way every lock of the extension
+/// (barrier, token reservation, session binding) is named.
+pub fn advisory_tag(space: u16, key: u64) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        locktag_field1: my_database().to_u32(),
+        locktag_field2: (key >> 32) as u32,
+        locktag_field3: key as u32,
+        locktag_field4: space,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+mod sql {
+    use pgrx::prelude::*;
+
+    /// `lease._resource_key(resource)`: the 64-bit lock key of a resource name; `lease.active`
+    /// joins the waiter counts on it.
+    #[pg_extern(sql = false)]
+    fn resource_key(resource: &str) -> i64 {
+        super::resource_key(resource) as i64
     }
 }
 
@@ -161,8 +173,7 @@ thread_local! {
 /// Records that a call of this transaction that keeps the resource's lock succeeded with a
 /// token that held `resource`.
 pub fn prove(resource: &str) {
-    // SAFETY: reads the current nesting level.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    let level = nesting_level();
     PROVEN.with(|proven| {
         let mut proven = proven.borrow_mut();
         if !proven.iter().any(|(at, name)| *at <= level && name == resource) {
@@ -195,4 +206,16 @@ pub fn at_subtransaction_commit(level: i32) {
             *at = level - 1;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_key;
+
+    #[test]
+    fn resource_keys_differ_for_similar_names() {
+        assert_eq!(resource_key("job:1"), resource_key("job:1"));
+        assert_ne!(resource_key("job:1"), resource_key("job:2"));
+        assert_ne!(resource_key(""), resource_key("\0"));
+    }
 }

@@ -3,6 +3,8 @@
 //! Messages are lower case without a trailing period; hints are full sentences. Nothing is
 //! written before an argument is validated, and an error raised later aborts the transaction,
 //! so a rejected call changes nothing.
+//!
+//! Uses nothing of the crate.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;

@@ -3,11 +3,14 @@
 //! Correctness never waits for this (an expired lease is already free to the next acquire);
 //! the sweep only turns expiry into an event and keeps the table small. [`sweep`] is the one
 //! function that does it: `lease_sweep()` calls it from SQL and the expiry worker schedules it.
+//!
+//! Uses vocabulary, barrier, store, events and session.
 
 use crate::barrier;
-use crate::events::{self, Event, Kind, Reason};
+use crate::events::{self, Event, Reason};
 use crate::session;
-use crate::store::{clock_now, Store, Timestamp};
+use crate::store::Store;
+use crate::vocabulary::{clock_now, Timestamp};
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +41,7 @@ pub fn sweep(limit: i64) -> Sweep {
         let now = clock_now();
         match store.delete_expired(&resource, token, now) {
             Some((holder, expires_at)) => {
-                events::record(expired_event(resource, holder, token, expires_at, now));
+                events::record(Event::expired(Reason::Ttl, resource, holder, token, expires_at, now));
                 outcome.removed += 1;
             }
             // Renewed or taken over meanwhile: keep out nobody for the rest of the transaction.
@@ -64,9 +67,8 @@ pub fn sweep_ended_sessions() -> Sweep {
         };
         match store.delete_grant(&resource, token) {
             Some((holder, expires_at)) => {
-                let mut event = expired_event(resource, holder, token, expires_at, clock_now());
-                event.reason = Reason::SessionEnded;
-                events::record(event);
+                let at = clock_now();
+                events::record(Event::expired(Reason::SessionEnded, resource, holder, token, expires_at, at));
                 outcome.removed += 1;
             }
             None => held.release_if_unused_before(),
@@ -78,23 +80,4 @@ pub fn sweep_ended_sessions() -> Sweep {
 /// The earliest expiry of any lease, if there is one.
 pub fn next_expiry() -> Option<Timestamp> {
     Store::open().next_expiry()
-}
-
-/// The `expired` event (reason `ttl`) of a lease that ended at `expires_at`, noticed at `at`.
-pub fn expired_event(
-    resource: String,
-    holder: String,
-    token: i64,
-    expires_at: Timestamp,
-    at: Timestamp,
-) -> Event {
-    Event {
-        kind: Kind::Expired,
-        reason: Reason::Ttl,
-        resource,
-        holder,
-        token,
-        expires_at: Some(expires_at),
-        at,
-    }
 }

@@ -14,6 +14,9 @@
 //!   resource ([`crate::barrier::prove`]: a passing `lease_check` or `lease_assert`, a grant, a
 //!   renewal, a release, or a row this trigger passed). The token stored in the row proves
 //!   nothing about the writer: it only says that *someone* held the lease.
+//!
+//! Uses errors, barrier and api (the check a row must pass is `lease_check`'s, arguments and
+//! all).
 
 use std::ffi::{CStr, CString};
 

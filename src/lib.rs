@@ -1,39 +1,54 @@
 //! `lease`: fenced, time-limited leases for PostgreSQL.
 //!
 //! A lease is the exclusive, time-limited right of one holder to one resource, kept as a row of
-//! `lease.leases` and guarded by a transaction-scoped advisory lock per resource. Modules:
-//! - [`api`]: the SQL-callable functions and their argument checks;
-//! - [`fence`]: the `lease_fence` trigger that fences row changes of protected tables;
-//! - [`store`]: every statement on the lease table, and the token sequence;
-//! - [`direct`]: the hot statements done on the table's heap and indexes directly;
-//! - [`barrier`]: the per-resource locks (change, extend, fence) and the fence proofs;
-//! - [`expiry`]: removing expired leases (the sweep);
-//! - [`events`]: recording lease events and announcing them after commit;
-//! - [`shared`]: shared memory (the event ring, the waiter table, the worker's wake-up time);
-//! - [`waiting`]: waiting for a lease in first-come-first-served order;
-//! - [`session`]: session-bound leases and the session locks behind them;
-//! - [`transaction`]: what commit and abort do to a transaction's lease work;
-//! - [`worker`]: the expiry worker that sweeps and publishes events;
-//! - [`stats`]: the counters of `lease.stats`;
+//! `lease.leases` and guarded by a transaction-scoped advisory lock per resource. The modules,
+//! bottom to top; each uses only modules above it in this list (`scripts/check-layers.py`
+//! checks it):
+//! - [`vocabulary`]: the shared words (resource, holder, token...), `Timestamp`, the name limits;
+//! - [`errors`]: the error enum and its SQLSTATEs;
 //! - [`settings`]: the `lease.*` settings;
-//! - [`errors`]: the error enum and its SQLSTATEs.
+//! - [`shmem`]: asking for shared memory, which each part sizes and initialises itself;
+//! - [`stats`]: the counters of `lease.stats`;
+//! - [`barrier`]: the per-resource locks (change, extend, fence) and the fence proofs;
+//! - [`subtransaction`]: running a step in an internal subtransaction;
+//! - [`store`]: every statement on the lease table, the token blocks, the direct access;
+//! - [`events`]: recording lease events, the per-database event rings, the payload;
+//! - [`session`]: session-bound leases and the session locks behind them;
+//! - [`waiting`]: the waiter table and first-come-first-served queues;
+//! - [`expiry`]: removing expired leases (the sweep);
+//! - [`grant`]: acquiring: the decision of a grant (pure), attempts, waiting;
+//! - [`holding`]: the calls with a token (renew, release, check) and revocation;
+//! - [`api`]: the SQL entry points and their argument checks;
+//! - [`fence`]: the `lease_fence` trigger;
+//! - [`transaction`]: what commit and abort do to a transaction's lease work;
+//! - [`worker`]: the launcher and the expiry workers.
 
 use pgrx::prelude::*;
 
-mod api;
-mod barrier;
-mod direct;
+mod vocabulary;
+
 mod errors;
-mod events;
-mod expiry;
-mod fence;
-mod session;
 mod settings;
-mod shared;
+
+mod shmem;
 mod stats;
+
+mod barrier;
+mod subtransaction;
+
 mod store;
-mod transaction;
+
+mod events;
+mod session;
 mod waiting;
+
+mod expiry;
+mod grant;
+mod holding;
+
+mod api;
+mod fence;
+mod transaction;
 mod worker;
 
 pgrx::pg_module_magic!();
@@ -51,7 +66,8 @@ pub extern "C-unwind" fn _PG_init() {
     transaction::register_callbacks();
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        shared::request();
+        // The parts of shared memory, each sized and initialised by its own module.
+        shmem::request(&[stats::SHMEM, store::tokens::SHMEM, waiting::table::SHMEM, events::database::SHMEM]);
         worker::register();
     }
 }

@@ -12,13 +12,18 @@
 //! drops the lock at commit; locks of leases that ended otherwise are dropped the next time the
 //! holder binds a lease.
 
+//!
+//! Uses barrier (the lock tag), store and events (the database slot, to tell the worker).
+
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 
 use pgrx::pg_sys;
 
-use crate::shared;
-use crate::store::Store;
+use crate::barrier::advisory_tag;
+use crate::events::database::{databases, Databases};
+use crate::store::{Binding, Store};
+use crate::vocabulary::nesting_level;
 
 /// `locktag_field4` of session locks.
 pub const SESSION_LOCK_SPACE: u16 = 0x4C53;
@@ -28,24 +33,16 @@ const TIDY_THRESHOLD: usize = 64;
 
 thread_local! {
     /// Tokens whose session lock this backend holds for a committed lease.
-    static HELD: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    static BOUND: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
     /// Session locks taken in the current transaction, with the subtransaction level.
-    static TAKEN: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
+    static BOUND_NOW: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
     /// Session locks to drop when the current transaction commits, with the subtransaction
     /// level of the release that asked for it.
-    static DROP_AT_COMMIT: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
+    static UNBIND_AT_COMMIT: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn tag(token: i64) -> pg_sys::LOCKTAG {
-    pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set once at backend start.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: (token as u64 >> 32) as u32,
-        locktag_field3: token as u32,
-        locktag_field4: SESSION_LOCK_SPACE,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    }
+    advisory_tag(SESSION_LOCK_SPACE, token as u64)
 }
 
 /// Binds the lease with `token` to this session (at grant time, inside the granting
@@ -62,26 +59,24 @@ pub fn bind(store: &Store, token: i64) -> bool {
     if result == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
         return false;
     }
-    // SAFETY: reads the current nesting level.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    TAKEN.with(|taken| taken.borrow_mut().push((level, token)));
+    let level = nesting_level();
+    BOUND_NOW.with(|taken| taken.borrow_mut().push((level, token)));
     register_exit_callback();
     true
 }
 
 /// Whether this session holds the session lock of the lease with `token`.
 pub fn is_bound_here(token: i64) -> bool {
-    HELD.with(|held| held.borrow().contains(&token))
-        || TAKEN.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token))
+    BOUND.with(|bound| bound.borrow().contains(&token))
+        || BOUND_NOW.with(|taken| taken.borrow().iter().any(|(_, t)| *t == token))
 }
 
 /// The lease with `token` is being released: drop its session lock at commit, if this session
 /// holds it (bound in an earlier transaction or in this one).
 pub fn unbind_at_commit(token: i64) {
     if is_bound_here(token) {
-        // SAFETY: reads the current nesting level.
-        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-        DROP_AT_COMMIT.with(|drop| drop.borrow_mut().push((level, token)));
+        let level = nesting_level();
+        UNBIND_AT_COMMIT.with(|drop| drop.borrow_mut().push((level, token)));
     }
 }
 
@@ -99,7 +94,7 @@ pub fn holder_is_gone(token: i64) -> bool {
 
 /// Drops, at commit, held locks whose leases no longer exist, once there are many of them.
 fn tidy(store: &Store) {
-    let held = HELD.with(|held| held.borrow().clone());
+    let held = BOUND.with(|bound| bound.borrow().clone());
     if held.len() < TIDY_THRESHOLD {
         return;
     }
@@ -107,9 +102,8 @@ fn tidy(store: &Store) {
     // lock is dropped only if the transaction commits (an abort brings the lease back, and
     // its lock must still be held then).
     let alive = store.session_tokens_alive(&held);
-    // SAFETY: reads the current nesting level.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    DROP_AT_COMMIT.with(|drop| {
+    let level = nesting_level();
+    UNBIND_AT_COMMIT.with(|drop| {
         let mut drop = drop.borrow_mut();
         for token in held.into_iter().filter(|token| !alive.contains(token)) {
             if !drop.iter().any(|(_, queued)| *queued == token) {
@@ -127,14 +121,14 @@ fn release_session_lock(token: i64) {
 
 /// At commit: locks taken become held; released leases drop theirs.
 pub fn at_commit() {
-    let taken: Vec<i64> = TAKEN.with(|taken| taken.borrow_mut().drain(..).map(|(_, t)| t).collect());
+    let taken: Vec<i64> = BOUND_NOW.with(|taken| taken.borrow_mut().drain(..).map(|(_, t)| t).collect());
     let mut dropped: Vec<i64> =
-        DROP_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).map(|(_, t)| t).collect());
+        UNBIND_AT_COMMIT.with(|drop| drop.borrow_mut().drain(..).map(|(_, t)| t).collect());
     // A lock is released once, however many times it was queued (a release and a tidy).
     dropped.sort_unstable();
     dropped.dedup();
-    HELD.with(|held| {
-        let mut held = held.borrow_mut();
+    BOUND.with(|bound| {
+        let mut held = bound.borrow_mut();
         held.extend(taken);
         for token in dropped {
             release_session_lock(token);
@@ -145,17 +139,17 @@ pub fn at_commit() {
 
 /// At abort: locks taken by the transaction are released.
 pub fn at_abort() {
-    for (_, token) in TAKEN.with(|taken| taken.borrow_mut().drain(..).collect::<Vec<_>>()) {
+    for (_, token) in BOUND_NOW.with(|taken| taken.borrow_mut().drain(..).collect::<Vec<_>>()) {
         release_session_lock(token);
     }
-    DROP_AT_COMMIT.with(|drop| drop.borrow_mut().clear());
+    UNBIND_AT_COMMIT.with(|drop| drop.borrow_mut().clear());
 }
 
 /// At subtransaction abort: locks taken at `level` or deeper are released, and releases made
 /// there never happened.
 pub fn at_subtransaction_abort(level: i32) {
-    DROP_AT_COMMIT.with(|drop| drop.borrow_mut().retain(|(at, _)| *at < level));
-    let undone: Vec<i64> = TAKEN.with(|taken| {
+    UNBIND_AT_COMMIT.with(|drop| drop.borrow_mut().retain(|(at, _)| *at < level));
+    let undone: Vec<i64> = BOUND_NOW.with(|taken| {
         let mut taken = taken.borrow_mut();
         let undone = taken.iter().filter(|(at, _)| *at >= level).map(|(_, t)| *t).collect();
         taken.retain(|(at, _)| *at < level);
@@ -168,7 +162,7 @@ pub fn at_subtransaction_abort(level: i32) {
 
 /// At subtransaction commit: its locks and releases belong to the parent now.
 pub fn at_subtransaction_commit(level: i32) {
-    for list in [&TAKEN, &DROP_AT_COMMIT] {
+    for list in [&BOUND_NOW, &UNBIND_AT_COMMIT] {
         list.with(|entries| {
             for (at, _) in entries.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
                 *at = level - 1;
@@ -187,9 +181,28 @@ fn register_exit_callback() {
 /// tells the worker to expire this session's leases.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _argument: pg_sys::Datum) {
-    let held = HELD.with(|held| !held.borrow().is_empty());
-    if let (true, Some(state)) = (held, shared::get().and_then(shared::Shared::assigned_to_my_database)) {
-        state.sessions_ended.store(true, Ordering::Release);
-        state.wake_worker();
+    let bound = BOUND.with(|bound| !bound.borrow().is_empty());
+    if let (true, Some(slot)) = (bound, databases().and_then(Databases::assigned_to_my_database)) {
+        slot.sessions_ended.store(true, Ordering::Release);
+        slot.wake_worker();
+    }
+}
+
+/// This session's binding, for a session-bound lease: its pid and `application_name`.
+pub fn this_session(application_name: &str) -> Binding<'_> {
+    // SAFETY: MyProcPid is set at backend start.
+    Binding { pid: unsafe { pg_sys::MyProcPid }, application_name }
+}
+
+/// The session's `application_name`.
+pub fn application_name() -> String {
+    // SAFETY: application_name is a GUC string, NULL or NUL-terminated.
+    unsafe {
+        let name = pg_sys::application_name;
+        if name.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! milliseconds so that short test leases are possible, `lease.max_ttl` in seconds so that the
 //! limit can reach years), and read through the accessors below as microseconds, the unit of
 //! `timestamptz` arithmetic.
+//!
+//! Uses nothing of the crate.
 
 use std::ffi::CString;
 

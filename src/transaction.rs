@@ -1,11 +1,13 @@
 //! Transaction callbacks: what happens to a transaction's lease work when it commits, aborts,
 //! or a subtransaction ends. Events ([`crate::events`]), session locks ([`crate::session`]),
 //! waiter slots ([`crate::waiting`]) and fence proofs ([`crate::barrier`]) each keep their
-//! part; this module only dispatches, and runs work in internal subtransactions.
+//! part; this module only dispatches.
 //!
 //! Waiters of the resources a transaction held locks on are woken once its locks are released
 //! (a resource-release callback after the lock phase), so that a woken waiter finds the lock
 //! free instead of finding it still held for a few microseconds and sleeping again.
+//!
+//! Uses barrier, events, session and waiting: the top layer, next to the SQL entry points.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -35,47 +37,6 @@ unsafe extern "C-unwind" fn on_resource_release(
     }
 }
 
-/// Runs `work` in an internal subtransaction, kept (its changes and locks belong to the
-/// caller's transaction) if `keep` says so and rolled back otherwise; an error rolls it back
-/// and is raised again. Rolled back, its locks are released; what it did to shared memory and
-/// sequences stays.
-pub fn in_subtransaction<R>(work: impl FnOnce() -> R, keep: impl FnOnce(&R) -> bool) -> R {
-    // SAFETY: the pattern PL/pgSQL uses for exception blocks: start a subtransaction, and after
-    // it ends (kept, rolled back, or rolled back because of an error that is then re-raised)
-    // restore the caller's memory context and resource owner. Rolling back our own
-    // subtransaction on error matters when the caller catches the error (a PL/pgSQL exception
-    // block): its own subtransaction must be the one it rolls back.
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        let restore = move || {
-            pg_sys::MemoryContextSwitchTo(context);
-            pg_sys::CurrentResourceOwner = owner;
-        };
-        let roll_back = move || {
-            restore();
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            restore();
-        };
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let work = std::panic::AssertUnwindSafe(work);
-        let outcome = PgTryBuilder::new(work)
-            .catch_others(|error| {
-                roll_back();
-                error.rethrow()
-            })
-            .execute();
-        if keep(&outcome) {
-            pg_sys::ReleaseCurrentSubTransaction();
-            restore();
-        } else {
-            roll_back();
-        }
-        outcome
-    }
-}
-
 #[pg_guard]
 unsafe extern "C-unwind" fn on_transaction_event(
     event: pg_sys::XactEvent::Type,
@@ -99,7 +60,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
         XACT_EVENT_COMMIT => {
             waiting::leave_queue_on_abort(1); // a wait never outlives its transaction
             session::at_commit();
-            let freed = events::at_commit();
+            let freed = events::at_commit(waiting::anyone_waits());
             waiting::wake_after_locks(freed.into_iter().chain(barrier::at_transaction_end()));
         }
         XACT_EVENT_ABORT => {
@@ -120,8 +81,8 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::SubXactEvent::*;
-    // SAFETY: reads the level of the subtransaction that is ending.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    // The level of the subtransaction that is ending.
+    let level = crate::vocabulary::nesting_level();
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
             waiting::leave_queue_on_abort(level);

@@ -1,0 +1,144 @@
+//! The checks every SQL entry point makes of its arguments before it touches anything: bad
+//! input gets a specific SQLSTATE and changes nothing.
+
+use pgrx::datum::Interval;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::{LeaseError, LeaseResult, OrRaise};
+use crate::settings;
+use crate::vocabulary::{MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
+
+const USECS_PER_DAY: i128 = 86_400_000_000;
+/// How `extract(epoch from interval)` counts a month.
+const DAYS_PER_MONTH: i128 = 30;
+
+/// A resource name: not NULL, not blank, at most [`MAX_RESOURCE_BYTES`].
+pub fn resource<'a>(value: Option<&'a str>, argument: &'static str) -> LeaseResult<&'a str> {
+    name(value, argument, MAX_RESOURCE_BYTES)
+}
+
+/// A holder name: not NULL, not blank, at most [`MAX_HOLDER_BYTES`].
+pub fn holder(value: Option<&str>) -> LeaseResult<&str> {
+    name(value, "holder", MAX_HOLDER_BYTES)
+}
+
+fn name<'a>(value: Option<&'a str>, argument: &'static str, max_bytes: usize) -> LeaseResult<&'a str> {
+    let value = value.ok_or(LeaseError::NullArgument(argument))?;
+    if value.trim().is_empty() {
+        return Err(LeaseError::invalid(argument, "must not be empty or blank"));
+    }
+    if value.len() > max_bytes {
+        return Err(LeaseError::invalid(
+            argument,
+            format_args!("is {} bytes long; the limit is {max_bytes} bytes", value.len()),
+        ));
+    }
+    Ok(value)
+}
+
+pub fn token(token: Option<i64>) -> LeaseResult<i64> {
+    match token {
+        None => Err(LeaseError::NullArgument("token")),
+        Some(token) if token <= 0 => {
+            Err(LeaseError::invalid("token", format_args!("must be positive, not {token}")))
+        }
+        Some(token) => Ok(token),
+    }
+}
+
+/// The ttl in microseconds: NULL means `lease.default_ttl`; it must be positive and at most
+/// `lease.max_ttl`.
+pub fn ttl(ttl: Option<Interval>) -> LeaseResult<i64> {
+    let (usecs, argument) = match ttl {
+        None => (i128::from(settings::default_ttl_usecs()), "lease.default_ttl"),
+        Some(ttl) => (interval_usecs(&ttl), "ttl"),
+    };
+    if usecs <= 0 {
+        return Err(LeaseError::invalid(argument, "must be greater than zero"));
+    }
+    let max = settings::max_ttl_usecs();
+    if usecs > i128::from(max) {
+        return Err(LeaseError::invalid(
+            argument,
+            format_args!("must not exceed lease.max_ttl ({} s)", max / 1_000_000),
+        ));
+    }
+    Ok(usecs as i64)
+}
+
+/// The wait in microseconds: NULL means no wait; it must not be negative.
+pub fn wait(wait: Option<Interval>) -> LeaseResult<i64> {
+    let usecs = wait.map_or(0, |wait| interval_usecs(&wait));
+    if usecs < 0 {
+        return Err(LeaseError::invalid("wait", "must not be negative"));
+    }
+    Ok(usecs.min(i128::from(i64::MAX)) as i64)
+}
+
+/// A count of at least 1: `default` when NULL.
+pub fn count(count: Option<i32>, argument: &str, default: usize) -> LeaseResult<usize> {
+    match count {
+        None => Ok(default),
+        Some(count) if count < 1 => {
+            Err(LeaseError::invalid(argument, format_args!("must be at least 1, not {count}")))
+        }
+        Some(count) => Ok(count as usize),
+    }
+}
+
+/// An interval's length as a duration: a day is 24 hours and a month 30 days, as
+/// `extract(epoch from interval)` counts them.
+fn interval_usecs(interval: &Interval) -> i128 {
+    (i128::from(interval.months()) * DAYS_PER_MONTH + i128::from(interval.days())) * USECS_PER_DAY
+        + i128::from(interval.micros())
+}
+
+/// Leases are granted, renewed and checked on the primary only (25006 during recovery).
+pub fn ensure_primary() -> LeaseResult<()> {
+    // SAFETY: RecoveryInProgress reads shared state under its own lock.
+    match unsafe { pg_sys::RecoveryInProgress() } {
+        true => Err(LeaseError::ReadOnlyServer),
+        false => Ok(()),
+    }
+}
+
+/// `lease._valid_resource(resource)`: returns `resource` if it is a valid resource name and
+/// raises the documented error otherwise; `lease_info` filters through it.
+#[pg_extern(sql = false)]
+fn valid_resource(resource: Option<&str>) -> String {
+    self::resource(resource, "resource").or_raise().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_length_counts_months_as_30_days() {
+        let interval = Interval::new(1, 2, 3).unwrap();
+        assert_eq!(interval_usecs(&interval), (32 * USECS_PER_DAY) + 3);
+    }
+
+    #[test]
+    fn names_are_checked_in_bytes() {
+        assert_eq!(resource(Some("é"), "resource"), Ok("é"));
+        assert_eq!(
+            resource(Some(&"é".repeat(257)), "resource"),
+            Err(LeaseError::InvalidArgument("resource is 514 bytes long; the limit is 512 bytes".into()))
+        );
+        assert_eq!(holder(None), Err(LeaseError::NullArgument("holder")));
+        assert_eq!(holder(Some(" \t")), Err(LeaseError::invalid("holder", "must not be empty or blank")));
+    }
+
+    #[test]
+    fn tokens_and_counts_must_be_positive() {
+        assert_eq!(token(Some(1)), Ok(1));
+        assert_eq!(token(Some(0)), Err(LeaseError::invalid("token", "must be positive, not 0")));
+        assert_eq!(count(None, "max_count", 1), Ok(1));
+        assert_eq!(
+            count(Some(0), "max_count", 1),
+            Err(LeaseError::invalid("max_count", "must be at least 1, not 0"))
+        );
+    }
+}

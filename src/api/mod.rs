@@ -1,0 +1,341 @@
+//! The SQL entry points: `lease_acquire`, `lease_acquire_any`, `lease_renew`,
+//! `lease_release`, `lease_check`, `lease_assert`, `lease_force_release` and `lease_sweep`.
+//!
+//! The public signatures (argument names, defaults, comments, grants) live in the SQL scripts
+//! (`sql/lease--0.1.0.sql` and the version steps after it); the functions here are their C
+//! entry points. Each one checks every argument ([`arguments`]) and that the server is the
+//! primary before it touches anything, then hands over to the concern that does the work:
+//! [`crate::grant`] for acquires, [`crate::holding`] for calls with a token,
+//! [`crate::expiry`] for the sweep. The introspection functions behind `lease_info`,
+//! `lease.active` and `lease.stats` sit beside what they show (store, waiting, events, stats).
+//!
+//! Uses errors, settings, waiting, grant, holding and expiry.
+
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+
+use crate::errors::{LeaseError, LeaseResult, OrRaise};
+use crate::grant::{self, Request};
+use crate::{expiry, holding, settings, waiting};
+
+pub mod arguments;
+
+use arguments::ensure_primary;
+
+/// Grants `resource` to `holder` for `ttl` and returns a fencing token, or NULL when another
+/// holder has it. Re-acquiring a lease one already holds (same holder name, same role) returns
+/// the same token and moves the expiry to now + ttl. With `wait` > 0 it queues (first come,
+/// first served) until granted or the wait runs out; with `session_bound` the lease also ends
+/// when the calling session ends.
+#[pg_extern(sql = false)]
+fn lease_acquire(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+    session_bound: Option<bool>,
+) -> Option<i64> {
+    acquire(resource, holder, ttl, wait, session_bound).or_raise()
+}
+
+fn acquire(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+    session_bound: Option<bool>,
+) -> LeaseResult<Option<i64>> {
+    let request = Request {
+        resource: arguments::resource(resource, "resource")?,
+        holder: arguments::holder(holder)?,
+        ttl: arguments::ttl(ttl)?,
+        session_bound: session_bound.unwrap_or(false),
+        only_if_free: false,
+    };
+    let wait = arguments::wait(wait)?;
+    if wait > 0 && !waiting::can_wait() {
+        return Err(LeaseError::NeedsPreload("waiting for a lease"));
+    }
+    ensure_primary()?;
+    grant::acquire(&request, wait)
+}
+
+/// Takes up to `max_count` of `resources` that are free (or expired), in the order given, and
+/// returns each with its token. Never waits: resources that another transaction is changing at
+/// this moment, or that are held, or that queued waiters are owed, are skipped. A resource the
+/// caller already holds (same holder, same role) is returned again with its expiry extended.
+/// With `snapshot_consistent`, only resources without a lease row whose lease has not changed
+/// since the calling statement's snapshot are taken, so what that statement read is current.
+#[pg_extern(sql = false)]
+fn lease_acquire_any(
+    resources: Option<Array<&str>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    max_count: Option<i32>,
+    session_bound: Option<bool>,
+    snapshot_consistent: Option<bool>,
+) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
+    let granted = (|| -> LeaseResult<Vec<(String, i64)>> {
+        let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
+        // Every element is checked before anything is granted: bad input changes nothing.
+        let candidates = resources
+            .iter()
+            .map(|resource| arguments::resource(resource, "resources element"))
+            .collect::<LeaseResult<Vec<&str>>>()?;
+        let holder = arguments::holder(holder)?;
+        let ttl = arguments::ttl(ttl)?;
+        let max_count = arguments::count(max_count, "max_count", 1)?;
+        ensure_primary()?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (session_bound, snapshot_consistent) =
+            (session_bound.unwrap_or(false), snapshot_consistent.unwrap_or(false));
+        Ok(grant::acquire_any(&candidates, holder, ttl, max_count, session_bound, snapshot_consistent))
+    })();
+    TableIterator::new(granted.or_raise())
+}
+
+/// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>) -> bool {
+    (|| {
+        let resource = arguments::resource(resource, "resource")?;
+        let token = arguments::token(token)?;
+        let ttl = arguments::ttl(ttl)?;
+        ensure_primary()?;
+        holding::renew(resource, token, ttl)
+    })()
+    .or_raise()
+}
+
+/// Ends a held lease; true once, false if `token` no longer holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_release(resource: Option<&str>, token: Option<i64>) -> bool {
+    (|| {
+        let resource = arguments::resource(resource, "resource")?;
+        let token = arguments::token(token)?;
+        ensure_primary()?;
+        holding::release(resource, token)
+    })()
+    .or_raise()
+}
+
+/// The fence: true if `token` holds `resource` now, and then no other holder can be granted
+/// the resource until the calling transaction ends.
+#[pg_extern(sql = false)]
+fn lease_check(resource: Option<&str>, token: Option<i64>) -> bool {
+    check(resource, token).or_raise()
+}
+
+/// `lease_check` with its argument checks; also what the `lease_fence` trigger asks of a row.
+pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
+    let resource = arguments::resource(resource, "resource")?;
+    let token = arguments::token(token)?;
+    ensure_primary()?;
+    holding::check(resource, token)
+}
+
+/// The fence as a statement: raises 55000 unless `token` holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_assert(resource: Option<&str>, token: Option<i64>) {
+    (|| {
+        let resource = arguments::resource(resource, "resource")?;
+        let token = arguments::token(token)?;
+        ensure_primary()?;
+        holding::assert_held(resource, token)
+    })()
+    .or_raise()
+}
+
+/// Administrator's release: ends the live lease on `resource` whatever its holder, announcing
+/// `revoked`; true if there was one. Not executable by PUBLIC.
+#[pg_extern(sql = false)]
+fn lease_force_release(resource: Option<&str>) -> bool {
+    (|| {
+        let resource = arguments::resource(resource, "resource")?;
+        ensure_primary()?;
+        Ok(holding::force_release(resource))
+    })()
+    .or_raise()
+}
+
+/// Removes up to `max_count` expired leases (NULL: `lease.expire_batch`), announcing each as
+/// `expired`; returns how many it removed. The expiry worker runs the same sweep.
+#[pg_extern(sql = false)]
+fn lease_sweep(max_count: Option<i32>) -> i32 {
+    let limit = match max_count {
+        None => settings::expire_batch(),
+        Some(count) if count < 1 => LeaseError::invalid("max_count", "must be at least 1").raise(),
+        Some(count) => i64::from(count),
+    };
+    ensure_primary().or_raise();
+    expiry::sweep(limit).removed as i32
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn acquire(sql_args: &str) -> Option<i64> {
+        Spi::get_one(&format!("SELECT lease_acquire({sql_args})")).unwrap()
+    }
+
+    fn boolean(sql: &str) -> bool {
+        Spi::get_one::<bool>(sql).unwrap().unwrap()
+    }
+
+    /// Waits (without guessing a duration) until the server clock is past the lease's expiry.
+    fn wait_until_expired(resource: &str) {
+        Spi::run(&format!(
+            "DO $$ BEGIN
+               WHILE clock_timestamp() <= (SELECT expires_at FROM lease.leases WHERE resource = '{resource}') LOOP
+                 PERFORM pg_sleep(0.001);
+               END LOOP;
+             END $$"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn tokens_increase_across_resources() {
+        let a = acquire("'r:a', 'h'").unwrap();
+        let b = acquire("'r:b', 'h'").unwrap();
+        let c = acquire("'r:c', 'other'").unwrap();
+        assert!(a < b && b < c, "{a} {b} {c}");
+    }
+
+    #[pg_test]
+    fn second_holder_is_refused() {
+        assert!(acquire("'t:second_holder_is_refused', 'one', '1 min'").is_some());
+        assert_eq!(acquire("'t:second_holder_is_refused', 'two', '1 min'"), None);
+    }
+
+    #[pg_test]
+    fn reacquire_by_same_holder_returns_same_token_and_extends() {
+        let token =
+            acquire("'t:reacquire_by_same_holder_returns_same_token_and_extends', 'one', '1 min'").unwrap();
+        assert_eq!(
+            acquire("'t:reacquire_by_same_holder_returns_same_token_and_extends', 'one', '2 min'"),
+            Some(token)
+        );
+        assert!(boolean(
+            "SELECT expires_at > clock_timestamp() + interval '90 s' FROM lease.leases WHERE resource = 't:reacquire_by_same_holder_returns_same_token_and_extends'"
+        ));
+    }
+
+    #[pg_test]
+    fn expired_lease_is_taken_over_with_a_larger_token() {
+        let old = acquire("'t:expired_lease_is_taken_over_with_a_larger_token', 'one', '1 ms'").unwrap();
+        wait_until_expired("t:expired_lease_is_taken_over_with_a_larger_token");
+        let new = acquire("'t:expired_lease_is_taken_over_with_a_larger_token', 'two', '1 min'").unwrap();
+        assert!(new > old);
+        assert!(!boolean(&format!(
+            "SELECT lease_renew('t:expired_lease_is_taken_over_with_a_larger_token', {old})"
+        )));
+        assert!(!boolean(&format!(
+            "SELECT lease_release('t:expired_lease_is_taken_over_with_a_larger_token', {old})"
+        )));
+        assert!(!boolean(&format!(
+            "SELECT lease_check('t:expired_lease_is_taken_over_with_a_larger_token', {old})"
+        )));
+        assert!(boolean(&format!(
+            "SELECT lease_check('t:expired_lease_is_taken_over_with_a_larger_token', {new})"
+        )));
+    }
+
+    #[pg_test]
+    fn expired_lease_cannot_be_renewed_even_if_nobody_took_it() {
+        let token =
+            acquire("'t:expired_lease_cannot_be_renewed_even_if_nobody_took_it', 'one', '1 ms'").unwrap();
+        wait_until_expired("t:expired_lease_cannot_be_renewed_even_if_nobody_took_it");
+        assert!(!boolean(&format!("SELECT lease_renew('t:expired_lease_cannot_be_renewed_even_if_nobody_took_it', {token}, '1 min')")));
+        assert!(!boolean(&format!(
+            "SELECT lease_release('t:expired_lease_cannot_be_renewed_even_if_nobody_took_it', {token})"
+        )));
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM lease_info('t:expired_lease_cannot_be_renewed_even_if_nobody_took_it')"
+            )
+            .unwrap(),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn release_is_true_once() {
+        let token = acquire("'t:release_is_true_once', 'one'").unwrap();
+        assert!(boolean(&format!("SELECT lease_release('t:release_is_true_once', {token})")));
+        assert!(!boolean(&format!("SELECT lease_release('t:release_is_true_once', {token})")));
+        assert!(acquire("'t:release_is_true_once', 'two'").is_some());
+    }
+
+    #[pg_test]
+    fn null_ttl_uses_lease_default_ttl() {
+        Spi::run("SET LOCAL lease.default_ttl = '5min'").unwrap();
+        acquire("'t:null_ttl_uses_lease_default_ttl', 'one'").unwrap();
+        assert!(boolean(
+            "SELECT expires_at - acquired_at = interval '5 min' FROM lease.leases WHERE resource = 't:null_ttl_uses_lease_default_ttl'"
+        ));
+    }
+
+    #[pg_test(
+        error = "lease on resource \"t:assert_raises_for_a_token_that_does_not_hold\" is not held with token 999"
+    )]
+    fn assert_raises_for_a_token_that_does_not_hold() {
+        acquire("'t:assert_raises_for_a_token_that_does_not_hold', 'one'").unwrap();
+        Spi::run("SELECT lease_assert('t:assert_raises_for_a_token_that_does_not_hold', 999)").unwrap();
+    }
+
+    #[pg_test(error = "resource must not be null")]
+    fn null_resource_is_rejected() {
+        acquire("NULL, 'h'");
+    }
+
+    #[pg_test(error = "holder must not be empty or blank")]
+    fn blank_holder_is_rejected() {
+        acquire("'t:blank_holder_is_rejected', E' \\t\\n'");
+    }
+
+    #[pg_test(error = "resource is 513 bytes long; the limit is 512 bytes")]
+    fn long_resource_is_rejected() {
+        acquire("repeat('x', 513), 'h'");
+    }
+
+    #[pg_test(error = "ttl must not exceed lease.max_ttl (86400 s)")]
+    fn ttl_over_max_is_rejected() {
+        acquire("'t:ttl_over_max_is_rejected', 'h', '1 day 1 second'");
+    }
+
+    #[pg_test(error = "lease.default_ttl must not exceed lease.max_ttl (86400 s)")]
+    fn default_ttl_over_max_is_rejected() {
+        Spi::run("SET LOCAL lease.default_ttl = '2d'").unwrap();
+        acquire("'t:default_ttl_over_max_is_rejected', 'h'");
+    }
+
+    #[pg_test(error = "waiting for a lease requires lease in shared_preload_libraries")]
+    fn waiting_needs_preloading() {
+        acquire("'t:waiting_needs_preloading', 'h', '1 min', '1 s'");
+    }
+
+    #[pg_test]
+    fn session_bound_lease_works_without_preloading() {
+        let token =
+            acquire("'t:session_bound_lease_works_without_preloading', 'h', '1 min', NULL, true").unwrap();
+        let pid: i32 = Spi::get_one(
+            "SELECT session_pid FROM lease_info('t:session_bound_lease_works_without_preloading')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(pid, Spi::get_one::<i32>("SELECT pg_backend_pid()").unwrap().unwrap());
+        assert!(boolean(&format!(
+            "SELECT lease_release('t:session_bound_lease_works_without_preloading', {token})"
+        )));
+    }
+
+    #[pg_test(error = "token must be positive, not 0")]
+    fn zero_token_is_rejected() {
+        Spi::run("SELECT lease_check('t:zero_token_is_rejected', 0)").unwrap();
+    }
+}

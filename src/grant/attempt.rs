@@ -1,0 +1,229 @@
+//! One attempt to acquire: take the resource's barrier lock, gather the facts, decide
+//! ([`super::decision`]) and apply the decision.
+
+use crate::barrier::{self, Mode, Taken};
+use crate::errors::LeaseError;
+use crate::events::{self, Event, Kind};
+use crate::session;
+use crate::stats::{self, Counter};
+use crate::store::{Lease, NewGrant, Store};
+use crate::vocabulary::{clock_now, Timestamp};
+use crate::waiting;
+
+use super::decision::{decide, Asking, Decision, Found};
+use super::Request;
+
+/// How many times (a millisecond apart) an acquire tries again for a lock that another
+/// transaction holds, unless the lease is another holder's: long enough for a sweep's removal or
+/// another acquirer's refused attempt, short enough to answer at once for a long fence.
+const BUSY_RETRIES: usize = 10;
+
+/// The outcome of one attempt to acquire.
+pub(super) enum Attempt {
+    /// A new grant, or a takeover: the resource stays locked in [`Mode::Change`].
+    Granted(i64),
+    /// The caller's own live lease, extended: the resource stays locked in [`Mode::Extend`].
+    Extended(i64),
+    /// Another holder's lease, until this time (server clock).
+    Refused(Timestamp),
+    /// Free, but queued waiters come first.
+    Yielded,
+    /// Another transaction is changing, extending or fencing the resource right now, so the
+    /// answer is not known without waiting for it.
+    Busy,
+}
+
+impl Request<'_> {
+    fn asking(&self, store: &Store) -> Asking<'_> {
+        Asking { holder: self.holder, role: store.caller(), only_if_free: self.only_if_free }
+    }
+}
+
+/// The facts the decision needs about `lease` at `now`. Whether a session-bound holder's
+/// session ended is asked (a try-lock of its session lock, kept until the transaction ends if
+/// free) only where the answer can matter: of a live lease, when more than a free resource
+/// would do.
+fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
+    let session_ended = !request.only_if_free
+        && lease.session_bound
+        && lease.expires_at > now
+        && session::holder_is_gone(lease.token);
+    Found { holder: &lease.holder, owner: lease.owner, expires_at: lease.expires_at, session_ended }
+}
+
+/// What a read without the resource's lock shows of its lease: a hint (never [`Decision::Yield`]),
+/// decided again under the lock.
+fn look(store: &Store, request: &Request) -> Decision {
+    let lease = store.current(request.resource);
+    let now = clock_now();
+    let found = lease.as_ref().map(|lease| facts(lease, now, request));
+    decide(found.as_ref(), now, &request.asking(store), false)
+}
+
+/// One attempt that never waits for another transaction: with the resource's lock free, it
+/// decides as usual; while another transaction holds the lock, see [`attempt_while_busy`].
+pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
+    // While anyone waits, a call that cannot win must not take the lock even for a moment: a
+    // waiter at the head of its queue that found it busy would sleep again. (Without waiters the
+    // lock is tried first, which saves a free grant a second read.)
+    let hint = waiting::anyone_waits().then(|| look(store, request));
+    match hint {
+        Some(Decision::Refuse { until }) => return Attempt::Refused(until),
+        Some(Decision::Insert | Decision::TakeOver(_))
+            if ticket.is_none() && waiting::must_yield(request.resource, None) =>
+        {
+            return Attempt::Yielded
+        }
+        _ => {}
+    }
+    match barrier::try_lock(request.resource, Mode::Change) {
+        Some(taken) => attempt_holding(taken, store, request, ticket),
+        None => attempt_while_busy(store, request, hint, ticket, true),
+    }
+}
+
+/// The rest of [`attempt_now`] when another transaction holds the resource's lock (`hint`: the
+/// read already made, if any). A lease another holder holds is refused at once. Otherwise the
+/// lock is most likely held for a moment (the expiry worker removing the expired lease, another
+/// acquirer's refused attempt): with `patient`, the call tries again, a millisecond apart, for
+/// up to [`BUSY_RETRIES`] milliseconds (the caller's own live lease in [`Mode::Extend`], which
+/// fences do not block) before it calls the resource busy. `lease_acquire_any` is not patient:
+/// it skips at once, except for the caller's own live lease.
+pub(super) fn attempt_while_busy(
+    store: &Store,
+    request: &Request,
+    hint: Option<Decision>,
+    ticket: Option<u64>,
+    patient: bool,
+) -> Attempt {
+    let ours = match hint.unwrap_or_else(|| look(store, request)) {
+        Decision::Refuse { until } => return Attempt::Refused(until),
+        decision => decision == Decision::Extend,
+    };
+    if !patient && !ours {
+        return Attempt::Busy;
+    }
+    let mode = if ours { Mode::Extend } else { Mode::Change };
+    let mut taken = barrier::try_lock(request.resource, mode);
+    for _ in 0..BUSY_RETRIES {
+        if taken.is_some() {
+            break;
+        }
+        waiting::sleep(1);
+        taken = barrier::try_lock(request.resource, mode);
+    }
+    let Some(taken) = taken else { return Attempt::Busy };
+    if mode == Mode::Change {
+        return attempt_holding(taken, store, request, ticket);
+    }
+    // Only an extension may be made under this lock.
+    let now = clock_now();
+    let extended = store.current(request.resource).and_then(|lease| {
+        let found = facts(&lease, now, request);
+        let decision = decide(Some(&found), now, &request.asking(store), false);
+        (decision == Decision::Extend).then(|| extend(store, request, &lease, now)).flatten()
+    });
+    extended.unwrap_or_else(|| {
+        taken.release_if_unused_before();
+        Attempt::Busy
+    })
+}
+
+/// As [`attempt_now`], with the resource's lock taken in [`Mode::Change`].
+pub(super) fn attempt_holding(
+    taken: Taken,
+    store: &Store,
+    request: &Request,
+    ticket: Option<u64>,
+) -> Attempt {
+    let waiters_first = waiting::must_yield(request.resource, ticket);
+    let now = clock_now();
+    let lease = store.current(request.resource);
+    let found = lease.as_ref().map(|lease| facts(lease, now, request));
+    let decision = decide(found.as_ref(), now, &request.asking(store), waiters_first);
+    let outcome = apply(store, request, decision, lease.as_ref(), now);
+    match outcome {
+        Attempt::Granted(_) => {}
+        // Only extended: fences need not wait for this transaction.
+        Attempt::Extended(_) => taken.downgrade(Mode::Extend),
+        // Nothing changed: do not keep others out for the rest of the transaction.
+        _ => taken.release_if_unused_before(),
+    }
+    outcome
+}
+
+/// Carries out `decision` about `lease` (the row as found at `now`, under the change lock).
+fn apply(
+    store: &Store,
+    request: &Request,
+    decision: Decision,
+    lease: Option<&Lease>,
+    now: Timestamp,
+) -> Attempt {
+    let resource = request.resource;
+    let ended = match (decision, lease) {
+        (Decision::Refuse { until }, _) => return Attempt::Refused(until),
+        (Decision::Yield, _) => return Attempt::Yielded,
+        (Decision::Extend, Some(lease)) => {
+            return extend(store, request, lease, now).unwrap_or(Attempt::Refused(lease.expires_at))
+        }
+        (Decision::TakeOver(reason), Some(lease)) => Some((reason, lease)),
+        _ => None, // Insert
+    };
+    store.ensure_snapshot_current(resource);
+    // A token is taken only now, so a refused call uses up no token number.
+    let token = store.next_token();
+    let application_name = if request.session_bound { session::application_name() } else { String::new() };
+    let grant = NewGrant {
+        resource,
+        holder: request.holder,
+        token,
+        owner: store.caller(),
+        at: now,
+        expires_at: now + request.ttl,
+        binding: request.session_bound.then(|| session::this_session(&application_name)),
+    };
+    let written = match ended {
+        None => store.insert(&grant),
+        Some((_, lease)) => store.take_over(lease.token, &grant),
+    };
+    if !written {
+        // Under our lock a row can appear (or change) only to an older snapshot, and then the
+        // statement has raised a serialization failure already.
+        return Attempt::Refused(now);
+    }
+    if let Some((reason, lease)) = ended {
+        // Not swept yet: announce the old token's end before the new grant.
+        let (old_resource, old_holder) = (resource.to_owned(), lease.holder.clone());
+        events::record(Event::expired(reason, old_resource, old_holder, lease.token, lease.expires_at, now));
+    }
+    if request.session_bound && !session::bind(store, token) {
+        // A new token's session lock is nobody's but ours.
+        pgrx::error!("lease: could not take the session lock of a new lease");
+    }
+    barrier::prove(resource);
+    events::record_change(Kind::Acquired, resource, request.holder, token, Some(grant.expires_at), now);
+    Attempt::Granted(token)
+}
+
+/// The caller's re-acquire of its own live `lease`: moves the expiry to `now` + ttl and keeps
+/// the token; None if the statement finds the lease no longer the caller's. The caller holds
+/// the resource's lock in [`Mode::Change`] or [`Mode::Extend`]. With `session_bound`, a lease
+/// not bound yet is bound to this session; one bound to another live session raises 55006.
+fn extend(store: &Store, request: &Request, lease: &Lease, now: Timestamp) -> Option<Attempt> {
+    let resource = request.resource;
+    store.ensure_snapshot_current(resource);
+    let expires_at = now + request.ttl;
+    store.extend(resource, lease.token, now, expires_at)?;
+    if request.session_bound && !session::is_bound_here(lease.token) {
+        if !session::bind(store, lease.token) {
+            LeaseError::BoundElsewhere { resource: resource.into() }.raise();
+        }
+        let application_name = session::application_name();
+        store.bind(resource, lease.token, session::this_session(&application_name));
+    }
+    barrier::prove(resource);
+    stats::add(Counter::Reacquired, 1);
+    events::record_change(Kind::Renewed, resource, request.holder, lease.token, Some(expires_at), now);
+    Some(Attempt::Extended(lease.token))
+}

@@ -1,0 +1,111 @@
+//! Acquiring leases: `lease_acquire` (with waiting) and `lease_acquire_any`.
+//!
+//! Every attempt takes the resource's barrier lock ([`crate::barrier`]) before it decides,
+//! reads the clock after the lock, and decides on the row as it is once locked ([`decision`],
+//! pure); [`attempt`] gathers the facts and applies the decision; [`wait`] queues a call that
+//! may wait. Expiry is always decided by a clock read after the lock.
+//!
+//! Uses vocabulary, errors, stats, barrier, subtransaction, store, events, session, waiting.
+
+use pgrx::pg_sys;
+
+use crate::barrier::{self, Mode};
+use crate::errors::LeaseResult;
+use crate::stats::{self, Counter};
+use crate::store::Store;
+use crate::vocabulary::clock_now;
+
+mod attempt;
+pub mod decision;
+mod wait;
+
+use attempt::{attempt_holding, attempt_now, attempt_while_busy, Attempt};
+
+/// What an acquire asks for, validated.
+pub struct Request<'a> {
+    pub resource: &'a str,
+    pub holder: &'a str,
+    /// Microseconds, positive.
+    pub ttl: i64,
+    pub session_bound: bool,
+    /// Grant only if there is no lease row at all: no expired lease taken over, no lease of
+    /// the caller's extended.
+    pub only_if_free: bool,
+}
+
+/// `lease_acquire`: the token, or None when another holder has the lease (or waiters are owed
+/// it) and `wait` microseconds passed without it being granted.
+pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
+    // First as a call that does not wait: a holder's re-acquire of its own lease, and a free
+    // lease nobody queues for, are answered at once.
+    let token = if wait == 0 {
+        attempt_now(&Store::open(), request, None).token()
+    } else {
+        // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
+        match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None)).token() {
+            Some(token) => Some(token),
+            None => wait::wait_for(request, wait)?,
+        }
+    };
+    if token.is_none() {
+        stats::add(Counter::Conflicts, 1);
+    }
+    Ok(token)
+}
+
+/// `lease_acquire_any`: takes up to `max_count` of `candidates` (validated, possibly with
+/// duplicates) for `holder`, in order, never waiting; returns each with its token. With
+/// `snapshot_consistent`, only resources without a lease row whose lease has not changed since
+/// the calling statement's snapshot are taken.
+pub fn acquire_any(
+    candidates: &[&str],
+    holder: &str,
+    ttl: i64,
+    max_count: usize,
+    session_bound: bool,
+    snapshot_consistent: bool,
+) -> Vec<(String, i64)> {
+    let store = Store::open();
+    // Candidates someone else holds are skipped without taking their lock. The test is a hint;
+    // each grant is decided under the lock.
+    let mut leased_to_others = store.leased_to_others(candidates, holder, clock_now());
+    // Duplicates are taken once: a name is looked at only the first time it comes.
+    let mut seen = std::collections::HashSet::new();
+    let mut granted = Vec::new();
+    for &resource in candidates {
+        // A pending cancel or timeout ends a long claim here; abort releases what it holds.
+        pg_sys::check_for_interrupts!();
+        if !seen.insert(resource) || leased_to_others(resource) {
+            continue;
+        }
+        let request = Request { resource, holder, ttl, session_bound, only_if_free: snapshot_consistent };
+        let outcome = match barrier::try_lock(resource, Mode::Change) {
+            Some(taken) if snapshot_consistent && store.changed_since_snapshot(resource) => {
+                taken.release_if_unused_before();
+                continue;
+            }
+            Some(taken) => attempt_holding(taken, &store, &request, None),
+            // Being changed or fenced by another transaction right now (most likely another
+            // claimer): skipped, unless it is the caller's own live lease and only fences
+            // stand in the way, as for lease_acquire.
+            None => attempt_while_busy(&store, &request, None, None, false),
+        };
+        if let Some(token) = outcome.token() {
+            granted.push((resource.to_owned(), token));
+            if granted.len() == max_count {
+                break;
+            }
+        }
+    }
+    granted
+}
+
+impl Attempt {
+    /// The token the caller holds after the attempt, if it does.
+    fn token(&self) -> Option<i64> {
+        match *self {
+            Attempt::Granted(token) | Attempt::Extended(token) => Some(token),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Waiting for a lease: a queued acquire, first come first served ([`crate::waiting`]).
+
+use pgrx::pg_sys;
+
+use super::attempt::{attempt_now, Attempt};
+use super::Request;
+use crate::errors::{LeaseError, LeaseResult};
+use crate::stats::{self, Counter};
+use crate::store::Store;
+use crate::subtransaction;
+use crate::vocabulary::{clock_now, Timestamp};
+use crate::waiting;
+
+/// How soon a waiter looks again at a resource whose lock another transaction holds, if no
+/// commit or abort wakes it first.
+const BUSY_RETRY_MS: i64 = 5;
+
+/// Counts a wait and, when it ends in any way, the time it took.
+struct WaitClock(Timestamp);
+
+impl Drop for WaitClock {
+    fn drop(&mut self) {
+        stats::add(Counter::WaitMicros, (clock_now() - self.0).max(0) as u64);
+    }
+}
+
+/// Queues for the lease until it is granted (its token), `wait` microseconds pass (None), or
+/// `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise 57014.
+/// Whatever other transactions do, it returns within `wait` plus the time one attempt takes:
+/// it never waits in the lock manager, only on its latch, which commits and aborts that free
+/// the resource set, and which it sets itself every [`BUSY_RETRY_MS`] while another
+/// transaction holds the resource's lock.
+pub(super) fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
+    let ticket = waiting::enqueue(request.resource).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
+    let start = clock_now();
+    stats::add(Counter::Waits, 1);
+    let _clock = WaitClock(start);
+    let deadline = start.saturating_add(wait);
+    // SAFETY: LockTimeout is the backend's lock_timeout setting, in milliseconds.
+    let lock_timeout_ms = i64::from(unsafe { pg_sys::LockTimeout });
+    let lock_deadline = if lock_timeout_ms > 0 { start + lock_timeout_ms * 1_000 } else { i64::MAX };
+    // What an attempt allocates is freed after it: a long wait makes many attempts.
+    let mut attempts = pgrx::PgMemoryContexts::new("lease wait");
+    loop {
+        let mut sleep_until = deadline.min(lock_deadline);
+        if ticket.is_head() {
+            // The attempt of a waiter at the head of its queue: decided as a call without
+            // `wait` decides, with its ticket. While another holder holds the lease it sleeps
+            // without taking any lock, and it never queues in the lock manager, where an
+            // exclusive request would hold up the holder's renewals and every fence behind it.
+            // SAFETY: the context lives until the end of this function, and is reset only after
+            // the attempt, whose outcome holds no pointer into it.
+            let outcome = unsafe {
+                let outcome = attempts.switch_to(|_| {
+                    in_subtransaction(|| attempt_now(&Store::open(), request, Some(ticket.number())))
+                });
+                attempts.reset();
+                outcome
+            };
+            match outcome {
+                Attempt::Granted(token) => {
+                    stats::add(Counter::Handovers, 1);
+                    return Ok(Some(token));
+                }
+                Attempt::Extended(token) => return Ok(Some(token)),
+                Attempt::Refused(expires_at) => sleep_until = sleep_until.min(expires_at),
+                Attempt::Busy => sleep_until = sleep_until.min(clock_now() + BUSY_RETRY_MS * 1_000),
+                Attempt::Yielded => {}
+            }
+        }
+        let now = clock_now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        if now >= lock_deadline {
+            return Err(LeaseError::LockTimeout { resource: request.resource.into() });
+        }
+        waiting::sleep((sleep_until - now + 999) / 1_000);
+    }
+}
+
+/// Runs one attempt in an internal subtransaction that is kept if the lease was granted and
+/// rolled back otherwise, so that a waiter holds no lock while it sleeps.
+pub(super) fn in_subtransaction(attempt: impl FnOnce() -> Attempt) -> Attempt {
+    subtransaction::in_subtransaction(attempt, |outcome| outcome.token().is_some())
+}

@@ -1,0 +1,92 @@
+//! The shape of `lease.leases` that the direct path is equivalent to SQL on.
+
+use pgrx::pg_sys::{self, Oid};
+
+use crate::store::row::{COLUMNS, RESOURCE};
+
+/// The shape of `lease.leases` that the direct path is equivalent to SQL on.
+pub(in crate::store) struct Layout;
+
+impl Layout {
+    /// Whether the open relation `relation` is the table as created: a plain heap table with
+    /// exactly the expected columns (names, types, NOT NULL, no identity or generated column,
+    /// the resource's collation) and its primary key on `resource`, and nothing a direct write
+    /// would bypass: no trigger (a foreign key
+    /// referencing the table is one), no row-level security, no CHECK constraint, no rule, no
+    /// inheritance child. Its other indexes (partial, on expressions) are maintained by the
+    /// executor's own index insertion, see [`Inserter`]. Checked on the relation actually
+    /// opened, under its lock, so that concurrent DDL is seen.
+    ///
+    /// # Safety
+    /// `relation` must be open (and locked) in the current transaction.
+    pub unsafe fn matches(relation: pg_sys::Relation) -> bool {
+        let form = &*(*relation).rd_rel;
+        let descriptor = (*relation).rd_att;
+        if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+            || form.relam != pg_sys::HEAP_TABLE_AM_OID
+            || form.relhassubclass
+            || form.relispartition
+            || form.relrowsecurity
+            || !(*relation).trigdesc.is_null()
+            || !(*relation).rd_rules.is_null()
+            || (!(*descriptor).constr.is_null() && (*(*descriptor).constr).num_check > 0)
+        {
+            return false;
+        }
+        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
+        let columns_match = attributes.len() == COLUMNS.len()
+            && attributes.iter().zip(COLUMNS).all(|(attribute, (name, type_oid, not_null))| {
+                !attribute.attisdropped
+                    && attribute.atttypid == type_oid
+                    && attribute.attnotnull == not_null
+                    && attribute.attgenerated == 0
+                    && attribute.attidentity == 0
+                    && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+            })
+            && attributes[RESOURCE - 1].attcollation == pg_sys::C_COLLATION_OID;
+        columns_match && primary_key_is_resource(relation)
+    }
+
+    /// Opens `table` with `lock` (which also takes in the invalidations of concurrent DDL that
+    /// committed) and says whether it [`Layout::matches`]; the lock is kept until the
+    /// transaction ends, as a statement keeps it.
+    ///
+    /// # Safety
+    /// Must run in a transaction; `table` must be a table OID.
+    pub unsafe fn check(table: Oid, lock: pg_sys::LOCKMODE) -> bool {
+        let relation = pg_sys::table_open(table, lock);
+        let matches = Layout::matches(relation);
+        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        matches
+    }
+}
+
+/// Whether the table's primary key is on `resource` alone, the column lookups scan it by.
+///
+/// # Safety
+/// `relation` must be open (and locked) in the current transaction.
+unsafe fn primary_key_is_resource(relation: pg_sys::Relation) -> bool {
+    // The relation cache keeps the set (a copy is returned); it opens the indexes only when the
+    // cache entry was rebuilt.
+    let columns = pg_sys::RelationGetIndexAttrBitmap(
+        relation,
+        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+    );
+    let on_resource = pg_sys::bms_num_members(columns) == 1
+        && pg_sys::bms_is_member(RESOURCE as i32 - pg_sys::FirstLowInvalidHeapAttributeNumber, columns);
+    pg_sys::bms_free(columns);
+    on_resource
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn the_table_as_created_is_served_directly() {
+        let table: pg_sys::Oid = Spi::get_one("SELECT 'lease.leases'::regclass::oid").unwrap().unwrap();
+        // SAFETY: inside a transaction, with the lease table's OID.
+        assert!(unsafe { super::Layout::check(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE) });
+    }
+}

@@ -1,0 +1,66 @@
+//! What administrators and holders may see of a lease: the row `lease_info` shows, and whose
+//! tokens a role may see.
+
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+
+use super::{lease_table, Store};
+use crate::vocabulary::clock_now;
+
+/// Whether `role` may see the tokens of leases owned by `owner`: it has the privileges of
+/// `owner` (the rule for checks, renewals and releases), or it may read `lease.leases`.
+fn may_see_tokens(role: Oid, owner: Oid) -> bool {
+    // SAFETY: role and ACL lookups on valid OIDs, inside a transaction.
+    unsafe {
+        pg_sys::has_privs_of_role(role, owner)
+            || pg_sys::pg_class_aclcheck(lease_table(), role, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
+    }
+}
+
+/// `lease._token_visible(owner)`: whether the current role has the privileges of `owner`, or
+/// may read `lease.leases`: who sees a lease's token in `lease.active`.
+#[pg_extern(sql = false)]
+fn token_visible(owner: Oid) -> bool {
+    // SAFETY: reads the current user id.
+    may_see_tokens(unsafe { pg_sys::GetUserId() }, owner)
+}
+
+/// `lease._lease_row(resource)`: the live lease on `resource`, as `lease_info` shows it: the
+/// token only to a caller that [`may_see_tokens`] (the caller is the role that calls
+/// `lease_info`, which runs as its caller). The row is read as the table's owner.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn lease_row(
+    resource: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(resource, String),
+        name!(holder, String),
+        name!(token, Option<i64>),
+        name!(owner, String),
+        name!(acquired_at, pgrx::datum::TimestampWithTimeZone),
+        name!(renewed_at, pgrx::datum::TimestampWithTimeZone),
+        name!(expires_at, pgrx::datum::TimestampWithTimeZone),
+        name!(session_pid, Option<i32>),
+        name!(application_name, Option<String>),
+    ),
+> {
+    let store = Store::open();
+    let row = store.info(resource, clock_now()).map(|lease| {
+        let token = may_see_tokens(store.caller(), lease.owner).then_some(lease.token);
+        (
+            resource.to_owned(),
+            lease.holder,
+            token,
+            lease.owner_name,
+            lease.acquired_at,
+            lease.renewed_at,
+            lease.expires_at,
+            lease.session_pid,
+            lease.application_name,
+        )
+    });
+    TableIterator::new(row)
+}

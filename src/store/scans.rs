@@ -1,0 +1,88 @@
+//! Statements over many leases: the sweeps' candidates and removals, the next expiry, the
+//! session-bound leases, and the claim's first test of its candidates.
+
+use std::collections::HashSet;
+
+use pgrx::prelude::*;
+
+use super::plans::{column, nullable_column, Statement};
+use super::Store;
+use crate::vocabulary::Timestamp;
+
+impl Store {
+    /// Up to `limit` leases expired at `now`, earliest expiry first, as (resource, token).
+    pub fn expired_candidates(&self, now: Timestamp, limit: i64) -> Vec<(String, i64)> {
+        let count =
+            self.execute(Statement::ExpiredCandidates, &[now.into_datum(), limit.into_datum()], false, 0);
+        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
+        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+    }
+
+    /// Deletes the lease with `token` if it expired at `now`; returns its holder and expiry.
+    pub fn delete_expired(&self, resource: &str, token: i64, now: Timestamp) -> Option<(String, Timestamp)> {
+        let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
+        // SAFETY: the statement returns one row of (text, timestamptz), none NULL.
+        (self.execute(Statement::DeleteExpired, &args, false, 1) == 1)
+            .then(|| unsafe { (column::<String>(0, 1), column::<i64>(0, 2)) })
+    }
+
+    /// The earliest expiry in the table, if any lease exists.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.execute(Statement::NextExpiry, &[], false, 0);
+        // SAFETY: an aggregate returns exactly one row; min() is NULL on an empty table.
+        unsafe { nullable_column::<i64>(0, 1) }
+    }
+
+    /// Every session-bound lease, as (resource, token).
+    pub fn session_bound(&self) -> Vec<(String, i64)> {
+        let count = self.execute(Statement::SessionBound, &[], false, 0);
+        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
+        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+    }
+
+    /// Deletes the lease with `token`, whatever its expiry; returns its holder and expiry.
+    pub fn delete_grant(&self, resource: &str, token: i64) -> Option<(String, Timestamp)> {
+        let args = [resource.into_datum(), token.into_datum()];
+        // SAFETY: the statement returns one row of (text, timestamptz), none NULL.
+        (self.execute(Statement::DeleteGrant, &args, false, 1) == 1)
+            .then(|| unsafe { (column::<String>(0, 1), column::<i64>(0, 2)) })
+    }
+
+    /// Which of `tokens` still name a session-bound lease.
+    pub fn session_tokens_alive(&self, tokens: &[i64]) -> Vec<i64> {
+        let count = self.execute(Statement::SessionTokensAlive, &[tokens.to_vec().into_datum()], false, 0);
+        // SAFETY: the statement returned `count` rows of one int8 column, never NULL.
+        (0..count as usize).map(|row| unsafe { column::<i64>(row, 1) }).collect()
+    }
+
+    /// A test of whether another holder (another name or another role) has a live lease on a
+    /// resource at `now` that is not session-bound: the hint `lease_acquire_any` skips
+    /// candidates by without taking their locks. Read directly, each candidate is looked up
+    /// when it is tested, so a claim stops reading once it has what it wants; through SQL, all
+    /// of `resources` are read at once, in one statement.
+    pub fn leased_to_others<'a>(
+        &'a self,
+        resources: &[&str],
+        holder: &'a str,
+        now: Timestamp,
+    ) -> Box<dyn FnMut(&str) -> bool + 'a> {
+        let caller = self.caller;
+        if self.direct {
+            return Box::new(move |resource| {
+                self.find(resource).flatten().is_some_and(|found| {
+                    let lease = found.lease;
+                    lease.expires_at > now
+                        && !lease.session_bound
+                        && !(lease.holder == holder && lease.owner == caller)
+                })
+            });
+        }
+        let args =
+            [resources.to_vec().into_datum(), now.into_datum(), holder.into_datum(), caller.into_datum()];
+        let count = self.execute(Statement::LeasedToOthers, &args, self.transaction_snapshot, 0);
+        // SAFETY: the statement returned `count` rows of one text column, never NULL.
+        let leased: HashSet<String> =
+            (0..count as usize).map(|row| unsafe { column::<String>(row, 1) }).collect();
+        Box::new(move |resource| leased.contains(resource))
+    }
+}

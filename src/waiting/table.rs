@@ -1,0 +1,136 @@
+//! The waiter table: one slot per backend (indexed by `pgprocno`), saying which resource of
+//! which database it waits for and with which ticket. Tickets are handed out in order, so the
+//! waiter of a resource with the smallest ticket is the head of its queue.
+//!
+//! Locking: the waiter lock (the one LWLock of the part "lease waiters") guards the slots and
+//! the ticket counter; it is held only to read or write slots and to set latches, never across
+//! anything that waits or raises. `waiting` (the number of active slots) is changed under the
+//! lock and read without it as a hint that lets calls skip the table when nobody waits.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pgrx::pg_sys;
+
+use crate::shmem::{self, Attached, Exclusive};
+
+/// One backend's wait.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(super) struct WaiterSlot {
+    pub active: bool,
+    /// The database of the resource (resource names are per database).
+    pub database: u32,
+    /// The resource's lock key.
+    pub key: u64,
+    pub ticket: u64,
+    pub latch: *mut pg_sys::Latch,
+}
+
+impl WaiterSlot {
+    /// Whether the slot waits for the resource with lock key `key` in database `database`.
+    pub fn waits_for(&self, database: u32, key: u64) -> bool {
+        self.active && self.database == database && self.key == key
+    }
+}
+
+#[repr(C)]
+pub(super) struct WaiterTable {
+    /// Number of active slots.
+    waiting: AtomicU32,
+    lock: *mut pg_sys::LWLock,
+    next_ticket: UnsafeCell<u64>,
+    /// How many slots follow.
+    count: usize,
+}
+
+// SAFETY: the slots and the ticket counter are only touched under `lock`; `waiting` is atomic.
+unsafe impl Sync for WaiterTable {}
+
+static TABLE: Attached<WaiterTable> = Attached::new();
+
+/// One waiter slot per process that can call SQL functions.
+fn slot_count() -> usize {
+    // SAFETY: MaxBackends is final by the time shared memory is sized.
+    unsafe { pg_sys::MaxBackends as usize }
+}
+
+/// The waiter table's part of shared memory.
+pub const SHMEM: shmem::Part = shmem::Part {
+    name: c"lease waiters",
+    bytes: || shmem::with_trailing::<WaiterTable, WaiterSlot>(slot_count()),
+    locks: 1,
+    init: |memory, locks| {
+        // SAFETY: the part's zeroed memory (every slot inactive) and its one lock.
+        unsafe {
+            let table = memory.cast::<WaiterTable>();
+            (*table).lock = &raw mut (*locks).lock;
+            (*table).count = slot_count();
+        }
+    },
+    attach: |memory| TABLE.set(memory),
+};
+
+/// The waiter table, if the library was preloaded.
+pub(super) fn table() -> Option<&'static WaiterTable> {
+    TABLE.get()
+}
+
+impl WaiterTable {
+    /// Whether any backend waits (a hint: the count may change at once).
+    pub fn anyone_waits(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Exclusive access to the slots.
+    pub fn lock(&self) -> Locked<'_> {
+        // SAFETY: the part's lock, set at initialisation.
+        Locked { table: self, _lock: unsafe { Exclusive::acquire(self.lock) } }
+    }
+}
+
+/// The waiter table with its lock held; released when dropped.
+pub(super) struct Locked<'a> {
+    table: &'a WaiterTable,
+    _lock: Exclusive,
+}
+
+impl Locked<'_> {
+    /// All slots, indexed by `pgprocno`.
+    pub fn slots(&mut self) -> &mut [WaiterSlot] {
+        // SAFETY: `count` slots follow the header, laid out at initialisation; the lock is held.
+        unsafe {
+            let first = shmem::trailing::<WaiterTable, WaiterSlot>(std::ptr::from_ref(self.table).cast_mut());
+            std::slice::from_raw_parts_mut(first, self.table.count)
+        }
+    }
+
+    /// The next ticket (tickets only grow).
+    pub fn take_ticket(&mut self) -> u64 {
+        // SAFETY: guarded by the lock, which `self` holds.
+        unsafe {
+            let next = &mut *self.table.next_ticket.get();
+            *next += 1;
+            *next
+        }
+    }
+
+    /// Counts a slot becoming active (+1) or inactive (-1).
+    pub fn count_waiting(&mut self, change: i32) {
+        match change {
+            1 => self.table.waiting.fetch_add(1, Ordering::AcqRel),
+            _ => self.table.waiting.fetch_sub(1, Ordering::AcqRel),
+        };
+    }
+
+    /// Sets the latch of the head of the queue for `key` in `database`, if anyone waits.
+    pub fn wake_head(&mut self, database: u32, key: u64) {
+        let head =
+            self.slots().iter().filter(|slot| slot.waits_for(database, key)).min_by_key(|slot| slot.ticket);
+        if let Some(head) = head {
+            // SAFETY: the latch belongs to a live backend (its slot is active; a backend leaves
+            // the table before it exits).
+            unsafe { pg_sys::SetLatch(head.latch) };
+        }
+    }
+}

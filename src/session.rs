@@ -11,7 +11,6 @@
 //! A lock taken by a transaction that aborts is released again; a lease released by its holder
 //! drops the lock at commit; locks of leases that ended otherwise are dropped the next time the
 //! holder binds a lease.
-
 //!
 //! Uses barrier (the lock tag), store and events (the database slot, to tell the worker).
 

@@ -5,8 +5,9 @@
 //!
 //! The parts, listed once in `lib.rs`: the counters of `lease.stats` (`stats`), the waiter
 //! table (`waiting::table`), the token blocks (`store::tokens`) and the per-database event
-//! streams (`events::database`). Each part is one named `ShmemInitStruct` allocation with a
-//! tranche of its own LWLocks, and says at its top which lock guards what.
+//! streams (`events::database`). Each part is one named `ShmemInitStruct` allocation, with a
+//! tranche of its own LWLocks if it needs any, and says at its top which lock guards what
+//! (or that it needs none).
 //!
 //! Uses nothing of the crate. Owns no shared data itself: only the hooks, [`Attached`] (where a
 //! part finds its memory) and [`Exclusive`] (the one LWLock guard).

@@ -16,7 +16,7 @@ use pgrx::prelude::*;
 
 use crate::shmem::{self, Attached};
 
-/// One counter of `lease.stats`; each is a field of [`Counters`].
+/// One counter of `lease.stats`, in the order of its columns.
 #[derive(Clone, Copy)]
 pub enum Counter {
     /// New grants (including takeovers of expired leases).
@@ -42,58 +42,8 @@ pub enum Counter {
     EventsDropped,
 }
 
-/// The counters' values at one moment, one field per [`Counter`].
-#[derive(Default)]
-struct Counters {
-    acquired: AtomicU64,
-    reacquired: AtomicU64,
-    conflicts: AtomicU64,
-    renewed: AtomicU64,
-    released: AtomicU64,
-    expired_ttl: AtomicU64,
-    expired_session_end: AtomicU64,
-    revoked: AtomicU64,
-    waits: AtomicU64,
-    wait_micros: AtomicU64,
-    handovers: AtomicU64,
-    events_dropped: AtomicU64,
-}
-
-impl Counters {
-    fn of(&self, counter: Counter) -> &AtomicU64 {
-        match counter {
-            Counter::Acquired => &self.acquired,
-            Counter::Reacquired => &self.reacquired,
-            Counter::Conflicts => &self.conflicts,
-            Counter::Renewed => &self.renewed,
-            Counter::Released => &self.released,
-            Counter::ExpiredTtl => &self.expired_ttl,
-            Counter::ExpiredSessionEnd => &self.expired_session_end,
-            Counter::Revoked => &self.revoked,
-            Counter::Waits => &self.waits,
-            Counter::WaitMicros => &self.wait_micros,
-            Counter::Handovers => &self.handovers,
-            Counter::EventsDropped => &self.events_dropped,
-        }
-    }
-
-    fn all(&self) -> [&AtomicU64; 12] {
-        [
-            &self.acquired,
-            &self.reacquired,
-            &self.conflicts,
-            &self.renewed,
-            &self.released,
-            &self.expired_ttl,
-            &self.expired_session_end,
-            &self.revoked,
-            &self.waits,
-            &self.wait_micros,
-            &self.handovers,
-            &self.events_dropped,
-        ]
-    }
-}
+/// Every counter, indexed by [`Counter`].
+struct Counters([AtomicU64; Counter::EventsDropped as usize + 1]);
 
 static COUNTERS: Attached<Counters> = Attached::new();
 
@@ -102,14 +52,22 @@ pub const SHMEM: shmem::Part = shmem::Part {
     name: c"lease counters",
     bytes: || std::mem::size_of::<Counters>(),
     locks: 0,
-    init: |_, _| {}, // zero is every counter's start
+    init: |memory, _| {
+        // SAFETY: the part's memory, `bytes()` long; zero is every counter's start.
+        unsafe { std::ptr::write_bytes(memory, 0, std::mem::size_of::<Counters>()) }
+    },
     attach: |memory| COUNTERS.set(memory),
 };
 
 pub fn add(counter: Counter, amount: u64) {
     if let Some(counters) = COUNTERS.get() {
-        counters.of(counter).fetch_add(amount, Ordering::Relaxed);
+        counters.0[counter as usize].fetch_add(amount, Ordering::Relaxed);
     }
+}
+
+/// A counter's value (0 without shared memory).
+fn read(counter: Counter) -> i64 {
+    COUNTERS.get().map_or(0, |counters| counters.0[counter as usize].load(Ordering::Relaxed) as i64)
 }
 
 /// `lease._stats()`: the counters behind `lease.stats`.
@@ -132,22 +90,20 @@ fn stats_counters() -> TableIterator<
         name!(events_dropped, i64),
     ),
 > {
-    let zero = Counters::default();
-    let counters = COUNTERS.get().unwrap_or(&zero);
-    let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as i64;
+    use Counter::*;
     TableIterator::once((
-        read(&counters.acquired),
-        read(&counters.reacquired),
-        read(&counters.conflicts),
-        read(&counters.renewed),
-        read(&counters.released),
-        read(&counters.expired_ttl),
-        read(&counters.expired_session_end),
-        read(&counters.revoked),
-        read(&counters.waits),
-        read(&counters.wait_micros) as f64 / 1e6,
-        read(&counters.handovers),
-        read(&counters.events_dropped),
+        read(Acquired),
+        read(Reacquired),
+        read(Conflicts),
+        read(Renewed),
+        read(Released),
+        read(ExpiredTtl),
+        read(ExpiredSessionEnd),
+        read(Revoked),
+        read(Waits),
+        read(WaitMicros) as f64 / 1e6,
+        read(Handovers),
+        read(EventsDropped),
     ))
 }
 
@@ -155,7 +111,7 @@ fn stats_counters() -> TableIterator<
 #[pg_extern(sql = false)]
 fn lease_stats_reset() {
     if let Some(counters) = COUNTERS.get() {
-        for counter in counters.all() {
+        for counter in &counters.0 {
             counter.store(0, Ordering::Relaxed);
         }
     }

@@ -1,5 +1,7 @@
 //! The checks every SQL entry point makes of its arguments before it touches anything: bad
 //! input gets a specific SQLSTATE and changes nothing.
+//!
+//! Uses errors, settings and vocabulary.
 
 use pgrx::datum::Interval;
 use pgrx::pg_sys;

@@ -18,6 +18,8 @@
 //! after clearing the flag): either the worker sees the new events or the backend sees the flag
 //! cleared and sets the latch. `worker_pid` is claimed with a compare-and-swap, so at most one
 //! worker drains a ring.
+//!
+//! Uses settings, shmem and the ring.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -73,10 +75,12 @@ pub const SHMEM: shmem::Part = shmem::Part {
     bytes: || shmem::with_trailing::<Databases, DatabaseSlot>(settings::max_databases()),
     locks: 0,
     init: |memory, _| {
-        // SAFETY: the part's zeroed memory, laid out by `bytes`; the rings' slots (most of the
-        // size) stay untouched until used.
+        // SAFETY: the part's memory, laid out by `bytes`; the header is written whole and each
+        // slot's fields are set, while the rings' event slots (most of the size) stay untouched
+        // until used (each is written before it is read).
         unsafe {
             let databases = memory.cast::<Databases>();
+            std::ptr::write_bytes(databases, 0, 1);
             (*databases).count = settings::max_databases();
             for slot in (*databases).slots() {
                 slot.prepare();
@@ -133,11 +137,12 @@ impl Databases {
 }
 
 impl DatabaseSlot {
-    /// The state of a slot nobody has used: what a new segment's zeroes do not say.
+    /// The state of a slot nobody has used: free, no worker.
     fn prepare(&self) {
-        self.ring.reset();
-        self.next_wakeup.store(i64::MAX, Ordering::Relaxed);
-        self.earliest_expiry.store(i64::MAX, Ordering::Relaxed);
+        self.database.store(0, Ordering::Relaxed);
+        self.worker_pid.store(0, Ordering::Relaxed);
+        self.reset();
+        self.sessions_ended.store(false, Ordering::Relaxed);
     }
 
     /// Empties the slot's state for a new assignment (the launcher calls it with the slot free).
@@ -170,8 +175,8 @@ fn lease_event_stats() -> TableIterator<
 > {
     let slot = databases().and_then(Databases::assigned_to_my_database);
     let counters = slot.map_or((0, 0, 0, 0), |slot| {
-        let ring = &slot.ring;
-        (ring.last_seq(), ring.pending(), slot.published.load(Ordering::Relaxed), ring.dropped())
+        let ring = slot.ring.counters();
+        (ring.last_seq, ring.pending, slot.published.load(Ordering::Relaxed), ring.dropped)
     });
     TableIterator::once((counters.0 as i64, counters.1 as i64, counters.2 as i64, counters.3 as i64))
 }

@@ -155,8 +155,7 @@ pub fn any_pending() -> bool {
 /// Before commit: where the ring does not serve this database, announce with NOTIFY now (in
 /// the committing transaction), and mark those events as announced.
 pub fn before_commit() {
-    let ring_serves = database::databases().and_then(database::Databases::serving_my_database).is_some();
-    if !any_pending() || ring_serves {
+    if !any_pending() || database::databases().and_then(database::Databases::serving_my_database).is_some() {
         return;
     }
     let to_send: Vec<Event> = PENDING.with(|pending| {

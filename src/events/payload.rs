@@ -3,9 +3,14 @@
 //!   "expires_at":"2026-01-02T03:04:05.123456Z","at":"..."}`. `seq` is present when the event
 //! went through the ring; `reason` only on `expired`; `expires_at` where it applies. Times are
 //! UTC with microseconds, dated by PostgreSQL's own calendar.
+//!
+//! Uses [`super::Event`]; serde_json writes the JSON.
+
+use std::io::{self, Write};
 
 use pgrx::pg_sys;
 use serde::{Serialize, Serializer};
+use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 
 use super::{Event, Kind, Reason};
 use crate::vocabulary::Timestamp;
@@ -38,7 +43,35 @@ pub fn payload(event: &Event, seq: Option<u64>) -> String {
         expires_at: event.expires_at,
         at: event.at,
     };
-    serde_json::to_string(&payload).expect("a payload of strings and numbers serialises")
+    let mut json = Vec::with_capacity(160 + event.resource.len() + event.holder.len());
+    let mut serializer = serde_json::Serializer::with_formatter(&mut json, Escapes);
+    payload.serialize(&mut serializer).expect("a payload of strings and numbers serialises");
+    String::from_utf8(json).expect("JSON of UTF-8 strings is UTF-8")
+}
+
+/// serde_json's compact JSON, escaping as the payload always has: every control character and
+/// DEL as `\u00xx` (serde_json itself writes `\b` and `\f`, and DEL as it is), so that the bytes
+/// a listener receives are those documented.
+struct Escapes;
+
+impl Formatter for Escapes {
+    fn write_char_escape<W: ?Sized + Write>(&mut self, writer: &mut W, escape: CharEscape) -> io::Result<()> {
+        match escape {
+            CharEscape::Backspace => writer.write_all(b"\\u0008"),
+            CharEscape::FormFeed => writer.write_all(b"\\u000c"),
+            escape => CompactFormatter.write_char_escape(writer, escape),
+        }
+    }
+
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+        for (index, part) in fragment.split('\u{7f}').enumerate() {
+            if index > 0 {
+                writer.write_all(b"\\u007f")?;
+            }
+            writer.write_all(part.as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 fn iso8601<S: Serializer>(timestamp: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
@@ -136,6 +169,24 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(parsed);
+    }
+
+    #[pg_test]
+    fn payload_escapes_every_control_character_and_del_as_u00xx() {
+        let event = Event {
+            kind: Kind::Acquired,
+            reason: None,
+            resource: "a\u{8}b\u{c}c\u{7f}d\u{1f}\t".into(),
+            holder: "h\u{7f}".into(),
+            token: 1,
+            expires_at: Some(0),
+            at: 0,
+        };
+        assert_eq!(
+            payload(&event, None),
+            "{\"event\":\"acquired\",\"resource\":\"a\\u0008b\\u000cc\\u007fd\\u001f\\t\",\"holder\":\"h\\u007f\",\
+             \"token\":1,\"expires_at\":\"2000-01-01T00:00:00.000000Z\",\"at\":\"2000-01-01T00:00:00.000000Z\"}"
+        );
     }
 
     #[pg_test]

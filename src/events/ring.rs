@@ -10,6 +10,8 @@
 //! it (release; a backend reads `read` with acquire before it reuses the slot). When the ring
 //! is full the event is dropped, but its sequence number is still used, so a listener sees the
 //! gap; drops are counted in `dropped`.
+//!
+//! Uses vocabulary (the name limits) and [`super::Event`].
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +47,16 @@ pub struct EventSlot {
     at: i64,
     resource: [u8; MAX_RESOURCE_BYTES],
     holder: [u8; MAX_HOLDER_BYTES],
+}
+
+/// What `lease_event_stats()` shows of a ring.
+pub struct RingCounters {
+    /// The last sequence number used.
+    pub last_seq: u64,
+    /// Events waiting to be taken.
+    pub pending: u64,
+    /// Events dropped because the ring was full.
+    pub dropped: u64,
 }
 
 #[repr(C)]
@@ -129,20 +141,14 @@ impl EventRing {
         self.read.store(read, Ordering::Release);
     }
 
-    /// The last sequence number used.
-    pub fn last_seq(&self) -> u64 {
-        (self.head.load(Ordering::Acquire) >> POSITION_BITS).wrapping_sub(1)
-    }
-
-    /// Events waiting to be taken.
-    pub fn pending(&self) -> u64 {
+    /// The ring's counters, from one reading of its head.
+    pub fn counters(&self) -> RingCounters {
         let head = self.head.load(Ordering::Acquire);
-        (head & POSITION_MASK).wrapping_sub(self.read.load(Ordering::Acquire)) & POSITION_MASK
-    }
-
-    /// Events dropped because the ring was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        RingCounters {
+            last_seq: (head >> POSITION_BITS).wrapping_sub(1),
+            pending: (head & POSITION_MASK).wrapping_sub(self.read.load(Ordering::Acquire)) & POSITION_MASK,
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! One attempt to acquire: take the resource's barrier lock, gather the facts, decide
 //! ([`super::decision`]) and apply the decision.
+//!
+//! Uses the decision, and barrier, store, session, waiting, events and stats to apply it.
 
 use crate::barrier::{self, Mode, Taken};
 use crate::errors::LeaseError;
@@ -24,7 +26,9 @@ pub(super) enum Attempt {
     Granted(i64),
     /// The caller's own live lease, extended: the resource stays locked in [`Mode::Extend`].
     Extended(i64),
-    /// Another holder's lease, until this time (server clock).
+    /// Not granted: another holder's lease, until this time (server clock); or, when only a
+    /// free resource would do, any lease row (until its expiry); or a write that found the row
+    /// changed (until now).
     Refused(Timestamp),
     /// Free, but queued waiters come first.
     Yielded,
@@ -118,7 +122,8 @@ pub(super) fn attempt_while_busy(
     }
     // Only an extension may be made under this lock.
     let now = clock_now();
-    let extended = store.current(request.resource).and_then(|lease| {
+    let ours = |lease: &Lease| lease.holder == request.holder && lease.owner == store.caller();
+    let extended = store.current(request.resource).filter(ours).and_then(|lease| {
         let found = facts(&lease, now, request);
         let decision = decide(Some(&found), now, &request.asking(store), false);
         (decision == Decision::Extend).then(|| extend(store, request, &lease, now)).flatten()

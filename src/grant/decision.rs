@@ -2,6 +2,8 @@
 //! server clock and the request, what to do. Pure: no PostgreSQL call, no shared memory; the
 //! caller gathers the facts (including whether a session-bound holder's session ended, which
 //! takes a lock to find out) and applies the decision (`attempt`).
+//!
+//! Uses vocabulary and the expiry reasons of events.
 
 use pgrx::pg_sys::Oid;
 

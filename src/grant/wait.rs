@@ -1,4 +1,6 @@
 //! Waiting for a lease: a queued acquire, first come first served ([`crate::waiting`]).
+//!
+//! Uses `attempt`, waiting, subtransaction, store and stats.
 
 use pgrx::pg_sys;
 

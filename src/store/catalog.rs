@@ -1,6 +1,8 @@
 //! Where the lease table lives: its OID, its primary key, its owner and the token sequence,
 //! looked up once per backend and forgotten whenever the relation cache says they may have
 //! changed.
+//!
+//! Uses nothing of the crate.
 
 use std::cell::Cell;
 

@@ -1,5 +1,7 @@
 //! Reading and changing one resource's lease. Every change is made under the resource's
 //! barrier lock (held by the caller); reads without it are hints.
+//!
+//! Uses `plans`, `row` and `direct`.
 
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;

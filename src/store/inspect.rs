@@ -1,5 +1,7 @@
 //! What administrators and holders may see of a lease: the row `lease_info` shows, and whose
 //! tokens a role may see.
+//!
+//! Uses the store's reads and vocabulary.
 
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;

@@ -7,6 +7,8 @@
 //! on every call for the rest of the backend's life, however large the table grows. Statements
 //! name every object and operator with its schema, so the caller's `search_path` cannot change
 //! what they do.
+//!
+//! Uses the column map (`row`).
 
 use std::cell::Cell;
 use std::ffi::CString;

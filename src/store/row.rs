@@ -1,4 +1,6 @@
 //! The lease table's one column map, and the rows the store reads and writes.
+//!
+//! Uses vocabulary.
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;

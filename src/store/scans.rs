@@ -1,5 +1,7 @@
 //! Statements over many leases: the sweeps' candidates and removals, the next expiry, the
 //! session-bound leases, and the claim's first test of its candidates.
+//!
+//! Uses `plans`.
 
 use std::collections::HashSet;
 

@@ -69,8 +69,11 @@ pub const SHMEM: shmem::Part = shmem::Part {
     bytes: || std::mem::size_of::<TokenBlocks>(),
     locks: 1,
     init: |memory, locks| {
-        // SAFETY: the part's zeroed memory (every block free) and its one lock.
-        unsafe { (*memory.cast::<TokenBlocks>()).lock = &raw mut (*locks).lock };
+        // SAFETY: the part's memory, `bytes()` long, and its one lock; zero is every block free.
+        unsafe {
+            std::ptr::write_bytes(memory, 0, std::mem::size_of::<TokenBlocks>());
+            (*memory.cast::<TokenBlocks>()).lock = &raw mut (*locks).lock;
+        }
     },
     attach: |memory| BLOCKS.set(memory),
 };

@@ -6,6 +6,8 @@
 //! the ticket counter; it is held only to read or write slots and to set latches, never across
 //! anything that waits or raises. `waiting` (the number of active slots) is changed under the
 //! lock and read without it as a hint that lets calls skip the table when nobody waits.
+//!
+//! Uses shmem.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,8 +63,10 @@ pub const SHMEM: shmem::Part = shmem::Part {
     bytes: || shmem::with_trailing::<WaiterTable, WaiterSlot>(slot_count()),
     locks: 1,
     init: |memory, locks| {
-        // SAFETY: the part's zeroed memory (every slot inactive) and its one lock.
+        // SAFETY: the part's memory, `bytes()` long, and its one lock; zero is every slot
+        // inactive and no ticket taken.
         unsafe {
+            std::ptr::write_bytes(memory, 0, shmem::with_trailing::<WaiterTable, WaiterSlot>(slot_count()));
             let table = memory.cast::<WaiterTable>();
             (*table).lock = &raw mut (*locks).lock;
             (*table).count = slot_count();

@@ -1,5 +1,7 @@
 //! An expiry worker: publishes its database's events and sweeps its expired leases (see the
 //! parent module).
+//!
+//! Uses events (its slot, the ring, NOTIFY), expiry, settings and vocabulary.
 
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
@@ -194,7 +196,7 @@ fn publish(slot: &DatabaseSlot, held_back: &mut bool) -> usize {
         batch.clear();
         // Cleared before each take: an event pushed after it sets the flag (and the latch) again.
         slot.publish_requested.store(false, Ordering::Release);
-        // Pairs with the fence of a committing backend (events::push_to_ring).
+        // Pairs with the fence of a committing backend (at commit, `events::at_commit`).
         std::sync::atomic::fence(Ordering::SeqCst);
         slot.ring.take(PUBLISH_BATCH, &mut batch);
         if batch.is_empty() {
@@ -207,7 +209,7 @@ fn publish(slot: &DatabaseSlot, held_back: &mut bool) -> usize {
                 match stored.event() {
                     Some((seq, event)) if channel_ok => events::notify_now(&payload(&event, Some(seq))),
                     Some(_) => {}
-                    None => warning!("lease: an event of a kind this version does not know was not sent"),
+                    None => warning!("lease: an event this version cannot read was not sent"),
                 }
             }
         });

@@ -1,5 +1,7 @@
 //! The launcher: starts an expiry worker per database that has the extension, and starts a
 //! stopped one again (see the parent module).
+//!
+//! Uses events (the database slots), settings, stats and vocabulary.
 
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
@@ -134,7 +136,7 @@ impl Launcher {
             Err(_) => {
                 let database = slot.database.swap(0, Ordering::AcqRel);
                 // Events a stopped worker left in the ring are lost with the slot: count them.
-                stats::add(Counter::EventsDropped, slot.ring.pending());
+                stats::add(Counter::EventsDropped, slot.ring.counters().pending);
                 self.refused.insert(database, clock_now());
                 warning!(
                     "lease: could not start an expiry worker for database with OID {database}; raise max_worker_processes"

@@ -1,4 +1,6 @@
 //! The shape of `lease.leases` that the direct path is equivalent to SQL on.
+//!
+//! Uses the column map (`row`).
 
 use pgrx::pg_sys::{self, Oid};
 
@@ -14,7 +16,7 @@ impl Layout {
     /// would bypass: no trigger (a foreign key
     /// referencing the table is one), no row-level security, no CHECK constraint, no rule, no
     /// inheritance child. Its other indexes (partial, on expressions) are maintained by the
-    /// executor's own index insertion, see [`Inserter`]. Checked on the relation actually
+    /// executor's own index insertion, see [`super::Inserter`]. Checked on the relation actually
     /// opened, under its lock, so that concurrent DDL is seen.
     ///
     /// # Safety

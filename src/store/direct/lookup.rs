@@ -1,4 +1,6 @@
 //! Reading leases by resource through the primary key, and the history of a resource's row.
+//!
+//! Uses the column map (`row`).
 
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;

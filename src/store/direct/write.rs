@@ -1,4 +1,6 @@
 //! Inserting and deleting leases on the heap, with the executor's own index maintenance.
+//!
+//! Uses the column map (`row`) and `layout`.
 
 use pgrx::pg_sys::{self, Datum, Oid};
 

@@ -65,8 +65,10 @@ fn look(store: &Store, request: &Request) -> Decision {
 }
 
 /// One attempt that never waits for another transaction: with the resource's lock free, it
-/// decides as usual; while another transaction holds the lock, see [`attempt_while_busy`].
-pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>) -> Attempt {
+/// decides as usual; while another transaction holds the lock, see [`attempt_while_busy`]
+/// (`patient`: a call that does not wait; a waiting call looks again on its own schedule, so
+/// that it never overruns its wait by more than one quick attempt).
+pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
     // While anyone waits, a call that cannot win must not take the lock even for a moment: a
     // waiter at the head of its queue that found it busy would sleep again. (Without waiters the
     // lock is tried first, which saves a free grant a second read.)
@@ -82,7 +84,7 @@ pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>)
     }
     match barrier::try_lock(request.resource, Mode::Change) {
         Some(taken) => attempt_holding(taken, store, request, ticket),
-        None => attempt_while_busy(store, request, hint, ticket, true),
+        None => attempt_while_busy(store, request, hint, ticket, patient),
     }
 }
 
@@ -91,8 +93,9 @@ pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>)
 /// lock is most likely held for a moment (the expiry worker removing the expired lease, another
 /// acquirer's refused attempt): with `patient`, the call tries again, a millisecond apart, for
 /// up to [`BUSY_RETRIES`] milliseconds (the caller's own live lease in [`Mode::Extend`], which
-/// fences do not block) before it calls the resource busy. `lease_acquire_any` is not patient:
-/// it skips at once, except for the caller's own live lease.
+/// fences do not block) before it calls the resource busy. `lease_acquire_any` and a waiting
+/// acquire are not patient: the first skips at once and the second looks again after a sleep,
+/// except for the caller's own live lease, which is extended once the extend lock is free.
 pub(super) fn attempt_while_busy(
     store: &Store,
     request: &Request,

@@ -39,10 +39,10 @@ pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     // First as a call that does not wait: a holder's re-acquire of its own lease, and a free
     // lease nobody queues for, are answered at once.
     let token = if wait == 0 {
-        attempt_now(&Store::open(), request, None).token()
+        attempt_now(&Store::open(), request, None, true).token()
     } else {
         // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
-        match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None)).token() {
+        match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None, false)).token() {
             Some(token) => Some(token),
             None => wait::wait_for(request, wait)?,
         }

@@ -54,7 +54,7 @@ pub(super) fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>>
             // the attempt, whose outcome holds no pointer into it.
             let outcome = unsafe {
                 let outcome = attempts.switch_to(|_| {
-                    in_subtransaction(|| attempt_now(&Store::open(), request, Some(ticket.number())))
+                    in_subtransaction(|| attempt_now(&Store::open(), request, Some(ticket.number()), false))
                 });
                 attempts.reset();
                 outcome

@@ -63,7 +63,9 @@ pub struct Databases {
     pub launcher_latch: AtomicPtr<pg_sys::Latch>,
     /// A database that needs a worker (0: none asked).
     pub requested_database: AtomicU32,
-    /// How many slots follow.
+    /// The slots, which follow the header (a pointer taken from the segment's own, so valid in
+    /// every process: they all map the segment at one address).
+    slots: *mut DatabaseSlot,
     count: usize,
 }
 
@@ -81,6 +83,7 @@ pub const SHMEM: shmem::Part = shmem::Part {
         unsafe {
             let databases = memory.cast::<Databases>();
             std::ptr::write_bytes(databases, 0, 1);
+            (*databases).slots = shmem::trailing::<Databases, DatabaseSlot>(databases);
             (*databases).count = settings::max_databases();
             for slot in (*databases).slots() {
                 slot.prepare();
@@ -95,18 +98,16 @@ pub fn databases() -> Option<&'static Databases> {
     DATABASES.get()
 }
 
-// SAFETY: every field is atomic (see the module's header), the ring is Sync on its own.
+// SAFETY: every field of a slot is atomic (see the module's header), the ring is Sync on its
+// own; `slots` and `count` are written once, at initialisation.
 unsafe impl Sync for Databases {}
 
 impl Databases {
     /// Every database slot, free or not.
     pub fn slots(&self) -> &[DatabaseSlot] {
-        // SAFETY: `count` slots follow the header, laid out at initialisation; they live as
-        // long as the server.
-        unsafe {
-            let first = shmem::trailing::<Databases, DatabaseSlot>(std::ptr::from_ref(self).cast_mut());
-            std::slice::from_raw_parts(first, self.count)
-        }
+        // SAFETY: `count` slots at `slots`, laid out at initialisation; they live as long as the
+        // server.
+        unsafe { std::slice::from_raw_parts(self.slots, self.count) }
     }
 
     /// The slot assigned to `database`, if one is, whether or not its worker runs.

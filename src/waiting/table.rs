@@ -42,7 +42,9 @@ pub(super) struct WaiterTable {
     waiting: AtomicU32,
     lock: *mut pg_sys::LWLock,
     next_ticket: UnsafeCell<u64>,
-    /// How many slots follow.
+    /// The slots, which follow the header (a pointer taken from the segment's own, so valid in
+    /// every process: they all map the segment at one address).
+    slots: *mut WaiterSlot,
     count: usize,
 }
 
@@ -69,6 +71,7 @@ pub const SHMEM: shmem::Part = shmem::Part {
             std::ptr::write_bytes(memory, 0, shmem::with_trailing::<WaiterTable, WaiterSlot>(slot_count()));
             let table = memory.cast::<WaiterTable>();
             (*table).lock = &raw mut (*locks).lock;
+            (*table).slots = shmem::trailing::<WaiterTable, WaiterSlot>(table);
             (*table).count = slot_count();
         }
     },
@@ -102,11 +105,8 @@ pub(super) struct Locked<'a> {
 impl Locked<'_> {
     /// All slots, indexed by `pgprocno`.
     pub fn slots(&mut self) -> &mut [WaiterSlot] {
-        // SAFETY: `count` slots follow the header, laid out at initialisation; the lock is held.
-        unsafe {
-            let first = shmem::trailing::<WaiterTable, WaiterSlot>(std::ptr::from_ref(self.table).cast_mut());
-            std::slice::from_raw_parts_mut(first, self.table.count)
-        }
+        // SAFETY: `count` slots at `slots`, laid out at initialisation; the lock is held.
+        unsafe { std::slice::from_raw_parts_mut(self.table.slots, self.table.count) }
     }
 
     /// The next ticket (tickets only grow).

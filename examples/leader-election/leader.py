@@ -1,31 +1,34 @@
-"""Leader election with the lease extension and psycopg 3.
+"""Leader election with the lease extension and its Python client (clients/python, `pglease`).
 
-Every candidate runs this program. Candidates queue on one lease with
-`lease_acquire(..., wait => ...)`; the one granted leads. The leader renews at a third of the
-ttl, LISTENs to lease_events while it leads, and stops leading the moment a renewal fails, its
-lease is announced as revoked, released or expired, or its own clock says the lease ran out.
-Everything the leader does in the database is fenced by its token (here: its row in
-leader_terms), so even a leader that stalled past its lease cannot act after a successor began.
+Every candidate runs this program. The client's election campaigns in the background (queued on
+`lease_acquire(..., wait => ...)`, first come first served), renews the leader's lease at a third
+of the ttl on a connection of its own, and marks the lease lost the moment a renewal is refused,
+an event says it was revoked, released or expired, or its own clock says the ttl ran out. This
+program does the leader's work: every write is fenced by the token on the program's own
+connection (here: its row in leader_terms), so even a leader that stalled past its lease cannot
+act after a successor began.
 
-Run (after `psql -f schema.sql`), in several terminals:
+Run (after `psql -f schema.sql` and `pip install ./clients/python`), in several terminals:
     python3 leader.py [--dsn DSN] [--name NAME] [--resource R] [--ttl SECONDS] [--session-bound]
 Without --dsn, libpq's PG* environment variables choose the server. SIGTERM or Ctrl-C: a
 leader releases its lease before exiting, so a successor takes over at once.
 """
 
 import argparse
-import json
 import os
 import signal
 import socket
 import sys
 import time
-from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 
-CHANNEL = "lease_events"  # lease.notify_channel
-ENDINGS = {"released", "expired", "revoked"}
+try:
+    import pglease
+except ImportError:  # not installed: use the copy in this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python" / "src"))
+    import pglease
 
 
 def say(args, message):
@@ -39,52 +42,42 @@ def parse_args(argv):
     parser.add_argument("--resource", default="leader:demo", help="the lease the candidates compete for")
     parser.add_argument("--ttl", type=float, default=5.0, help="lease ttl in seconds")
     parser.add_argument("--session-bound", action="store_true", help="end the lease with the leader's session too")
-    args = parser.parse_args(argv)
-    args.ttl_interval = timedelta(seconds=args.ttl)
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM steps down like Ctrl-C
+    client = pglease.Client(args.dsn, holder=args.name, application_name=f"leader {args.name}")
+    election = client.election(args.resource, ttl=args.ttl, session_bound=args.session_bound)
     try:
+        election.start()
+        say(args, f"candidate for {args.resource}")
         while True:
+            lease = election.wait_elected()
             try:
-                with psycopg.connect(args.dsn, autocommit=True, application_name=f"leader {args.name}") as conn:
-                    campaign(conn, args)
+                with psycopg.connect(args.dsn, application_name=f"leader {args.name} work") as conn:
+                    lead(conn, args, lease)
             except psycopg.OperationalError as error:
                 say(args, f"connection failed: {error}; reconnecting in 1 s")
                 time.sleep(1)
     except KeyboardInterrupt:
+        token = election.stop()  # resigns: releases the lease if it leads
+        if token is not None:
+            say(args, f"released token {token}: True")
+        client.close()
         say(args, "exiting")
         return 0
 
 
-def campaign(conn, args):
-    """Queues for the lease (one ttl at a time) and leads whenever it is granted."""
-    say(args, f"candidate for {args.resource}")
-    try:
-        while True:
-            token = conn.execute(
-                "SELECT lease_acquire(%s, %s, %s, wait => %s, session_bound => %s)",
-                (args.resource, args.name, args.ttl_interval, args.ttl_interval, args.session_bound),
-            ).fetchone()[0]
-            if token is not None:
-                lead(conn, args, token, valid_until=time.monotonic() + args.ttl)
-    except KeyboardInterrupt:
-        step_down(conn, args)
-        raise
-
-
-def lead(conn, args, token, valid_until):
+def lead(conn, args, lease):
     """Leads until the lease is lost; says why it stopped."""
-    conn.execute(f"LISTEN {CHANNEL}")
+    reason = "the lease ended before the term began"
     try:
-        if record_term(conn, args, token):
-            say(args, f"leading {args.resource} with token {token}")
-            reason = hold(conn, args, token, valid_until)
-        else:
-            reason = "the lease ended before the term began"
+        if write_fenced(conn, lease, "INSERT INTO leader_terms (resource, token, candidate) VALUES (%s, %s, %s)",
+                        (args.resource, lease.token, args.name)):
+            say(args, f"leading {args.resource} with token {lease.token}")
+            reason = hold(conn, args, lease)
     except KeyboardInterrupt:
         reason = "shutting down"
         raise
@@ -92,66 +85,41 @@ def lead(conn, args, token, valid_until):
         reason = f"database error: {error}"
         raise
     finally:
-        say(args, f"stopped leading (token {token}): {reason}")
-    conn.execute(f"UNLISTEN {CHANNEL}")
+        say(args, f"stopped leading (token {lease.token}): {reason}")
 
 
-def step_down(conn, args):
-    """Releases the lease if this candidate holds it, so a successor need not wait for the ttl.
-    Also covers a grant that arrived together with the signal (its answer was discarded)."""
-    try:
-        for (token,) in conn.execute(
-            "SELECT token FROM lease_info(%s) WHERE holder = %s AND owner = current_user", (args.resource, args.name)
-        ).fetchall():
-            released = conn.execute("SELECT lease_release(%s, %s)", (args.resource, token)).fetchone()[0]
-            say(args, f"released token {token}: {released}")
-    except psycopg.Error as error:
-        say(args, f"could not release (the lease will expire): {error}")
-
-
-def hold(conn, args, token, valid_until):
-    """Waits for events between renewals; returns why leadership ended."""
-    period = args.ttl / 3
-    next_renewal = time.monotonic() + period
-    while True:
-        for notify in conn.notifies(timeout=max(0.0, next_renewal - time.monotonic()), stop_after=1):
-            event = json.loads(notify.payload)
-            if event["resource"] == args.resource and event["token"] == token and event["event"] in ENDINGS:
-                return f"{event['event']} (event)"
-        if time.monotonic() < next_renewal:
-            continue
-        if time.monotonic() >= valid_until:
-            return "the lease ran out before it could be renewed"
-        sent = time.monotonic()
-        if not renew(conn, args, token):
-            return "renewal refused"
-        valid_until = sent + args.ttl
-        next_renewal = sent + period
-        if not heartbeat(conn, args, token):
+def hold(conn, args, lease):
+    """The leader's periodic work, a fenced write every third of the ttl, until the lease is lost;
+    returns why leadership ended."""
+    while not lease.lost.wait(args.ttl / 3):
+        if not write_fenced(conn, lease, "UPDATE leader_terms SET last_seen_at = clock_timestamp() "
+                                         "WHERE resource = %s AND token = %s", (args.resource, lease.token)):
             return "fenced write refused"
+    return describe(lease.loss)
 
 
-def renew(conn, args, token):
-    return conn.execute("SELECT lease_renew(%s, %s, %s)", (args.resource, token, args.ttl_interval)).fetchone()[0]
+def write_fenced(conn, lease, statement, params):
+    """One transaction: the fence (lease_assert with the token), then the write; both commit
+    together, or the fence refuses and nothing is written."""
+    try:
+        with conn.transaction():
+            lease.fence(conn)
+            conn.execute(statement, params)
+        return True
+    except pglease.LeaseLost:
+        return False
 
 
-def record_term(conn, args, token):
-    """Starts this term's row, only if the token still holds the lease (the fence)."""
-    cursor = conn.execute(
-        "INSERT INTO leader_terms (resource, token, candidate) SELECT %s, %s, %s WHERE lease_check(%s, %s)",
-        (args.resource, token, args.name, args.resource, token),
-    )
-    return cursor.rowcount == 1
-
-
-def heartbeat(conn, args, token):
-    """The leader's periodic work: a fenced write that proves it still leads."""
-    cursor = conn.execute(
-        "UPDATE leader_terms SET last_seen_at = clock_timestamp() "
-        "WHERE resource = %s AND token = %s AND lease_check(resource, token)",
-        (args.resource, token),
-    )
-    return cursor.rowcount == 1
+def describe(loss):
+    if loss is None:
+        return "released"
+    if loss.from_event:
+        return f"{loss.cause} (event)"
+    return {
+        "refused": "renewal refused",
+        "deadline": "the lease ran out before it could be renewed",
+        "session_ended": "the session the lease was bound to ended",
+    }.get(loss.cause, str(loss))
 
 
 if __name__ == "__main__":

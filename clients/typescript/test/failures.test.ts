@@ -1,0 +1,208 @@
+// The failures each feature survives: a killed connection, a stalled network, a killed leader
+// process, a resignation, and PgBouncer in transaction pooling mode in between.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { Client } from "pg";
+
+import { LeaseClient, LeaseLost, LeaseUsageError } from "../src";
+import { PgBouncer, Proxy, config, direct, one, sleep, waitFor } from "./helpers";
+
+const MARGIN_MS = 500;
+let admin: Client;
+const clients: LeaseClient[] = [];
+function client(options: Record<string, unknown> = {}): LeaseClient {
+  clients.push(new LeaseClient({ ...config(), ...options }));
+  return clients[clients.length - 1];
+}
+
+before(async () => {
+  admin = await direct();
+  await admin.query("CREATE EXTENSION IF NOT EXISTS lease");
+});
+after(async () => {
+  for (const made of clients) await made.close();
+  await admin.query("SELECT lease_force_release(resource) FROM lease.leases WHERE resource LIKE 'ts:%'");
+  await admin.end();
+});
+
+async function info(resource: string) {
+  return (await admin.query("SELECT holder, token::text AS token, expires_at, renewed_at, session_pid FROM lease_info($1)", [resource])).rows[0];
+}
+
+for (const listen of [true, false]) {
+  test(`a killed connection ends a session-bound lease and the client says so at once (listen: ${listen})`, async () => {
+    const resource = `ts:fail:bound:${listen}`;
+    const lease = await client({ holder: "ts-bound", listen }).lease(resource, { ttl: 30, sessionBound: true });
+    const pid = (await info(resource)).session_pid;
+    assert.equal(pid, lease.backendPid);
+    assert.equal(await one(admin, "SELECT pg_terminate_backend($1)", [pid]), true);
+    const killed = performance.now();
+    await Promise.race([lease.lost, sleep(10000)]);
+    // At once, not at the first renewal (10 s away): the event, or the connection's end itself.
+    assert.ok(performance.now() - killed < 1000, `${performance.now() - killed} ms`);
+    assert.equal(lease.loss?.cause, "session_ended");
+    // The client may hear of the end before the server process has finished exiting.
+    await waitFor(async () => (await one(admin, "SELECT lease_check($1, $2)", [resource, lease.token.toString()])) === false, "the server to end the lease", 10);
+    const next = await client({ holder: "ts-next" }).lease(resource, { ttl: 5 });
+    assert.ok(next.token > lease.token);
+  });
+}
+
+test("a renewal queued behind a stalled release is lost by its deadline", async () => {
+  const resources = ["ts:fail:queued:a", "ts:fail:queued:b"];
+  const ttl = 1.5;
+  const proxy = await new Proxy().start();
+  try {
+    // timeout 10: a release on the stalled connection holds it that long.
+    const made = client({ port: proxy.port, holder: "ts-queued", listen: false, timeout: 10 });
+    const claim = await made.claim(resources, { ttl, maxCount: 2 });
+    const [first, second] = claim.leases;
+    proxy.stall();
+    const releasing = first.release().catch((error) => error);
+    await Promise.race([second.lost, sleep((ttl + 5) * 1000)]);
+    const late = performance.now() - second.validUntil;
+    assert.equal(second.loss?.cause, "deadline");
+    assert.ok(late < 1000, `${late} ms`); // by the deadline, not after the release's timeout (10 s)
+    proxy.resume();
+    assert.ok([true, false].includes(await releasing));
+  } finally {
+    proxy.resume();
+    proxy.close();
+    for (const resource of resources) await admin.query("SELECT lease_force_release($1)", [resource]);
+  }
+});
+
+test("a stopped election ends waitElected and releases a lease past its local deadline", async () => {
+  const resource = "ts:fail:stopped";
+  const holder = await client({ holder: "ts-incumbent" }).lease(resource, { ttl: 30 });
+  const hopeful = await client({ holder: "ts-hopeful" }).election(resource, { ttl: 30, wait: 30 }).start();
+  const waiting = hopeful.waitElected();
+  assert.equal(await hopeful.stop(), null);
+  assert.equal(await Promise.race([waiting, sleep(10000).then(() => "timeout")]), null);
+  assert.equal(await holder.release(), true);
+
+  const leader = await client({ holder: "ts-leader" }).election(resource, { ttl: 30 }).start();
+  const term = (await leader.waitElected(10))!;
+  (term as unknown as { until: number }).until = performance.now() - 1000; // as if renewals had stalled
+  assert.equal(term.held, false);
+  assert.equal(await leader.stop(), term.token);
+  assert.equal(await one(admin, "SELECT count(*)::int FROM lease_info($1)", [resource]), 0);
+});
+
+test("a killed connection of a plain lease is replaced and the lease kept", async () => {
+  const resource = "ts:fail:plain";
+  const lease = await client({ holder: "ts-plain" }).lease(resource, { ttl: 1.5 });
+  const pid = lease.backendPid;
+  assert.equal(await one(admin, "SELECT pg_terminate_backend($1)", [pid]), true);
+  await sleep(4500); // three ttls
+  assert.equal(lease.held, true);
+  assert.equal((await info(resource)).token, lease.token.toString());
+  assert.ok(lease.backendPid !== null && lease.backendPid !== pid);
+  assert.equal(await lease.release(), true);
+});
+
+test("a stalled network loses the lease by the client's clock, before the server's expiry plus a margin", async () => {
+  const resource = "ts:fail:stall";
+  const ttl = 1.5;
+  const proxy = await new Proxy().start();
+  try {
+    const lease = await client({ port: proxy.port, holder: "ts-stalled" }).lease(resource, { ttl });
+    const renewed = (await info(resource)).renewed_at;
+    await waitFor(async () => (await info(resource)).renewed_at > renewed, "a renewal", ttl);
+    proxy.stall(); // right after a renewal: none in flight, so the server's expiry is final
+    const expiresAt: Date = (await info(resource)).expires_at;
+    await Promise.race([lease.lost, sleep((ttl + 5) * 1000)]);
+    const detected: Date = await one(admin, "SELECT clock_timestamp()");
+    assert.equal(lease.loss?.cause, "deadline");
+    assert.ok(detected.getTime() <= expiresAt.getTime() + MARGIN_MS, `${detected.toISOString()} vs ${expiresAt.toISOString()}`);
+    assert.ok(detected.getTime() >= expiresAt.getTime() - (ttl * 1000) / 3 - MARGIN_MS);
+    const successor = await client({ holder: "ts-successor" }).lease(resource, { ttl: 5, wait: ttl + 5 });
+    assert.ok(successor.token > lease.token);
+    const writer = await direct();
+    try {
+      await writer.query("BEGIN");
+      await assert.rejects(lease.fence(writer), LeaseLost);
+      await assert.rejects(writer.query("SELECT lease_assert($1, $2)", [resource, lease.token.toString()]), { code: "55000" });
+      await writer.query("ROLLBACK");
+    } finally {
+      await writer.end();
+    }
+  } finally {
+    proxy.resume();
+    proxy.close();
+  }
+});
+
+test("one candidate leads; a resignation hands over at once; a killed leader process is replaced within the ttl", async () => {
+  const resource = "ts:fail:election";
+  const ttl = 2;
+  const events: string[] = [];
+  const first = await client({ holder: "ts-first" }).election(resource, { ttl }).start();
+  const term = await first.waitElected(10);
+  assert.ok(term);
+  const second = await client({ holder: "ts-second" }).election(resource, { ttl, onChange: (e) => events.push(`${e.event} ${e.holder}`) }).start();
+  assert.equal(await second.waitElected(2.5), null);
+  assert.equal((await second.leader())?.holder, term!.holder);
+  assert.ok(term!.holder.startsWith("ts-first#"));
+  const resigned = performance.now();
+  assert.equal(await first.stop(), term!.token);
+  const successor = await second.waitElected(10);
+  assert.ok(successor && successor.token > term!.token);
+  assert.ok(performance.now() - resigned < ttl * 1000);
+  await waitFor(() => events.length >= 2, "events", 10);
+  assert.deepEqual(events.slice(0, 2), [`released ${term!.holder}`, `acquired ${successor!.holder}`]);
+  assert.equal(await second.stop(), successor!.token);
+
+  // A leader in a process of its own, killed: the candidate here leads within ttl + 2 s.
+  const leader = spawn(process.execPath, [join(__dirname, "holder.js"), resource, String(ttl), "ts-doomed"], { stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    let output = "";
+    leader.stdout!.on("data", (data) => (output += data));
+    const token = BigInt((await waitFor(() => /leading (\d+)/.exec(output), "the child to lead"))![1]);
+    const follower = await client({ holder: "ts-follower" }).election(resource, { ttl }).start();
+    const killed = performance.now();
+    leader.kill("SIGKILL");
+    const next = await follower.waitElected(ttl + 2);
+    assert.ok(next, "no new leader within the ttl and a margin");
+    assert.ok(performance.now() - killed <= (ttl + 2) * 1000);
+    assert.ok(next!.token > token);
+    await follower.stop();
+  } finally {
+    if (leader.exitCode === null && leader.signalCode === null) leader.kill("SIGKILL");
+  }
+});
+
+test("through PgBouncer in transaction pooling mode", async () => {
+  const bouncer = await new PgBouncer().start(3);
+  try {
+    const resource = "ts:fail:pgbouncer";
+    const pooled = client({ port: bouncer.port, listen: false, holder: "ts-pooled" });
+    assert.throws(() => pooled.watch(resource, () => undefined), LeaseUsageError);
+    const lease = await pooled.lease(resource, { ttl: 0.9 });
+    await sleep(6 * 900); // eighteen renewals through the pooler
+    assert.equal(lease.held, true);
+    assert.equal((await info(resource)).token, lease.token.toString());
+    const app = await direct(bouncer.port);
+    try {
+      await app.query("BEGIN");
+      await lease.fence(app);
+      assert.equal(await one(app, "SELECT lease_check($1, $2)", [resource, lease.token.toString()]), true);
+      await app.query("COMMIT");
+    } finally {
+      await app.end();
+    }
+    const waiter = client({ port: bouncer.port, listen: false, holder: "ts-pooled-waiter" });
+    const waiting = waiter.tryAcquire(resource, { ttl: 2, wait: 20 });
+    await waitFor(async () => (await one(admin, "SELECT count(*)::int FROM pg_stat_activity WHERE wait_event_type = 'Extension' AND query LIKE 'SELECT lease_acquire(%'")) === 1, "the waiter to sleep");
+    assert.equal(await lease.release(), true);
+    const next = await waiting;
+    assert.ok(next && next.token > lease.token);
+    assert.equal(await one(admin, "SELECT lease_force_release($1)", [resource]), true);
+    await next!.lost;
+    assert.equal(next!.loss?.cause, "refused");
+  } finally {
+    await bouncer.stop();
+  }
+});

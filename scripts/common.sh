@@ -71,6 +71,21 @@ setup_python() {
     fi
 }
 
+# What the high-availability layer needs (scripts/test.sh ha): Debian's Patroni and etcd. Their
+# services are not used: the tests start their own processes, as the server's user, on free
+# loopback ports.
+setup_ha() {
+    local packages=(patroni etcd-server) missing=()
+    for package in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
 # Builds the extension and installs it into the system PostgreSQL ($1: extra cargo pgrx flags).
 install_extension() {
     say "building and installing the extension"
@@ -117,4 +132,42 @@ cluster_stop() {
 cluster_destroy() {
     cluster_stop "$1"
     as_root rm -rf "${RUN_DIR:?}/$1"
+}
+
+# The client libraries' layer (scripts/test.sh clients). Each step is skipped when already done.
+# The Python client (clients/python) installed into $VENV, again whenever its sources change.
+setup_python_client() {
+    setup_python
+    local stamp=$VENV/.pglease-sources digest
+    digest=$(cd "$ROOT/clients/python" && find pyproject.toml README.md src -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ] || ! "$VENV/bin/python" -c 'import pglease' 2>/dev/null; then
+        say "installing the Python client (clients/python) into $VENV"
+        "$VENV/bin/pip" install -q --force-reinstall --no-deps "$ROOT/clients/python"
+        echo "$digest" >"$stamp"
+    fi
+}
+
+# PgBouncer (Debian's, 1.18), which the client tests start in transaction pooling mode.
+setup_pgbouncer() {
+    if [ ! -x /usr/sbin/pgbouncer ]; then
+        say "installing pgbouncer"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    fi
+}
+
+# The TypeScript client (clients/typescript): its packages as locked (npm ci, only when the lock
+# file changed) and compiled with tsc into clients/typescript/dist.
+setup_typescript_client() {
+    local dir=$ROOT/clients/typescript
+    if ! command -v npm >/dev/null; then
+        echo "setup_typescript_client: node and npm are needed (Debian: apt install nodejs npm)" >&2
+        return 1
+    fi
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
+        say "installing the TypeScript client's packages (npm ci)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
+    fi
+    (cd "$dir" && npx --no-install tsc -p .)
 }

@@ -8,6 +8,10 @@
 #      isolation: the interleavings: tests/isolation/specs/*.spec (pg_isolation_regress, likewise);
 #   3. client: out-of-process tests with a real client over several connections (tests/client,
 #      pytest);
+#   3a. clients: the client libraries against the test server, PgBouncer and failures:
+#      clients/python/tests (pytest) and clients/typescript/test (node --test);
+#   3b. ha: a Patroni cluster (etcd, two nodes) under load, its primary killed twice (tests/ha,
+#      pytest);
 #   4. package: the Debian package: built, installed with apt, used and removed (tests/package).
 # Usage (tests/README.md has more):
 #   scripts/test.sh                         every layer
@@ -18,14 +22,15 @@
 # Ends with one line "summary: N passed, M failed"; exits non-zero if anything failed.
 source "$(dirname "$0")/common.sh"
 
-LAYERS=(static unit regress isolation client package)
+LAYERS=(static unit regress isolation client clients ha package)
 
 usage() {
     cat <<'USAGE'
 usage: scripts/test.sh [LAYER | TEST]...
-  LAYER   static, unit, regress, isolation, client or package: runs that whole layer
+  LAYER   static, unit, regress, isolation, client, clients, ha or package: runs that whole layer
   TEST    tests/regress/sql/NAME.sql, tests/isolation/specs/NAME.spec,
-          tests/client/FILE.py (or a pytest node id FILE.py::TEST): runs only those tests of
+          tests/client/FILE.py, clients/python/tests/FILE.py
+          (or a pytest node id FILE.py::TEST): runs only those tests of
           their layer (00_setup.sql always runs first in regress);
           unit:NAME: only the unit tests whose name contains NAME
 Without arguments every layer runs. The last line is "summary: N passed, M failed".
@@ -37,6 +42,7 @@ declare -A layer=()
 regress_items=()
 isolation_items=()
 client_items=()
+clients_items=()
 unit_filter=""
 
 # pick LAYER ITEM: runs ITEM of LAYER, unless the whole layer was asked for.
@@ -47,6 +53,7 @@ pick() {
         regress) regress_items+=("$2") ;;
         isolation) isolation_items+=("$2") ;;
         client) client_items+=("$2") ;;
+        clients) clients_items+=("$2") ;;
     esac
 }
 
@@ -56,7 +63,7 @@ for arg in "$@"; do
             usage
             exit 0
             ;;
-        static | unit | regress | isolation | client | package) layer[$arg]=all ;;
+        static | unit | regress | isolation | client | clients | ha | package) layer[$arg]=all ;;
         unit:?*)
             if [ -n "$unit_filter" ]; then
                 echo "test.sh: one unit:NAME at a time" >&2
@@ -81,6 +88,7 @@ for arg in "$@"; do
                 "$ROOT"/tests/regress/sql/*.sql) pick regress "$(basename "$path" .sql)" ;;
                 "$ROOT"/tests/isolation/specs/*.spec) pick isolation "$(basename "$path" .spec)" ;;
                 "$ROOT"/tests/client/test_*.py) pick client "$path$node" ;;
+                "$ROOT"/clients/python/tests/test_*.py) pick clients "$path$node" ;;
                 *)
                     echo "test.sh: not a test file of a layer: $arg" >&2
                     usage >&2
@@ -104,6 +112,11 @@ count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
 setup_machine
 if wants static || wants client; then setup_python; fi
+if wants clients; then
+    setup_python_client
+    setup_pgbouncer
+    [ "${layer[clients]}" = some ] || setup_typescript_client
+fi
 
 # static_check NAME COMMAND...: runs COMMAND in the repository (output to the screen and to
 # LOG_DIR/static-NAME.log) and counts it as one check, passed if it exits with status 0.
@@ -157,8 +170,12 @@ if wants unit; then
     count "$unit_passed" "$unit_failed"
 fi
 
-if wants regress || wants isolation || wants client; then
-    install_extension
+if wants regress || wants isolation || wants client || wants clients; then
+    # The clients layer alone tests the client libraries against the installed extension; it
+    # builds and installs one only when there is none.
+    if wants regress || wants isolation || wants client || [ ! -f "$($PG_CONFIG --pkglibdir)/lease.so" ]; then
+        install_extension
+    fi
     say "starting the test server on 127.0.0.1:$PORT"
     cluster_destroy test
     # Only the database postgres gets an expiry worker: the SQL and isolation tests sweep their own
@@ -243,6 +260,57 @@ if wants client; then
     py_failed=$(tail -n 1 "$LOG_DIR/pytest.log" | { grep -oE '[0-9]+ (failed|error|errors)' || true; } | awk '{s+=$1} END {print s+0}')
     [ "$py_passed" -gt 0 ] || [ "$py_failed" -gt 0 ] || py_failed=1
     count "$py_passed" "$py_failed"
+fi
+
+if wants clients; then
+    say "layer 3a: the client libraries (clients/python: pytest; clients/typescript: node --test)"
+    clients_targets=("$ROOT/clients/python/tests")
+    [ "${layer[clients]}" = all ] || clients_targets=("${clients_items[@]}")
+    set +e
+    LEASE_TEST_PORT=$PORT LEASE_SERVER_USER="$SERVER_USER" \
+        "$VENV/bin/pytest" -q -p no:cacheprovider --rootdir "$ROOT/clients/python" "${clients_targets[@]}" 2>&1 \
+        | tee "$LOG_DIR/clients-python.log"
+    set -e
+    py_passed=$(tail -n 1 "$LOG_DIR/clients-python.log" | { grep -oE '[0-9]+ passed' || true; } | awk '{s+=$1} END {print s+0}')
+    py_failed=$(tail -n 1 "$LOG_DIR/clients-python.log" | { grep -oE '[0-9]+ (failed|error|errors)' || true; } | awk '{s+=$1} END {print s+0}')
+    [ "$py_passed" -gt 0 ] || [ "$py_failed" -gt 0 ] || py_failed=1
+    count "$py_passed" "$py_failed"
+    if [ "${layer[clients]}" = all ]; then
+        set +e
+        (cd "$ROOT/clients/typescript" && LEASE_TEST_PORT=$PORT LEASE_SERVER_USER="$SERVER_USER" \
+            node --test --test-reporter=tap dist/test/*.test.js) 2>&1 | tee "$LOG_DIR/clients-typescript.log"
+        ts_status=${PIPESTATUS[0]}
+        set -e
+        ts_passed=$({ grep -E '^# pass [0-9]+' "$LOG_DIR/clients-typescript.log" || true; } | tail -n 1 | awk '{print $3+0}')
+        ts_failed=$({ grep -E '^# fail [0-9]+' "$LOG_DIR/clients-typescript.log" || true; } | tail -n 1 | awk '{print $3+0}')
+        ts_passed=${ts_passed:-0}
+        ts_failed=${ts_failed:-0}
+        if [ "$ts_status" != 0 ] && [ "$ts_failed" = 0 ]; then ts_failed=1; fi
+        [ "$ts_passed" -gt 0 ] || [ "$ts_failed" -gt 0 ] || ts_failed=1
+        count "$ts_passed" "$ts_failed"
+    fi
+fi
+
+if wants ha; then
+    say "layer 3b: high availability (tests/ha: Patroni, etcd, pytest)"
+    setup_python
+    setup_ha
+    # The layers above installed the build under test. Alone, this layer tests the installed
+    # extension; it builds and installs one only when there is none.
+    if ! wants regress && ! wants isolation && ! wants client && [ ! -f "$($PG_CONFIG --pkglibdir)/lease.so" ]; then
+        install_extension
+    fi
+    set +e
+    # The scenario takes about a minute; the timeout only ends a run that hangs.
+    LEASE_RUN_DIR="$RUN_DIR" LEASE_SERVER_USER="$SERVER_USER" LEASE_TEST_LOG_DIR="$LOG_DIR" \
+        timeout -k 30 600 "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/ha" 2>&1 | tee "$LOG_DIR/ha.log"
+    set -e
+    # Ends, by the pids it remembered, whatever a failed or killed run left running.
+    "$VENV/bin/python" "$ROOT/tests/ha/cluster.py" cleanup "$RUN_DIR/ha"
+    ha_passed=$(tail -n 1 "$LOG_DIR/ha.log" | { grep -oE '[0-9]+ passed' || true; } | awk '{s+=$1} END {print s+0}')
+    ha_failed=$(tail -n 1 "$LOG_DIR/ha.log" | { grep -oE '[0-9]+ (failed|error|errors)' || true; } | awk '{s+=$1} END {print s+0}')
+    [ "$ha_passed" -gt 0 ] || [ "$ha_failed" -gt 0 ] || ha_failed=1
+    count "$ha_passed" "$ha_failed"
 fi
 
 if wants package; then

@@ -3,18 +3,20 @@ throwaway test server that scripts/test.sh started, and control of that server."
 
 import json
 import os
-import socket
-import subprocess
+import pathlib
+import sys
 import threading
 import time
 
 import psycopg
 import pytest
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from support import SERVER_USER, as_root, as_server_user, free_port, wait_for  # noqa: E402,F401
+
 PORT = int(os.environ.get("LEASE_TEST_PORT", "54329"))
 DATA_DIR = os.path.join(os.environ.get("LEASE_TEST_DIR", "/tmp/lease/test"), "data")
 RUN_DIR = os.environ.get("LEASE_RUN_DIR", "/tmp/lease")
-SERVER_USER = os.environ.get("LEASE_SERVER_USER", "postgres")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 # The client tests use the database postgres (it has the extension and an expiry worker).
 DATABASE = "postgres"
@@ -26,37 +28,6 @@ def dsn(port=PORT, dbname=DATABASE):
 
 def connect(autocommit=True, port=PORT, dbname=DATABASE, **kwargs):
     return psycopg.connect(dsn(port, dbname), autocommit=autocommit, **kwargs)
-
-
-def wait_for(condition, timeout=30.0, what="condition"):
-    """Polls `condition` until it is true; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def free_port():
-    """A loopback port free right now. Client connections take their local ports from the
-    ephemeral range, which holds the 54xxx ports too: a server started during the tests on a
-    fixed port there can find it taken by one of the many connections (in TIME_WAIT) the tests
-    made before."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def as_root(*args, check=True):
-    command = list(args) if os.geteuid() == 0 else ["sudo", *args]
-    return subprocess.run(command, cwd="/", check=check, capture_output=True, text=True)
-
-
-def as_server_user(*args, check=True):
-    return as_root("sudo", "-u", SERVER_USER, *args, check=check)
 
 
 def pg_ctl(*args, data_dir=DATA_DIR, check=True):

@@ -9,15 +9,16 @@ needed here; the clients use psycopg."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from support import SERVER_USER, as_root, free_port, wait_for  # noqa: E402,F401
+
 RUN_DIR = os.environ.get("LEASE_RUN_DIR", "/tmp/lease")
-SERVER_USER = os.environ.get("LEASE_SERVER_USER", "postgres")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SCOPE = "lease-ha"
 
@@ -31,34 +32,6 @@ RETRY_TIMEOUT = 4
 # What a process of ours is, as its command line shows it (checked before a pid from a file is
 # signalled: the pid may have been reused since).
 COMMANDS = ("etcd", "patroni", "postgres")
-
-
-def free_port():
-    """A loopback port free right now (fixed ports can be taken by ephemeral client ports)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def as_root(*args, check=True):
-    command = list(args) if os.geteuid() == 0 else ["sudo", *args]
-    return subprocess.run(command, cwd="/", check=check, capture_output=True, text=True)
-
-
-def as_server_user(*args, check=True):
-    return as_root("sudo", "-u", SERVER_USER, *args, check=check)
-
-
-def wait_for(condition, timeout, what):
-    """Polls `condition` until it returns something true; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def command_line(pid):

@@ -10,15 +10,16 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import psycopg
 import pytest
 
 import pglease
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests"))
+from support import SERVER_USER, free_port, wait_for  # noqa: E402,F401
+
 PORT = int(os.environ.get("LEASE_TEST_PORT", "54329"))
-SERVER_USER = os.environ.get("LEASE_SERVER_USER", "postgres")
 HOLDER = os.path.join(os.path.dirname(__file__), "holder.py")
 
 
@@ -34,25 +35,8 @@ def one(conn, query, params=()):
     return conn.execute(query, params).fetchone()[0]
 
 
-def wait_for(condition, timeout=30.0, what="condition"):
-    """Polls `condition` until it is true; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def as_server_user(*args):
+def server_user_command(*args):
+    """The command line that runs `args` as the server's OS user."""
     command = ["sudo", "-u", SERVER_USER, *args]
     if os.geteuid() != 0:
         command = ["sudo", *command]
@@ -189,7 +173,7 @@ class PgBouncer:
             )
         for name in os.listdir(self.dir):
             os.chmod(os.path.join(self.dir, name), 0o666)
-        self.process = subprocess.Popen(as_server_user(binary, os.path.join(self.dir, "pgbouncer.ini")),
+        self.process = subprocess.Popen(server_user_command(binary, os.path.join(self.dir, "pgbouncer.ini")),
                                         cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._ready, timeout=30, what="pgbouncer to accept connections")
 

@@ -68,6 +68,9 @@ export interface ClaimOptions {
   snapshotConsistent?: boolean;
   holder?: string;
   onLost?: (lease: Lease, loss: Loss) => unknown;
+  /** Aborts the claim: a statement running is cancelled on the server, and leases granted by an
+   * answer that came too late are released. */
+  signal?: AbortSignal;
 }
 
 export interface LeaseInfo {
@@ -786,8 +789,18 @@ export class LeaseClient implements AsyncDisposable {
     // like anybody else's, so concurrent claims never return the same resource.
     const holder = leaseHolder(options.holder ?? this.holder);
     const sessionBound = options.sessionBound ?? false;
+    const signal = options.signal;
+    signal?.throwIfAborted();
     await this.open();
     const conn = await this.connect(this.timeoutMs);
+    const cancel = () => (this.cancelRequest(conn), undefined);
+    signal?.addEventListener("abort", cancel, { once: true });
+    if (signal?.aborted) {
+      // Aborted while connecting, before the listener was there: nothing was sent.
+      signal.removeEventListener("abort", cancel);
+      await conn.close(this.timeoutMs);
+      throw signal.reason;
+    }
     const sent = performance.now();
     let rows: any[];
     try {
@@ -795,8 +808,22 @@ export class LeaseClient implements AsyncDisposable {
     } catch (error) {
       await conn.close(this.timeoutMs);
       const mapped = mapError(error);
-      if (mapped instanceof LeaseTimeout || mapped instanceof ConnectionFailed) await this.releaseOrphans(resources, holder);
+      if (signal?.aborted || mapped instanceof LeaseTimeout || mapped instanceof ConnectionFailed) {
+        // The answer is lost, not necessarily the grants: give them back.
+        await this.releaseOrphans(resources, holder);
+      }
+      if (signal?.aborted) throw signal.reason;
       throw mapped;
+    } finally {
+      signal?.removeEventListener("abort", cancel);
+    }
+    if (signal?.aborted) {
+      // Aborted just as the answer came: give back what it granted.
+      if (rows.length > 0) {
+        await conn.query(RELEASE_ORPHAN, [rows.map((row) => row.resource), holder], this.timeoutMs).catch(() => this.releaseOrphans(resources, holder));
+      }
+      await conn.close(this.timeoutMs);
+      throw signal.reason;
     }
     const leases = rows.map((row) => new Lease(this, row.resource, BigInt(row.token), holder, ttl, sessionBound, sent + ttl * 1000));
     for (const lease of leases) {

@@ -1,7 +1,9 @@
-// The failures each feature survives: a killed connection, a stalled network, a killed leader
-// process, a resignation, and PgBouncer in transaction pooling mode in between.
+// The failures each feature survives: a killed connection, a stalled network, a paused holder
+// process, a killed leader process, a resignation, an aborted claim, and PgBouncer in transaction
+// pooling mode in between.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { Client } from "pg";
@@ -156,7 +158,7 @@ test("one candidate leads; a resignation hands over at once; a killed leader pro
   assert.equal(await second.stop(), successor!.token);
 
   // A leader in a process of its own, killed: the candidate here leads within ttl + 2 s.
-  const leader = spawn(process.execPath, [join(__dirname, "holder.js"), resource, String(ttl), "ts-doomed"], { stdio: ["ignore", "pipe", "inherit"] });
+  const leader = spawn(process.execPath, [join(__dirname, "holder.js"), "elect", resource, String(ttl), "ts-doomed"], { stdio: ["ignore", "pipe", "inherit"] });
   try {
     let output = "";
     leader.stdout!.on("data", (data) => (output += data));
@@ -204,5 +206,125 @@ test("through PgBouncer in transaction pooling mode", async () => {
     assert.equal(next!.loss?.cause, "refused");
   } finally {
     await bouncer.stop();
+  }
+});
+
+/** The state letter of a process in /proc (T: stopped), or null once it is gone. */
+function processState(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  } catch {
+    return null;
+  }
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+}
+
+test("a holder paused past its ttl finds its lease lost when resumed and writes nothing after the takeover", async () => {
+  const resource = "ts:fail:paused";
+  const table = "pg_lease_ts_progress";
+  const ttl = 1.5;
+  await admin.query(`DROP TABLE IF EXISTS ${table}`);
+  await admin.query(`CREATE TABLE ${table} (resource text, token bigint, at timestamptz DEFAULT clock_timestamp())`);
+  const holder = spawn(process.execPath, [join(__dirname, "holder.js"), "hold", resource, String(ttl), table], { stdio: ["ignore", "pipe", "inherit"] });
+  let output = "";
+  holder.stdout!.on("data", (data) => (output += data));
+  const exit = exited(holder);
+  try {
+    const token = BigInt((await waitFor(() => /token (\d+)/.exec(output), "the holder's lease"))![1]);
+    // It stops itself between two transactions: stopped inside one, it would leave a fence open,
+    // which rightly keeps any successor waiting.
+    await waitFor(() => output.includes("pausing\n"), "the holder to pause");
+    await waitFor(() => processState(holder.pid!) === "T", "the holder to be stopped", 10);
+    const count = async (extra = "", values: unknown[] = []) =>
+      one(admin, `SELECT count(*)::int FROM ${table} WHERE token = $1 ${extra}`, [token.toString(), ...values]);
+    assert.equal(await count(), 5);
+    let acquiredAt: string;
+    try {
+      const successor = await client({ holder: "ts-successor" }).lease(resource, { ttl: 30, wait: ttl + 10 });
+      assert.ok(successor.token > token);
+      acquiredAt = await one(admin, "SELECT acquired_at::text FROM lease_info($1)", [resource]);
+    } finally {
+      holder.kill("SIGCONT");
+    }
+    const code = await Promise.race([exit, sleep(15000).then(() => "timeout")]);
+    assert.equal(code, 3, output);
+    // Woken up, it found the lease lost before beginning another transaction: its signal aborted,
+    // or ensureHeld() by the client's clock; not a refusal by the server.
+    const lost = /^lost (\w+) (\w+) sqlstate=(\w+) begun=(\d+)$/m.exec(output);
+    assert.ok(lost, output);
+    assert.ok(["signal", "clock"].includes(lost![1]), output);
+    assert.equal(lost![3], "null", output);
+    assert.equal(lost![4], "5", output);
+    // Exact, from the table: its five rows, all written before the successor's grant.
+    assert.equal(await count(), 5);
+    assert.equal(await count("AND at >= $2::timestamptz", [acquiredAt!]), 0);
+    assert.equal(await one(admin, "SELECT lease_check($1, $2)", [resource, token.toString()]), false);
+  } finally {
+    if (holder.exitCode === null && holder.signalCode === null) {
+      holder.kill("SIGKILL");
+      holder.kill("SIGCONT");
+      await Promise.race([exit, sleep(10000)]);
+    }
+    await admin.query(`DROP TABLE IF EXISTS ${table}`);
+    await admin.query("SELECT lease_force_release($1)", [resource]);
+  }
+});
+
+test("an aborted claim ends with the abort's reason and keeps nothing, before, during and just after the statement", async () => {
+  const resources = ["ts:fail:claim-abort:a", "ts:fail:claim-abort:b"];
+  const held = async () => one(admin, "SELECT count(*)::int FROM unnest($1::text[]) AS r(resource), lease_info(r.resource)", [resources]);
+  const claiming = () =>
+    one(admin, "SELECT count(*)::int FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT resource, token::text AS token FROM lease_acquire_any(%'");
+  const claimer = client({ holder: "ts-claim-abort", listen: false });
+
+  // Before: nothing is sent.
+  const before = new AbortController();
+  before.abort(new Error("aborted before"));
+  await assert.rejects(claimer.claim(resources, { ttl: 30, maxCount: 2, signal: before.signal }), /aborted before/);
+  assert.equal(await held(), 0);
+
+  // During: the statement, blocked behind a lock on the lease table, is cancelled on the server.
+  const locker = await direct();
+  const proxy = await new Proxy().start();
+  try {
+    await locker.query("BEGIN");
+    await locker.query("LOCK TABLE lease.leases IN ACCESS EXCLUSIVE MODE");
+    const during = new AbortController();
+    const claim = claimer.claim(resources, { ttl: 30, maxCount: 2, signal: during.signal });
+    claim.catch(() => undefined);
+    await waitFor(async () => (await claiming()) === 1, "the claim to wait for the lock", 10);
+    during.abort(); // the default reason, an AbortError
+    await waitFor(async () => (await claiming()) === 0, "the claim to be cancelled", 10);
+    await locker.query("ROLLBACK");
+    await assert.rejects(claim, { name: "AbortError" });
+    assert.equal(await held(), 0);
+
+    // Just after: the grant is made, its answer held back by a stalled proxy, and the cancel
+    // reaches the server only once the statement is over. The claim gives the leases back.
+    const late = client({ port: proxy.port, holder: "ts-claim-late", listen: false });
+    await locker.query("BEGIN");
+    await locker.query("LOCK TABLE lease.leases IN ACCESS EXCLUSIVE MODE");
+    const after = new AbortController();
+    const lateClaim = late.claim(resources, { ttl: 30, maxCount: 2, signal: after.signal });
+    lateClaim.catch(() => undefined);
+    await waitFor(async () => (await claiming()) === 1, "the late claim to wait for the lock", 10);
+    proxy.stall();
+    after.abort(new Error("aborted after"));
+    await locker.query("ROLLBACK");
+    await waitFor(async () => (await held()) === 2, "the late claim's grants", 10);
+    proxy.resume();
+    await assert.rejects(lateClaim, /aborted after/);
+    assert.equal(await held(), 0);
+  } finally {
+    proxy.resume();
+    proxy.close();
+    await locker.query("ROLLBACK").catch(() => undefined);
+    await locker.end();
+    for (const resource of resources) await admin.query("SELECT lease_force_release($1)", [resource]);
   }
 });

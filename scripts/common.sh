@@ -27,11 +27,10 @@ as_server_user() {
     (cd / && as_root sudo -u "$SERVER_USER" "$@")
 }
 
-# Installs what building and testing need; skips what is already there.
-setup_machine() {
-    local packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev sudo gcc make)
-    local missing=()
-    for package in "${packages[@]}"; do
+# install_debian_packages PACKAGE...: installs those of the packages that are not installed yet.
+install_debian_packages() {
+    local package missing=()
+    for package in "$@"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -39,6 +38,11 @@ setup_machine() {
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+}
+
+# Installs what building and testing need; skips what is already there.
+setup_machine() {
+    install_debian_packages postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev sudo gcc make
     if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
         say "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
@@ -75,15 +79,7 @@ setup_python() {
 # services are not used: the tests start their own processes, as the server's user, on free
 # loopback ports.
 setup_ha() {
-    local packages=(patroni etcd-server) missing=()
-    for package in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        say "installing Debian packages: ${missing[*]}"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    install_debian_packages patroni etcd-server
 }
 
 # Builds the extension and installs it into the system PostgreSQL ($1: extra cargo pgrx flags).
@@ -149,11 +145,7 @@ setup_python_client() {
 
 # PgBouncer (Debian's, 1.18), which the client tests start in transaction pooling mode.
 setup_pgbouncer() {
-    if [ ! -x /usr/sbin/pgbouncer ]; then
-        say "installing pgbouncer"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-    fi
+    install_debian_packages pgbouncer
 }
 
 # The TypeScript client (clients/typescript): its packages as locked (npm ci, only when the lock

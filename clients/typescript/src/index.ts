@@ -8,7 +8,7 @@ import { hostname } from "node:os";
 import { performance } from "node:perf_hooks";
 import { Client as PgClient, ClientConfig } from "pg";
 
-import { ConnectionFailed, LeaseError, LeaseLost, LeaseTimeout, LeaseUnavailable, LeaseUsageError, Loss, mapError } from "./errors";
+import { ConnectionFailed, LeaseLost, LeaseTimeout, LeaseUnavailable, LeaseUsageError, Loss, mapError } from "./errors";
 
 export * from "./errors";
 

@@ -1,27 +1,11 @@
 // Acquire, background renewal, release, waiting, fencing, claims and typed errors.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { Client } from "pg";
+import { test } from "node:test";
 
 import { ConnectionFailed, InvalidArgument, LeaseClient, LeaseLost, LeaseUnavailable, SessionBindingConflict, mapError } from "../src";
-import { config, direct, one, sleep, waitFor } from "./helpers";
+import { admin, client, config, direct, one, sleep, useTestServer, waitFor } from "./helpers";
 
-let admin: Client;
-const clients: LeaseClient[] = [];
-function client(options: { holder?: string; listen?: boolean } = {}): LeaseClient {
-  clients.push(new LeaseClient({ ...config(), ...options }));
-  return clients[clients.length - 1];
-}
-
-before(async () => {
-  admin = await direct();
-  await admin.query("CREATE EXTENSION IF NOT EXISTS lease");
-});
-after(async () => {
-  for (const made of clients) await made.close();
-  await admin.query("SELECT lease_force_release(resource) FROM lease.leases WHERE resource LIKE 'ts:%'");
-  await admin.end();
-});
+useTestServer();
 
 async function row(resource: string): Promise<{ holder: string; token: string; renewed_at: Date } | undefined> {
   return (await admin.query("SELECT holder, token::text AS token, renewed_at FROM lease_info($1)", [resource])).rows[0];

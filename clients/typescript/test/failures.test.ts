@@ -5,29 +5,13 @@ import assert from "node:assert/strict";
 import { ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { Client } from "pg";
+import { test } from "node:test";
 
-import { LeaseClient, LeaseLost, LeaseUsageError } from "../src";
-import { PgBouncer, Proxy, config, direct, one, sleep, waitFor } from "./helpers";
+import { LeaseLost, LeaseUsageError } from "../src";
+import { PgBouncer, Proxy, admin, client, direct, one, sleep, useTestServer, waitFor } from "./helpers";
 
 const MARGIN_MS = 500;
-let admin: Client;
-const clients: LeaseClient[] = [];
-function client(options: Record<string, unknown> = {}): LeaseClient {
-  clients.push(new LeaseClient({ ...config(), ...options }));
-  return clients[clients.length - 1];
-}
-
-before(async () => {
-  admin = await direct();
-  await admin.query("CREATE EXTENSION IF NOT EXISTS lease");
-});
-after(async () => {
-  for (const made of clients) await made.close();
-  await admin.query("SELECT lease_force_release(resource) FROM lease.leases WHERE resource LIKE 'ts:%'");
-  await admin.end();
-});
+useTestServer();
 
 async function info(resource: string) {
   return (await admin.query("SELECT holder, token::text AS token, expires_at, renewed_at, session_pid FROM lease_info($1)", [resource])).rows[0];

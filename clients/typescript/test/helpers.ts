@@ -7,7 +7,10 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { AddressInfo, Server, Socket, createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after, before } from "node:test";
 import { Client } from "pg";
+
+import { LeaseClient } from "../src";
 
 export const PORT = Number(process.env.LEASE_TEST_PORT ?? "54329");
 const SERVER_USER = process.env.LEASE_SERVER_USER ?? "postgres";
@@ -21,6 +24,30 @@ export async function direct(port = PORT): Promise<Client> {
   client.on("error", () => undefined);
   await client.connect();
   return client;
+}
+
+/** The test file's administrator connection, open between the hooks of [`useTestServer`]. */
+export let admin: Client;
+const made: LeaseClient[] = [];
+
+/** A client of the test server, closed when the test file ends. */
+export function client(options: Record<string, unknown> = {}): LeaseClient {
+  made.push(new LeaseClient({ ...config(), ...options }));
+  return made[made.length - 1];
+}
+
+/** Registers a test file's set-up (the administrator connection, the extension) and clean-up
+ * (its clients closed, its `ts:` leases force-released). */
+export function useTestServer(): void {
+  before(async () => {
+    admin = await direct();
+    await admin.query("CREATE EXTENSION IF NOT EXISTS lease");
+  });
+  after(async () => {
+    for (const leaseClient of made) await leaseClient.close();
+    await admin.query("SELECT lease_force_release(resource) FROM lease.leases WHERE resource LIKE 'ts:%'");
+    await admin.end();
+  });
 }
 
 export async function one(client: Client, text: string, values: unknown[] = []): Promise<any> {

@@ -88,6 +88,31 @@ pub fn lock(resource: &str, mode: Mode) -> Taken {
     acquire(resource, mode, false).expect("a waiting lock is granted")
 }
 
+/// `locktag_field4` of lifeline locks.
+pub const LIFELINE_LOCK_SPACE: u16 = 0x4C4C;
+
+/// What a call is about to do to a lifeline (see `crate::lifeline`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LifelineMode {
+    /// Renewing it, or attaching a lease to it (`RowShareLock`): these never wait for each
+    /// other.
+    Use,
+    /// Ending it (closing it, or removing or taking over its leases once it lapsed;
+    /// `ExclusiveLock`): waits for every use in progress, and keeps new ones out.
+    End,
+}
+
+/// Takes the lock of the lifeline `id` in `mode` until the end of the (sub)transaction,
+/// waiting for conflicting ones; with `dont_wait`, None instead of waiting.
+pub fn lock_lifeline(id: i64, mode: LifelineMode, dont_wait: bool) -> Option<Taken> {
+    let tag = advisory_tag(LIFELINE_LOCK_SPACE, id as u64);
+    let mode = match mode {
+        LifelineMode::Use => pg_sys::RowShareLock,
+        LifelineMode::End => pg_sys::ExclusiveLock,
+    } as pg_sys::LOCKMODE;
+    take(tag, mode, dont_wait)
+}
+
 /// `locktag_field4` of the lock that lets one backend at a time reserve token numbers.
 const TOKEN_RESERVATION_SPACE: u16 = 0x4C54;
 
@@ -107,8 +132,10 @@ pub fn try_lock(resource: &str, mode: Mode) -> Option<Taken> {
 }
 
 fn acquire(resource: &str, mode: Mode, dont_wait: bool) -> Option<Taken> {
-    let tag = advisory_tag(LOCK_SPACE, resource_key(resource));
-    let mode = mode.lock_mode();
+    take(advisory_tag(LOCK_SPACE, resource_key(resource)), mode.lock_mode(), dont_wait)
+}
+
+fn take(tag: pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE, dont_wait: bool) -> Option<Taken> {
     // SAFETY: the tag is a fully initialised advisory tag; a transaction-scoped lock is released
     // by the lock manager at transaction end, and errors (cancel, deadlock, timeouts) are raised
     // through the guarded FFI boundary.

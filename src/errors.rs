@@ -42,6 +42,12 @@ pub enum LeaseError {
     SerializationFailure { resource: String },
     /// A re-acquire asked to bind a lease that another live session holds bound (55006).
     BoundElsewhere { resource: String },
+    /// What needs the objects of a newer version of the extension than the database has (55000).
+    NeedsUpdate(&'static str),
+    /// The lifeline does not exist, was closed, or lapsed (55000).
+    LifelineLapsed { id: i64 },
+    /// The caller is not a member of the role that opened the lifeline (42501).
+    NotLifelineOwner { id: i64, owner: String },
 }
 
 pub type LeaseResult<T> = Result<T, LeaseError>;
@@ -70,6 +76,10 @@ impl LeaseError {
             LeaseError::ColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             LeaseError::SerializationFailure { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             LeaseError::BoundElsewhere { .. } => ERRCODE_OBJECT_IN_USE,
+            LeaseError::LifelineLapsed { .. } | LeaseError::NeedsUpdate(_) => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            LeaseError::NotLifelineOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
         }
     }
 
@@ -112,6 +122,11 @@ impl LeaseError {
             LeaseError::BoundElsewhere { resource } => {
                 format!("lease on resource \"{resource}\" is bound to another session")
             }
+            LeaseError::NeedsUpdate(what) => format!("{what} need the lease extension's version 0.5.0 objects"),
+            LeaseError::LifelineLapsed { id } => format!("lifeline {id} has lapsed, was closed, or never existed"),
+            LeaseError::NotLifelineOwner { id, owner } => {
+                format!("permission denied for lifeline {id} opened by role \"{owner}\"")
+            }
         }
     }
 
@@ -134,6 +149,13 @@ impl LeaseError {
             }
             LeaseError::SerializationFailure { .. } => {
                 Some("The lease changed after this transaction's snapshot was taken; retry the transaction.")
+            }
+            LeaseError::NeedsUpdate(_) => Some("Run ALTER EXTENSION lease UPDATE in this database."),
+            LeaseError::LifelineLapsed { .. } => Some(
+                "The leases attached to it have ended; stop the protected work and open a new lifeline.",
+            ),
+            LeaseError::NotLifelineOwner { .. } => {
+                Some("Only members of the role that opened a lifeline may renew, close or attach to it.")
             }
             LeaseError::BoundElsewhere { .. } => Some(
                 "A session-bound lease belongs to the session that bound it; re-acquire it from that session or without session_bound.",

@@ -4,12 +4,16 @@
 //! the sweep only turns expiry into an event and keeps the table small. [`sweep`] is the one
 //! function that does it: `lease_sweep()` calls it from SQL and the expiry worker schedules it.
 //!
-//! Uses vocabulary, barrier, store, events and session.
+//! Leases attached to a lifeline end with it: a lapsed lifeline's leases are removed and
+//! announced (reason `lifeline_expired`), and then the lifeline itself.
+//!
+//! Uses vocabulary, barrier, store, events, session and lifeline.
 
-use crate::barrier;
-use crate::events::{self, Event, Reason};
+use crate::barrier::{self, LifelineMode};
+use crate::events::{self, Event, Kind, Reason};
+use crate::lifeline;
 use crate::session;
-use crate::store::Store;
+use crate::store::{Shape, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 
 /// What one sweep did.
@@ -23,7 +27,8 @@ pub struct Sweep {
     pub busy: i64,
 }
 
-/// Removes up to `limit` expired leases, earliest first, in the current transaction.
+/// Removes up to `limit` expired leases, earliest first, and then the leases of up to `limit`
+/// lapsed lifelines, in the current transaction.
 ///
 /// Each lease is removed only under its resource's barrier lock, taken without waiting (a
 /// resource whose fence or change is in progress is skipped and counted as busy), and only if
@@ -40,22 +45,82 @@ pub fn sweep(limit: i64) -> Sweep {
         };
         let now = clock_now();
         match store.delete_expired(&resource, token, now) {
-            Some((holder, expires_at)) => {
-                events::record(Event::expired(Reason::Ttl, resource, holder, token, expires_at, now));
+            Some(lease) => {
+                let expires_at = Some(lease.expires_at);
+                events::record(Event::of(Kind::Expired, &resource, &lease, expires_at, now).because(Reason::Ttl));
                 outcome.removed += 1;
             }
             // Renewed or taken over meanwhile: keep out nobody for the rest of the transaction.
             None => held.release_if_unused_before(),
         }
     }
+    if store.shape() == Shape::Current {
+        for id in store.lapsed_lifelines(clock_now(), limit) {
+            outcome.add(end_lifeline(&store, id));
+        }
+    }
+    outcome
+}
+
+impl Sweep {
+    fn add(&mut self, other: Sweep) {
+        self.found += other.found;
+        self.removed += other.removed;
+        self.busy += other.busy;
+    }
+}
+
+/// Removes the leases of the lifeline `id` if it has lapsed, announcing each as `expired`
+/// (reason `lifeline_expired`), and then the lifeline. Its lock and each lease's are only
+/// tried: what is busy is counted and left for the next sweep (with the lifeline).
+fn end_lifeline(store: &Store, id: i64) -> Sweep {
+    let mut outcome = Sweep { found: 1, ..Sweep::default() };
+    let Some(held) = barrier::lock_lifeline(id, LifelineMode::End, true) else {
+        outcome.busy += 1;
+        return outcome;
+    };
+    // Decided again under the lock: a renewal may have committed meanwhile.
+    let Some(lifeline) = store.lifeline(id).filter(|lifeline| lifeline::lapsed(id, lifeline, clock_now())) else {
+        held.release_if_unused_before();
+        outcome.found = 0;
+        return outcome;
+    };
+    let ended_at = lifeline.expires_at.min(clock_now());
+    for (resource, token) in store.attached(id) {
+        let Some(lock) = barrier::try_lock(&resource, barrier::Mode::Change) else {
+            outcome.busy += 1;
+            continue;
+        };
+        let now = clock_now();
+        match store.delete_grant(&resource, token) {
+            Some(lease) => {
+                let event = Event::of(Kind::Expired, &resource, &lease, Some(ended_at), now);
+                events::record(event.because(Reason::LifelineExpired));
+                outcome.removed += 1;
+            }
+            None => lock.release_if_unused_before(),
+        }
+    }
+    if outcome.busy == 0 {
+        store.delete_lifeline(id);
+        session::unbind_at_commit(id);
+    }
     outcome
 }
 
 /// Expires every session-bound lease whose holder's session has ended (its session lock is
-/// free), announcing each as `expired` with reason `session_ended`.
+/// free), announcing each as `expired` with reason `session_ended`; and the leases of every
+/// lifeline bound to a session that ended.
 pub fn sweep_ended_sessions() -> Sweep {
     let store = Store::open();
     let mut outcome = Sweep::default();
+    if store.shape() == Shape::Current {
+        for id in store.session_bound_lifelines() {
+            if session::holder_is_gone(id) {
+                outcome.add(end_lifeline(&store, id));
+            }
+        }
+    }
     for (resource, token) in store.session_bound() {
         if !session::holder_is_gone(token) {
             continue;
@@ -66,9 +131,9 @@ pub fn sweep_ended_sessions() -> Sweep {
             continue;
         };
         match store.delete_grant(&resource, token) {
-            Some((holder, expires_at)) => {
-                let at = clock_now();
-                events::record(Event::expired(Reason::SessionEnded, resource, holder, token, expires_at, at));
+            Some(lease) => {
+                let (expires_at, at) = (Some(lease.expires_at), clock_now());
+                events::record(Event::of(Kind::Expired, &resource, &lease, expires_at, at).because(Reason::SessionEnded));
                 outcome.removed += 1;
             }
             None => held.release_if_unused_before(),
@@ -77,7 +142,7 @@ pub fn sweep_ended_sessions() -> Sweep {
     outcome
 }
 
-/// The earliest expiry of any lease, if there is one.
+/// The earliest expiry of any lease or lifeline, if there is one.
 pub fn next_expiry() -> Option<Timestamp> {
     Store::open().next_expiry()
 }

@@ -16,36 +16,72 @@ use crate::store::Store;
 use crate::vocabulary::clock_now;
 
 /// `lease_renew`: moves the expiry of a held lease to now + `ttl`; false if `token` no longer
-/// holds `resource`.
+/// holds `resource`. A lease attached to a lifeline lives as long as the lifeline: renewing it
+/// changes nothing and answers whether it holds.
 pub fn renew(resource: &str, token: i64, ttl: i64) -> LeaseResult<bool> {
     // A renewal only makes the lease live longer: fences do not hold it up.
     let Some((taken, store)) = lock_if_held(resource, token, Mode::Extend)? else { return Ok(false) };
     let now = clock_now();
     let expires_at = now + ttl;
     let Some(lease) = store.extend(resource, token, now, expires_at) else {
+        let attached = store.holds(resource, token, now).filter(|lease| lease.lifeline.is_some());
+        if let Some(lease) = attached {
+            ensure_member(&store, resource, lease.owner)?;
+            barrier::prove(resource);
+            return Ok(true);
+        }
         drop(store);
         taken.release_if_unused_before();
         return Ok(false);
     };
     ensure_member(&store, resource, lease.owner)?;
     barrier::prove(resource);
-    events::record_change(Kind::Renewed, resource, &lease.holder, token, Some(expires_at), now);
+    events::record_change(Kind::Renewed, resource, &lease, Some(expires_at), now);
     Ok(true)
 }
 
 /// `lease_release`: ends a held lease; true once, false if `token` no longer holds `resource`.
-pub fn release(resource: &str, token: i64) -> LeaseResult<bool> {
+/// With `keep_for` (microseconds), nobody (the holder included) may have the resource before
+/// `acquired_at + keep_for`: the lease is kept, released, until then.
+pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult<bool> {
     let Some((taken, store)) = lock_if_held(resource, token, Mode::Change)? else { return Ok(false) };
     let now = clock_now();
-    let Some(lease) = store.delete(resource, token, now) else {
+    let kept = keep_for.and_then(|keep_for| {
+        let held = store.holds(resource, token, now)?;
+        let until = held.acquired_at.saturating_add(keep_for);
+        (until > now).then(|| store.keep(resource, token, until, now).map(|lease| (lease, until))).flatten()
+    });
+    let (lease, kept_until) = match kept {
+        Some((lease, until)) => (lease, Some(until)),
+        None => match store.delete(resource, token, now) {
+            Some(lease) => (lease, None),
+            None => {
+                drop(store);
+                taken.release_if_unused_before();
+                return Ok(false);
+            }
+        },
+    };
+    ensure_member(&store, resource, lease.owner)?;
+    session::unbind_at_commit(token);
+    barrier::prove(resource);
+    events::record_change(Kind::Released, resource, &lease, kept_until, now);
+    Ok(true)
+}
+
+/// `lease_set_data`: replaces the data of a held lease (fenced as a renewal is); false if
+/// `token` no longer holds `resource`.
+pub fn set_data(resource: &str, token: i64, data: Option<&serde_json::Value>) -> LeaseResult<bool> {
+    let Some((taken, store)) = lock_if_held(resource, token, Mode::Extend)? else { return Ok(false) };
+    let now = clock_now();
+    let Some(lease) = store.holds(resource, token, now) else {
         drop(store);
         taken.release_if_unused_before();
         return Ok(false);
     };
     ensure_member(&store, resource, lease.owner)?;
-    session::unbind_at_commit(token);
+    store.set_data(resource, token, data);
     barrier::prove(resource);
-    events::record_change(Kind::Released, resource, &lease.holder, token, None, now);
     Ok(true)
 }
 
@@ -59,7 +95,7 @@ pub fn release(resource: &str, token: i64) -> LeaseResult<bool> {
 fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(Taken, Store)>> {
     let holds = |store: &Store| -> LeaseResult<bool> {
         match store.current(resource) {
-            Some(lease) if lease.token == token && lease.expires_at > clock_now() => {
+            Some(lease) if lease.held_by(token, clock_now()) => {
                 ensure_member(store, resource, lease.owner).map(|()| true)
             }
             _ => Ok(false),
@@ -97,7 +133,7 @@ pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
     let store = Store::open();
     let outcome = match store.holds(resource, token, now) {
         None => Ok(false),
-        Some(owner) => ensure_member(&store, resource, owner).map(|()| true),
+        Some(lease) => ensure_member(&store, resource, lease.owner).map(|()| true),
     };
     drop(store);
     match outcome {
@@ -137,32 +173,20 @@ pub fn force_release(resource: &str) -> bool {
     let now = clock_now();
     let revoked = store.current(resource).filter(|lease| lease.expires_at > now).and_then(|current| {
         store.ensure_snapshot_current(resource);
-        let (holder, _) = store.delete_grant(resource, current.token)?;
-        Some((current.token, holder))
+        store.delete_grant(resource, current.token)
     });
     drop(store);
-    let Some((token, holder)) = revoked else {
+    let Some(lease) = revoked else {
         taken.release_if_unused_before();
         return false;
     };
-    session::unbind_at_commit(token);
-    events::record_change(Kind::Revoked, resource, &holder, token, None, now);
+    session::unbind_at_commit(lease.token);
+    events::record_change(Kind::Revoked, resource, &lease, None, now);
     true
 }
 
 /// The caller must be a member of the lease's owner role to renew, release or fence it.
 /// Raising after a change aborts the transaction, so the change is undone.
 fn ensure_member(store: &Store, resource: &str, owner: pg_sys::Oid) -> LeaseResult<()> {
-    // SAFETY: catalog lookups on valid role OIDs.
-    unsafe {
-        if pg_sys::has_privs_of_role(store.caller(), owner) {
-            return Ok(());
-        }
-        let name = pg_sys::GetUserNameFromId(owner, true);
-        let owner = match name.is_null() {
-            true => owner.to_u32().to_string(),
-            false => std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
-        };
-        Err(LeaseError::NotLeaseOwner { resource: resource.into(), owner })
-    }
+    store.ensure_privileges_of(owner).map_err(|owner| LeaseError::NotLeaseOwner { resource: resource.into(), owner })
 }

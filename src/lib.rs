@@ -15,7 +15,8 @@
 //! - [`events`]: recording lease events, the per-database event rings, the payload;
 //! - [`session`]: session-bound leases and the session locks behind them;
 //! - [`waiting`]: the waiter table and first-come-first-served queues;
-//! - [`expiry`]: removing expired leases (the sweep);
+//! - [`lifeline`]: lifelines, one expiry that many leases share;
+//! - [`expiry`]: removing expired leases and the leases of lapsed lifelines (the sweep);
 //! - [`grant`]: acquiring: the decision of a grant (pure), attempts, waiting;
 //! - [`holding`]: the calls with a token (renew, release, check) and revocation;
 //! - [`api`]: the SQL entry points and their argument checks;
@@ -42,6 +43,8 @@ mod events;
 mod session;
 mod waiting;
 
+mod lifeline;
+
 mod expiry;
 mod grant;
 mod holding;
@@ -58,7 +61,8 @@ pgrx::pg_module_magic!();
 pgrx::extension_sql_file!("../sql/lease--0.1.0.sql", name = "v0_1_0", bootstrap);
 pgrx::extension_sql_file!("../sql/lease--0.1.0--0.2.0.sql", name = "v0_2_0", requires = ["v0_1_0"]);
 pgrx::extension_sql_file!("../sql/lease--0.2.0--0.3.0.sql", name = "v0_3_0", requires = ["v0_2_0"]);
-pgrx::extension_sql_file!("../sql/lease--0.3.0--0.4.0.sql", name = "v0_4_0", finalize);
+pgrx::extension_sql_file!("../sql/lease--0.3.0--0.4.0.sql", name = "v0_4_0", requires = ["v0_3_0"]);
+pgrx::extension_sql_file!("../sql/lease--0.4.0--0.5.0.sql", name = "v0_5_0", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

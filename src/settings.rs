@@ -37,6 +37,9 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 /// `lease.max_databases`: how many databases can have an expiry worker at once.
 pub static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
 
+/// `lease.notify_data`: whether events carry the lease's data.
+pub static NOTIFY_DATA: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// `lease.max_naptime`: the longest the worker sleeps when no lease is due.
 pub static MAX_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
@@ -80,6 +83,14 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::empty(),
     );
+    GucRegistry::define_bool_guc(
+        c"lease.notify_data",
+        c"Also puts a lease's data (at most 512 bytes of JSON) in its events.",
+        c"Off by default: data may be more than every listener should see.",
+        &NOTIFY_DATA,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
     GucRegistry::define_string_guc(
         c"lease.notify_channel",
         c"NOTIFY channel on which lease events are sent.",
@@ -113,7 +124,7 @@ pub fn register() {
         GucRegistry::define_int_guc(
             c"lease.max_databases",
             c"Most databases that can have an expiry worker at once.",
-            c"Each takes a background worker process (see max_worker_processes) and about 3.3 MB of shared memory for its event ring. Changing it takes a server restart.",
+            c"Each takes a background worker process (see max_worker_processes) and about 5.4 MB of shared memory for its event ring. Changing it takes a server restart.",
             &MAX_DATABASES,
             1,
             1_000,
@@ -160,6 +171,10 @@ pub fn notify_enabled() -> bool {
 
 pub fn notify_renewals() -> bool {
     NOTIFY_RENEWALS.get()
+}
+
+pub fn notify_data() -> bool {
+    NOTIFY_DATA.get()
 }
 
 /// Whether PostgreSQL's NOTIFY queue is fuller than `lease.notify_queue_limit` allows.

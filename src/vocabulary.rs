@@ -22,6 +22,8 @@ pub type Timestamp = i64;
 pub const MAX_RESOURCE_BYTES: usize = 512;
 /// Longest holder name, in bytes.
 pub const MAX_HOLDER_BYTES: usize = 256;
+/// Longest data a lease may carry, in bytes of compact JSON.
+pub const MAX_DATA_BYTES: usize = 512;
 
 /// The server clock now (`clock_timestamp()`), the one clock every lease decision uses.
 pub fn clock_now() -> Timestamp {

@@ -8,8 +8,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
+use crate::grant::Request;
 use crate::settings;
-use crate::vocabulary::{MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
+use crate::vocabulary::{MAX_DATA_BYTES, MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
 /// How `extract(epoch from interval)` counts a month.
@@ -25,7 +26,7 @@ pub fn holder(value: Option<&str>) -> LeaseResult<&str> {
     name(value, "holder", MAX_HOLDER_BYTES)
 }
 
-fn name<'a>(value: Option<&'a str>, argument: &'static str, max_bytes: usize) -> LeaseResult<&'a str> {
+pub fn name<'a>(value: Option<&'a str>, argument: &'static str, max_bytes: usize) -> LeaseResult<&'a str> {
     let value = value.ok_or(LeaseError::NullArgument(argument))?;
     if value.trim().is_empty() {
         return Err(LeaseError::invalid(argument, "must not be empty or blank"));
@@ -58,6 +59,81 @@ pub fn ttl(ttl: Option<Interval>) -> LeaseResult<i64> {
     };
     if usecs <= 0 {
         return Err(LeaseError::invalid(argument, "must be greater than zero"));
+    }
+    let max = settings::max_ttl_usecs();
+    if usecs > i128::from(max) {
+        return Err(LeaseError::invalid(
+            argument,
+            format_args!("must not exceed lease.max_ttl ({} s)", max / 1_000_000),
+        ));
+    }
+    Ok(usecs as i64)
+}
+
+/// What an acquire of `resource` (checked already) asks for. With a lifeline the lease has no
+/// ttl of its own and cannot also be session-bound.
+pub fn request<'a>(
+    resource: &'a str,
+    holder: Option<&'a str>,
+    ttl: Option<Interval>,
+    session_bound: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<&'a pgrx::JsonB>,
+) -> LeaseResult<Request<'a>> {
+    let holder = self::holder(holder)?;
+    let lifeline = lifeline.map(|id| self::lifeline(Some(id))).transpose()?;
+    let session_bound = session_bound.unwrap_or(false);
+    let ttl = match lifeline {
+        Some(_) if ttl.is_some() => {
+            return Err(LeaseError::invalid("ttl", "must be NULL for a lease attached to a lifeline"))
+        }
+        Some(_) if session_bound => {
+            return Err(LeaseError::invalid(
+                "session_bound",
+                "must be false for a lease attached to a lifeline (bind the lifeline instead)",
+            ))
+        }
+        Some(_) => 0,
+        None => self::ttl(ttl)?,
+    };
+    Ok(Request {
+        resource,
+        holder,
+        ttl,
+        session_bound,
+        only_if_free: false,
+        lifeline: lifeline.map(|id| (id, std::cell::Cell::new(0))),
+        data: self::data(data)?,
+    })
+}
+
+/// A lifeline id: not NULL, positive.
+pub fn lifeline(id: Option<i64>) -> LeaseResult<i64> {
+    match id {
+        None => Err(LeaseError::NullArgument("lifeline")),
+        Some(id) if id <= 0 => Err(LeaseError::invalid("lifeline", format_args!("must be positive, not {id}"))),
+        Some(id) => Ok(id),
+    }
+}
+
+/// A lease's data: at most [`MAX_DATA_BYTES`] as compact JSON.
+pub fn data(data: Option<&pgrx::JsonB>) -> LeaseResult<Option<&serde_json::Value>> {
+    let Some(pgrx::JsonB(value)) = data else { return Ok(None) };
+    let length = serde_json::to_string(value).map_or(usize::MAX, |text| text.len());
+    if length > MAX_DATA_BYTES {
+        return Err(LeaseError::invalid(
+            "data",
+            format_args!("is {length} bytes of JSON; the limit is {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// A duration in microseconds such as `keep_for`: not negative, at most `lease.max_ttl`.
+pub fn duration(interval: &Interval, argument: &str) -> LeaseResult<i64> {
+    let usecs = interval_usecs(interval);
+    if usecs < 0 {
+        return Err(LeaseError::invalid(argument, "must not be negative"));
     }
     let max = settings::max_ttl_usecs();
     if usecs > i128::from(max) {

@@ -13,20 +13,19 @@
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
+use pgrx::JsonB;
 
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
-use crate::grant::{self, Request};
+use crate::grant;
 use crate::{expiry, holding, settings, waiting};
 
 pub mod arguments;
+mod lifelines;
 
 use arguments::ensure_primary;
 
-/// Grants `resource` to `holder` for `ttl` and returns a fencing token, or NULL when another
-/// holder has it. Re-acquiring a lease one already holds (same holder name, same role) returns
-/// the same token and moves the expiry to now + ttl. With `wait` > 0 it queues (first come,
-/// first served) until granted or the wait runs out; with `session_bound` the lease also ends
-/// when the calling session ends.
+/// `lease_acquire` as versions 0.1.0 to 0.4.0 declare it (five arguments): the C entry point
+/// their SQL names, kept for databases not updated yet.
 #[pg_extern(sql = false)]
 fn lease_acquire(
     resource: Option<&str>,
@@ -35,23 +34,41 @@ fn lease_acquire(
     wait: Option<Interval>,
     session_bound: Option<bool>,
 ) -> Option<i64> {
-    acquire(resource, holder, ttl, wait, session_bound).or_raise()
+    acquire(resource, holder, ttl, wait, session_bound, None, None).or_raise()
 }
 
+/// Grants `resource` to `holder` for `ttl` and returns a fencing token, or NULL when another
+/// holder has it. Re-acquiring a lease one already holds (same holder name, same role) returns
+/// the same token and moves the expiry to now + ttl. With `wait` > 0 it queues (first come,
+/// first served) until granted or the wait runs out; with `session_bound` the lease also ends
+/// when the calling session ends; with `lifeline` it is attached to that lifeline and ends with
+/// it (no ttl of its own); `data` is stored with it.
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn lease_acquire_with(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+    session_bound: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<JsonB>,
+) -> Option<i64> {
+    acquire(resource, holder, ttl, wait, session_bound, lifeline, data.as_ref()).or_raise()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn acquire(
     resource: Option<&str>,
     holder: Option<&str>,
     ttl: Option<Interval>,
     wait: Option<Interval>,
     session_bound: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<&JsonB>,
 ) -> LeaseResult<Option<i64>> {
-    let request = Request {
-        resource: arguments::resource(resource, "resource")?,
-        holder: arguments::holder(holder)?,
-        ttl: arguments::ttl(ttl)?,
-        session_bound: session_bound.unwrap_or(false),
-        only_if_free: false,
-    };
+    let resource = arguments::resource(resource, "resource")?;
+    let request = arguments::request(resource, holder, ttl, session_bound, lifeline, data)?;
     let wait = arguments::wait(wait)?;
     if wait > 0 && !waiting::can_wait() {
         return Err(LeaseError::NeedsPreload("waiting for a lease"));
@@ -60,12 +77,7 @@ fn acquire(
     grant::acquire(&request, wait)
 }
 
-/// Takes up to `max_count` of `resources` that are free (or expired), in the order given, and
-/// returns each with its token. Never waits: resources that another transaction is changing at
-/// this moment, or that are held, or that queued waiters are owed, are skipped. A resource the
-/// caller already holds (same holder, same role) is returned again with its expiry extended.
-/// With `snapshot_consistent`, only resources without a lease row whose lease has not changed
-/// since the calling statement's snapshot are taken, so what that statement read is current.
+/// `lease_acquire_any` as versions 0.3.0 and 0.4.0 declare it (six arguments).
 #[pg_extern(sql = false)]
 fn lease_acquire_any(
     resources: Option<Array<&str>>,
@@ -75,25 +87,57 @@ fn lease_acquire_any(
     session_bound: Option<bool>,
     snapshot_consistent: Option<bool>,
 ) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
-    let granted = (|| -> LeaseResult<Vec<(String, i64)>> {
-        let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
-        // Every element is checked before anything is granted: bad input changes nothing.
-        let candidates = resources
-            .iter()
-            .map(|resource| arguments::resource(resource, "resources element"))
-            .collect::<LeaseResult<Vec<&str>>>()?;
-        let holder = arguments::holder(holder)?;
-        let ttl = arguments::ttl(ttl)?;
-        let max_count = arguments::count(max_count, "max_count", 1)?;
-        ensure_primary()?;
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (session_bound, snapshot_consistent) =
-            (session_bound.unwrap_or(false), snapshot_consistent.unwrap_or(false));
-        Ok(grant::acquire_any(&candidates, holder, ttl, max_count, session_bound, snapshot_consistent))
-    })();
-    TableIterator::new(granted.or_raise())
+    let options = (max_count, session_bound, snapshot_consistent);
+    TableIterator::new(acquire_any(resources, holder, ttl, options, None, None).or_raise())
+}
+
+/// Takes up to `max_count` of `resources` that are free (or expired), in the order given, and
+/// returns each with its token. Never waits: resources that another transaction is changing at
+/// this moment, or that are held, or that queued waiters are owed, are skipped. A resource the
+/// caller already holds (same holder, same role) is returned again with its expiry extended.
+/// With `snapshot_consistent`, only resources without a lease row whose lease has not changed
+/// since the calling statement's snapshot are taken, so what that statement read is current.
+/// `lifeline` and `data` are as for `lease_acquire`.
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn lease_acquire_any_with(
+    resources: Option<Array<&str>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    max_count: Option<i32>,
+    session_bound: Option<bool>,
+    snapshot_consistent: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<JsonB>,
+) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
+    let options = (max_count, session_bound, snapshot_consistent);
+    TableIterator::new(acquire_any(resources, holder, ttl, options, lifeline, data.as_ref()).or_raise())
+}
+
+/// `lease_acquire_any` with its argument checks; `options` are max_count, session_bound and
+/// snapshot_consistent.
+fn acquire_any(
+    resources: Option<Array<&str>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    (max_count, session_bound, snapshot_consistent): (Option<i32>, Option<bool>, Option<bool>),
+    lifeline: Option<i64>,
+    data: Option<&JsonB>,
+) -> LeaseResult<Vec<(String, i64)>> {
+    let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
+    // Every element is checked before anything is granted: bad input changes nothing.
+    let candidates = resources
+        .iter()
+        .map(|resource| arguments::resource(resource, "resources element"))
+        .collect::<LeaseResult<Vec<&str>>>()?;
+    let mut request = arguments::request("", holder, ttl, session_bound, lifeline, data)?;
+    request.only_if_free = snapshot_consistent.unwrap_or(false);
+    let max_count = arguments::count(max_count, "max_count", 1)?;
+    ensure_primary()?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    grant::acquire_any(&candidates, &request, max_count)
 }
 
 /// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.
@@ -112,11 +156,35 @@ fn lease_renew(resource: Option<&str>, token: Option<i64>, ttl: Option<Interval>
 /// Ends a held lease; true once, false if `token` no longer holds `resource`.
 #[pg_extern(sql = false)]
 fn lease_release(resource: Option<&str>, token: Option<i64>) -> bool {
+    release(resource, token, None).or_raise()
+}
+
+/// Ends a held lease but keeps the resource from everyone, its holder included, until at least
+/// `keep_for` after the lease was acquired (ShedLock's `lockAtLeastFor`); NULL `keep_for`
+/// releases at once. True once, false if `token` no longer holds `resource`.
+#[pg_extern(sql = false)]
+fn lease_release_keeping(resource: Option<&str>, token: Option<i64>, keep_for: Option<Interval>) -> bool {
+    release(resource, token, keep_for).or_raise()
+}
+
+fn release(resource: Option<&str>, token: Option<i64>, keep_for: Option<Interval>) -> LeaseResult<bool> {
+    let resource = arguments::resource(resource, "resource")?;
+    let token = arguments::token(token)?;
+    let keep_for = keep_for.map(|keep_for| arguments::duration(&keep_for, "keep_for")).transpose()?;
+    ensure_primary()?;
+    holding::release(resource, token, keep_for)
+}
+
+/// Replaces the data of a held lease (NULL removes it); false if `token` no longer holds
+/// `resource`. Fenced as a renewal is.
+#[pg_extern(sql = false)]
+fn lease_set_data(resource: Option<&str>, token: Option<i64>, data: Option<JsonB>) -> bool {
     (|| {
         let resource = arguments::resource(resource, "resource")?;
         let token = arguments::token(token)?;
+        let data = arguments::data(data.as_ref())?;
         ensure_primary()?;
-        holding::release(resource, token)
+        holding::set_data(resource, token, data)
     })()
     .or_raise()
 }

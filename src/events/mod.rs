@@ -15,7 +15,7 @@
 //! once, like NOTIFY itself: a listener that is not connected misses events, and a full ring
 //! drops events, which shows as a gap in `seq`. The payload is JSON ([`payload`]).
 //!
-//! Uses vocabulary, settings, shmem, stats and barrier.
+//! Uses vocabulary, settings, shmem, stats, barrier and the store's lease row.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::barrier::resource_key;
 use crate::settings;
+use crate::store::Lease;
 use crate::stats::{self, Counter};
 use crate::vocabulary::{nesting_level, Timestamp};
 
@@ -54,6 +55,8 @@ pub enum Kind {
 pub enum Reason {
     Ttl = 1,
     SessionEnded = 2,
+    /// The lifeline the lease was attached to lapsed (or its database session ended).
+    LifelineExpired = 3,
 }
 
 impl Kind {
@@ -72,7 +75,7 @@ impl Kind {
 
 impl Reason {
     fn from_repr(value: u8) -> Option<Reason> {
-        [Reason::Ttl, Reason::SessionEnded].into_iter().find(|reason| *reason as u8 == value)
+        [Reason::Ttl, Reason::SessionEnded, Reason::LifelineExpired].into_iter().find(|reason| *reason as u8 == value)
     }
 }
 
@@ -89,27 +92,31 @@ pub struct Event {
     pub expires_at: Option<Timestamp>,
     /// Server time of the change.
     pub at: Timestamp,
+    /// The lifeline the lease is (or was) attached to.
+    pub lifeline: Option<i64>,
+    /// The lease's data as compact JSON, when `lease.notify_data` is on.
+    pub data: Option<String>,
 }
 
 impl Event {
-    /// The `expired` event of a lease that ended at `expires_at` (`reason`), noticed at `at`.
-    pub fn expired(
-        reason: Reason,
-        resource: String,
-        holder: String,
-        token: i64,
-        expires_at: Timestamp,
-        at: Timestamp,
-    ) -> Event {
+    /// The event of a change of `lease` (its holder, token, lifeline and data) on `resource`.
+    pub fn of(kind: Kind, resource: &str, lease: &Lease, expires_at: Option<Timestamp>, at: Timestamp) -> Event {
         Event {
-            kind: Kind::Expired,
-            reason: Some(reason),
-            resource,
-            holder,
-            token,
-            expires_at: Some(expires_at),
+            kind,
+            reason: None,
+            resource: resource.to_owned(),
+            holder: lease.holder.clone(),
+            token: lease.token,
+            expires_at,
             at,
+            lifeline: lease.lifeline.map(|lifeline| lifeline.id),
+            data: lease.data.as_ref().filter(|_| settings::notify_data()).map(|data| data.to_string()),
         }
+    }
+
+    /// With the reason an `expired` event gives.
+    pub fn because(self, reason: Reason) -> Event {
+        Event { reason: Some(reason), ..self }
     }
 }
 
@@ -125,6 +132,15 @@ struct Pending {
 thread_local! {
     /// This transaction's events.
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// Expiries of this transaction that no event carries (lifelines opened or renewed), with
+    /// the subtransaction level that made them: the worker must wake for them.
+    static EXPIRIES: RefCell<Vec<(i32, Timestamp)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tells the expiry worker, once this transaction commits, that something expires at `at`.
+pub fn expiry_at_commit(at: Timestamp) {
+    let level = nesting_level();
+    EXPIRIES.with(|expiries| expiries.borrow_mut().push((level, at)));
 }
 
 /// Records an event of the current transaction.
@@ -134,17 +150,9 @@ pub fn record(event: Event) {
     PENDING.with(|pending| pending.borrow_mut().push(Pending { level, announce, event }));
 }
 
-/// Records an event of this call with no reason (all but `expired`).
-pub fn record_change(
-    kind: Kind,
-    resource: &str,
-    holder: &str,
-    token: i64,
-    expires_at: Option<Timestamp>,
-    at: Timestamp,
-) {
-    let (resource, holder) = (resource.to_owned(), holder.to_owned());
-    record(Event { kind, reason: None, resource, holder, token, expires_at, at });
+/// Records the event of a change of `lease` on `resource` (see [`Event::of`]).
+pub fn record_change(kind: Kind, resource: &str, lease: &Lease, expires_at: Option<Timestamp>, at: Timestamp) {
+    record(Event::of(kind, resource, lease, expires_at, at));
 }
 
 /// Whether this transaction has recorded events.
@@ -187,7 +195,10 @@ pub fn before_commit() {
 /// waiters are woken once this transaction's locks are released.
 pub fn at_commit(anyone_waits: bool) -> Vec<u64> {
     let pending = take_pending();
-    let Some(databases) = database::databases().filter(|_| !pending.is_empty()) else { return Vec::new() };
+    let expiries = EXPIRIES.with(|expiries| std::mem::take(&mut *expiries.borrow_mut()));
+    let Some(databases) = database::databases().filter(|_| !pending.is_empty() || !expiries.is_empty()) else {
+        return Vec::new();
+    };
     for p in &pending {
         let counter = match (p.event.kind, p.event.reason) {
             (Kind::Acquired, _) => Counter::Acquired,
@@ -222,6 +233,7 @@ pub fn at_commit(anyone_waits: bool) -> Vec<u64> {
         .iter()
         .filter(|p| matches!(p.event.kind, Kind::Acquired | Kind::Renewed))
         .filter_map(|p| p.event.expires_at)
+        .chain(expiries.iter().map(|(_, at)| *at))
         .min();
     if let Some(at) = earliest_expiry {
         slot.earliest_expiry.fetch_min(at, Ordering::AcqRel);
@@ -247,11 +259,13 @@ pub fn at_commit(anyone_waits: bool) -> Vec<u64> {
 /// At abort: nothing happened.
 pub fn at_abort() {
     drop(take_pending());
+    EXPIRIES.with(|expiries| expiries.borrow_mut().clear());
 }
 
 /// At subtransaction abort: its events never happened.
 pub fn at_subtransaction_abort(level: i32) {
     PENDING.with(|pending| pending.borrow_mut().retain(|p| p.level < level));
+    EXPIRIES.with(|expiries| expiries.borrow_mut().retain(|(at, _)| *at < level));
 }
 
 /// At subtransaction commit: its events belong to the parent now.
@@ -259,6 +273,11 @@ pub fn at_subtransaction_commit(level: i32) {
     PENDING.with(|pending| {
         for p in pending.borrow_mut().iter_mut().filter(|p| p.level >= level) {
             p.level = level - 1;
+        }
+    });
+    EXPIRIES.with(|expiries| {
+        for (at, _) in expiries.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
+            *at = level - 1;
         }
     });
 }

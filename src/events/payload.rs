@@ -1,8 +1,11 @@
 //! The JSON payload of an event, as `NOTIFY` sends it:
 //! `{"seq":N,"event":"expired","reason":"ttl","resource":"...","holder":"...","token":N,
-//!   "expires_at":"2026-01-02T03:04:05.123456Z","at":"..."}`. `seq` is present when the event
-//! went through the ring; `reason` only on `expired`; `expires_at` where it applies. Times are
-//! UTC with microseconds, dated by PostgreSQL's own calendar.
+//!   "expires_at":"2026-01-02T03:04:05.123456Z","at":"...","lifeline":N,"data":{...}}`. `seq` is
+//! present when the event went through the ring; `reason` only on `expired`; `expires_at` where
+//! it applies; `lifeline` for a lease attached to one; `data` when the lease has data and
+//! `lease.notify_data` is on. Times are UTC with microseconds, dated by PostgreSQL's own
+//! calendar. The longest payload (names of the longest, every byte escaped, the longest data)
+//! stays under NOTIFY's 8000-byte limit.
 //!
 //! Uses [`super::Event`]; serde_json writes the JSON.
 
@@ -29,6 +32,10 @@ struct Payload<'a> {
     expires_at: Option<Timestamp>,
     #[serde(serialize_with = "iso8601")]
     at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifeline: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// The payload of `event`, with its sequence number if it went through the ring.
@@ -42,8 +49,12 @@ pub fn payload(event: &Event, seq: Option<u64>) -> String {
         token: event.token,
         expires_at: event.expires_at,
         at: event.at,
+        lifeline: event.lifeline,
+        // Data is JSON already (the compact text of a jsonb value); anything else is left out.
+        data: event.data.as_deref().and_then(|data| serde_json::from_str(data).ok()),
     };
-    let mut json = Vec::with_capacity(160 + event.resource.len() + event.holder.len());
+    let data_len = event.data.as_ref().map_or(0, String::len);
+    let mut json = Vec::with_capacity(160 + event.resource.len() + event.holder.len() + data_len);
     let mut serializer = serde_json::Serializer::with_formatter(&mut json, Escapes);
     payload.serialize(&mut serializer).expect("a payload of strings and numbers serialises");
     String::from_utf8(json).expect("JSON of UTF-8 strings is UTF-8")
@@ -155,6 +166,8 @@ mod tests {
             token: 7,
             expires_at: Some(0),
             at: 1,
+            lifeline: None,
+            data: None,
         };
         assert_eq!(
             payload(&event, Some(3)),
@@ -181,6 +194,8 @@ mod tests {
             token: 1,
             expires_at: Some(0),
             at: 0,
+            lifeline: None,
+            data: None,
         };
         assert_eq!(
             payload(&event, None),
@@ -199,10 +214,36 @@ mod tests {
             token: 1,
             expires_at: None,
             at: 0,
+            lifeline: None,
+            data: None,
         };
         assert_eq!(
             payload(&event, None),
             "{\"event\":\"released\",\"resource\":\"r\",\"holder\":\"h\",\"token\":1,\"at\":\"2000-01-01T00:00:00.000000Z\"}"
         );
+    }
+
+    #[pg_test]
+    fn payload_carries_lifeline_and_data_and_stays_under_the_notify_limit() {
+        let data = format!("{{\"k\":\"{}\"}}", "\\b".repeat((crate::vocabulary::MAX_DATA_BYTES - 8) / 2));
+        assert!(data.len() <= crate::vocabulary::MAX_DATA_BYTES);
+        let event = Event {
+            kind: Kind::Expired,
+            reason: Some(Reason::LifelineExpired),
+            resource: "\u{1}".repeat(crate::vocabulary::MAX_RESOURCE_BYTES),
+            holder: "\u{1}".repeat(crate::vocabulary::MAX_HOLDER_BYTES),
+            token: i64::MAX,
+            expires_at: Some(0),
+            at: 0,
+            lifeline: Some(i64::MAX),
+            data: Some(data.clone()),
+        };
+        let text = payload(&event, Some(u64::MAX));
+        assert!(text.len() < 8000, "{} bytes", text.len());
+        assert!(text.contains(&format!("\"lifeline\":{},\"data\":{data}}}", i64::MAX)), "{text}");
+        let lifeline: i64 = Spi::get_one(&format!("SELECT ({}::jsonb ->> 'lifeline')::bigint", pgrx::spi::quote_literal(&text)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(lifeline, i64::MAX);
     }
 }

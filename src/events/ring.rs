@@ -17,9 +17,9 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Event, Kind, Reason};
-use crate::vocabulary::{MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
+use crate::vocabulary::{MAX_DATA_BYTES, MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
 
-/// Number of events each database's ring holds (about 3.3 MB of shared memory).
+/// Number of events each database's ring holds (about 5.4 MB of shared memory).
 pub const RING_CAPACITY: usize = 4096;
 
 /// Bits of a ring's head that hold its next position (wrapping); the bits above hold the next
@@ -42,12 +42,20 @@ pub struct EventSlot {
     reason: u8,
     resource_len: u16,
     holder_len: u16,
+    /// Length of `data`, or [`NO_DATA`].
+    data_len: u16,
     token: i64,
+    /// 0: not attached to a lifeline (lifeline ids, like tokens, are positive).
+    lifeline: i64,
     expires_at: i64,
     at: i64,
     resource: [u8; MAX_RESOURCE_BYTES],
     holder: [u8; MAX_HOLDER_BYTES],
+    data: [u8; MAX_DATA_BYTES],
 }
+
+/// The `data_len` of a slot whose event carries no data.
+const NO_DATA: u16 = u16::MAX;
 
 /// What `lease_event_stats()` shows of a ring.
 pub struct RingCounters {
@@ -162,6 +170,15 @@ impl EventSlot {
         self.at = event.at;
         self.resource_len = copy_name(&mut self.resource, &event.resource);
         self.holder_len = copy_name(&mut self.holder, &event.holder);
+        self.lifeline = event.lifeline.unwrap_or(0);
+        // Data the functions accept always fits; cut JSON would not be JSON.
+        self.data_len = match &event.data {
+            Some(data) if data.len() <= MAX_DATA_BYTES => {
+                self.data[..data.len()].copy_from_slice(data.as_bytes());
+                data.len() as u16
+            }
+            _ => NO_DATA,
+        };
     }
 
     /// The event and its sequence number; None for a slot this version did not write (a kind
@@ -181,6 +198,8 @@ impl EventSlot {
             token: self.token,
             expires_at: (self.expires_at != NO_EXPIRY).then_some(self.expires_at),
             at: self.at,
+            lifeline: (self.lifeline != 0).then_some(self.lifeline),
+            data: (self.data_len != NO_DATA).then(|| text(&self.data[..self.data_len as usize])),
         };
         Some((self.seq, event))
     }
@@ -218,7 +237,12 @@ mod tests {
     fn a_slot_gives_back_the_event_it_was_filled_with() {
         // SAFETY: an EventSlot is plain bytes; all zero is a valid one.
         let mut slot: EventSlot = unsafe { std::mem::zeroed() };
-        for (reason, expires_at) in [(None, None), (Some(Reason::SessionEnded), Some(-5))] {
+        let cases = [
+            (None, None, None, None),
+            (Some(Reason::SessionEnded), Some(-5), None, None),
+            (Some(Reason::LifelineExpired), Some(3), Some(12), Some("{\"a\":[1,\"é\"]}".to_owned())),
+        ];
+        for (reason, expires_at, lifeline, data) in cases {
             let event = Event {
                 kind: Kind::Expired,
                 reason,
@@ -227,6 +251,8 @@ mod tests {
                 token: 9,
                 expires_at,
                 at: 7,
+                lifeline,
+                data,
             };
             slot.fill(42, &event);
             assert_eq!(slot.event(), Some((42, event)));

@@ -3,12 +3,13 @@
 //!
 //! Uses the decision, and barrier, store, session, waiting, events and stats to apply it.
 
-use crate::barrier::{self, Mode, Taken};
-use crate::errors::LeaseError;
-use crate::events::{self, Event, Kind};
+use crate::barrier::{self, LifelineMode, Mode, Taken};
+use crate::errors::{LeaseError, OrRaise};
+use crate::events::{self, Event, Kind, Reason};
+use crate::lifeline;
 use crate::session;
 use crate::stats::{self, Counter};
-use crate::store::{Lease, NewGrant, Store};
+use crate::store::{Attachment, Lease, NewGrant, Shape, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::waiting;
 
@@ -43,16 +44,39 @@ impl Request<'_> {
     }
 }
 
-/// The facts the decision needs about `lease` at `now`. Whether a session-bound holder's
-/// session ended is asked (a try-lock of its session lock, kept until the transaction ends if
-/// free) only where the answer can matter: of a live lease, when more than a free resource
-/// would do.
+/// The facts the decision needs about `lease` at `now`. Whether the session of a session-bound
+/// holder, or of a lifeline, ended is asked (a try-lock of its session lock, kept until the
+/// transaction ends if free) only where the answer can matter: of a live lease, when more than
+/// a free resource would do.
 fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
-    let session_ended = !request.only_if_free
-        && lease.session_bound
-        && lease.expires_at > now
-        && session::holder_is_gone(lease.token);
-    Found { holder: &lease.holder, owner: lease.owner, expires_at: lease.expires_at, session_ended }
+    let ask = !request.only_if_free && lease.expires_at > now && !lease.released;
+    let session_ended = ask && lease.session_bound && session::holder_is_gone(lease.token);
+    let lifeline_ended = ask
+        && lease.lifeline.is_some_and(|Attachment { id, session_bound }| session_bound && session::holder_is_gone(id));
+    Found {
+        holder: &lease.holder,
+        owner: lease.owner,
+        expires_at: lease.expires_at,
+        session_ended,
+        attached: lease.lifeline.is_some(),
+        lifeline_ended,
+        released: lease.released,
+    }
+}
+
+/// For a lease attached to a lifeline: what to decide once the lifeline's lock is held. A
+/// lifeline that looks lapsed is ended only under its lock ([`LifelineMode::End`], only tried:
+/// a renewal in progress makes the resource busy), and decided again under it, since a renewal
+/// may have committed just before. Returns the lease as found under that lock, or None when
+/// the lock is busy.
+fn lapse_under_lock(store: &Store, request: &Request, lease: Option<Lease>, now: Timestamp) -> Option<Option<Lease>> {
+    let Some(Attachment { id, .. }) = lease.as_ref().and_then(|lease| lease.lifeline) else { return Some(lease) };
+    let found = lease.as_ref().map(|lease| facts(lease, now, request));
+    if decide(found.as_ref(), now, &request.asking(store), false) != Decision::TakeOver(Reason::LifelineExpired) {
+        return Some(lease);
+    }
+    barrier::lock_lifeline(id, LifelineMode::End, true)?;
+    Some(store.current(request.resource))
 }
 
 /// What a read without the resource's lock shows of its lease: a hint (never [`Decision::Yield`]),
@@ -69,6 +93,21 @@ fn look(store: &Store, request: &Request) -> Decision {
 /// (`patient`: a call that does not wait; a waiting call looks again on its own schedule, so
 /// that it never overruns its wait by more than one quick attempt).
 pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
+    // The lifeline first (lifeline, then resource: see `crate::lifeline`); kept while the lease
+    // is attached to it, given back otherwise.
+    let lifeline = request.lifeline.as_ref().map(|(id, expires_at)| {
+        let (taken, found) = lifeline::use_for_attach(store, *id).or_raise();
+        expires_at.set(found.expires_at);
+        taken
+    });
+    let outcome = attempt_resource(store, request, ticket, patient);
+    if let (Some(taken), None) = (lifeline, outcome.token()) {
+        taken.release_if_unused_before();
+    }
+    outcome
+}
+
+fn attempt_resource(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
     // While anyone waits, a call that cannot win must not take the lock even for a moment: a
     // waiter at the head of its queue that found it busy would sleep again. (Without waiters the
     // lock is tried first, which saves a free grant a second read.)
@@ -146,7 +185,10 @@ pub(super) fn attempt_holding(
 ) -> Attempt {
     let waiters_first = waiting::must_yield(request.resource, ticket);
     let now = clock_now();
-    let lease = store.current(request.resource);
+    let Some(lease) = lapse_under_lock(store, request, store.current(request.resource), now) else {
+        taken.release_if_unused_before();
+        return Attempt::Busy;
+    };
     let found = lease.as_ref().map(|lease| facts(lease, now, request));
     let decision = decide(found.as_ref(), now, &request.asking(store), waiters_first);
     let outcome = apply(store, request, decision, lease.as_ref(), now);
@@ -182,14 +224,17 @@ fn apply(
     // A token is taken only now, so a refused call uses up no token number.
     let token = store.next_token();
     let application_name = if request.session_bound { session::application_name() } else { String::new() };
+    let (own_expiry, expires_at) = expiries(request, now);
     let grant = NewGrant {
         resource,
         holder: request.holder,
         token,
         owner: store.caller(),
         at: now,
-        expires_at: now + request.ttl,
+        expires_at: own_expiry,
         binding: request.session_bound.then(|| session::this_session(&application_name)),
+        lifeline: request.lifeline.as_ref().map(|(id, _)| *id),
+        data: request.data,
     };
     let written = match ended {
         None => store.insert(&grant),
@@ -202,16 +247,25 @@ fn apply(
     }
     if let Some((reason, lease)) = ended {
         // Not swept yet: announce the old token's end before the new grant.
-        let (old_resource, old_holder) = (resource.to_owned(), lease.holder.clone());
-        events::record(Event::expired(reason, old_resource, old_holder, lease.token, lease.expires_at, now));
+        let ended_at = lease.expires_at.min(now);
+        events::record(Event::of(Kind::Expired, resource, lease, Some(ended_at), now).because(reason));
     }
     if request.session_bound && !session::bind(store, token) {
         // A new token's session lock is nobody's but ours.
         pgrx::error!("lease: could not take the session lock of a new lease");
     }
     barrier::prove(resource);
-    events::record_change(Kind::Acquired, resource, request.holder, token, Some(grant.expires_at), now);
+    events::record_change(Kind::Acquired, resource, &grant.lease(), Some(expires_at), now);
     Attempt::Granted(token)
+}
+
+/// The expiry a lease granted or extended at `now` gets in its row (the end of time when it is
+/// attached to a lifeline, whose expiry it shares) and the one it has.
+fn expiries(request: &Request, now: Timestamp) -> (Timestamp, Timestamp) {
+    match &request.lifeline {
+        Some((_, lifeline_expires_at)) => (Timestamp::MAX, lifeline_expires_at.get()),
+        None => (now + request.ttl, now + request.ttl),
+    }
 }
 
 /// The caller's re-acquire of its own live `lease`: moves the expiry to `now` + ttl and keeps
@@ -221,8 +275,14 @@ fn apply(
 fn extend(store: &Store, request: &Request, lease: &Lease, now: Timestamp) -> Option<Attempt> {
     let resource = request.resource;
     store.ensure_snapshot_current(resource);
-    let expires_at = now + request.ttl;
-    store.extend(resource, lease.token, now, expires_at)?;
+    let (own_expiry, expires_at) = expiries(request, now);
+    let extended = match store.shape() {
+        Shape::Classic => store.extend(resource, lease.token, now, own_expiry)?,
+        Shape::Current => {
+            let lifeline = request.lifeline.as_ref().map(|(id, _)| *id);
+            store.reacquire(resource, lease.token, now, own_expiry, lifeline, request.data)?
+        }
+    };
     if request.session_bound && !session::is_bound_here(lease.token) {
         if !session::bind(store, lease.token) {
             LeaseError::BoundElsewhere { resource: resource.into() }.raise();
@@ -232,6 +292,6 @@ fn extend(store: &Store, request: &Request, lease: &Lease, now: Timestamp) -> Op
     }
     barrier::prove(resource);
     stats::add(Counter::Reacquired, 1);
-    events::record_change(Kind::Renewed, resource, request.holder, lease.token, Some(expires_at), now);
+    events::record_change(Kind::Renewed, resource, &extended, Some(expires_at), now);
     Some(Attempt::Extended(lease.token))
 }

@@ -15,9 +15,17 @@ use crate::vocabulary::Timestamp;
 pub struct Found<'a> {
     pub holder: &'a str,
     pub owner: Oid,
+    /// Its own expiry, or its lifeline's.
     pub expires_at: Timestamp,
     /// Session-bound, and its holder's session has ended (asked only of a live lease).
     pub session_ended: bool,
+    /// Attached to a lifeline: it ends with it.
+    pub attached: bool,
+    /// Attached to a lifeline bound to a database session that has ended (asked only of a live
+    /// lease).
+    pub lifeline_ended: bool,
+    /// Released with a minimum hold: nobody's, and nobody may have it before it expires.
+    pub released: bool,
 }
 
 /// Who asks, and how.
@@ -54,11 +62,15 @@ pub fn decide(found: Option<&Found>, now: Timestamp, asking: &Asking, waiters_fi
     if asking.only_if_free {
         return Decision::Refuse { until: found.expires_at };
     }
-    if found.expires_at <= now {
-        return grant(Decision::TakeOver(Reason::Ttl));
+    if found.expires_at <= now || found.lifeline_ended {
+        let reason = if found.attached { Reason::LifelineExpired } else { Reason::Ttl };
+        return grant(Decision::TakeOver(reason));
     }
     if found.session_ended {
         return grant(Decision::TakeOver(Reason::SessionEnded));
+    }
+    if found.released {
+        return Decision::Refuse { until: found.expires_at };
     }
     match found.holder == asking.holder && found.owner == asking.role {
         true => Decision::Extend,
@@ -74,7 +86,15 @@ mod tests {
     const NOW: Timestamp = 1_000;
 
     fn lease(holder: &str, role: u32, expires_at: Timestamp) -> Found<'_> {
-        Found { holder, owner: Oid::from_u32(role), expires_at, session_ended: false }
+        Found {
+            holder,
+            owner: Oid::from_u32(role),
+            expires_at,
+            session_ended: false,
+            attached: false,
+            lifeline_ended: false,
+            released: false,
+        }
     }
 
     #[test]
@@ -97,6 +117,25 @@ mod tests {
         let orphaned = Found { session_ended: true, ..lease("other", 11, NOW + 50) };
         assert_eq!(decide(Some(&orphaned), NOW, &ME, false), Decision::TakeOver(Reason::SessionEnded));
         assert_eq!(decide(Some(&orphaned), NOW, &ME, true), Decision::Yield);
+    }
+
+    #[test]
+    fn a_lease_whose_lifeline_ended_is_taken_over_for_that_reason() {
+        let lapsed = Found { attached: true, ..lease("other", 11, NOW) };
+        assert_eq!(decide(Some(&lapsed), NOW, &ME, false), Decision::TakeOver(Reason::LifelineExpired));
+        let orphaned = Found { attached: true, lifeline_ended: true, ..lease("other", 11, NOW + 50) };
+        assert_eq!(decide(Some(&orphaned), NOW, &ME, false), Decision::TakeOver(Reason::LifelineExpired));
+        assert_eq!(decide(Some(&orphaned), NOW, &ME, true), Decision::Yield);
+        let live = Found { attached: true, ..lease("other", 11, NOW + 50) };
+        assert_eq!(decide(Some(&live), NOW, &ME, false), Decision::Refuse { until: NOW + 50 });
+    }
+
+    #[test]
+    fn a_lease_kept_after_release_is_refused_to_everyone_until_it_expires() {
+        let kept = Found { released: true, ..lease("worker-1", 10, NOW + 50) };
+        assert_eq!(decide(Some(&kept), NOW, &ME, false), Decision::Refuse { until: NOW + 50 });
+        let over = Found { released: true, ..lease("worker-1", 10, NOW) };
+        assert_eq!(decide(Some(&over), NOW, &ME, false), Decision::TakeOver(Reason::Ttl));
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //!
 //! Uses vocabulary, errors, stats, barrier, subtransaction, store, events, session, waiting.
 
+use std::cell::Cell;
+
 use pgrx::pg_sys;
 
 use crate::barrier::{self, Mode};
 use crate::errors::LeaseResult;
 use crate::stats::{self, Counter};
 use crate::store::Store;
-use crate::vocabulary::clock_now;
+use crate::lifeline;
+use crate::vocabulary::{clock_now, Timestamp};
 
 mod attempt;
 pub mod decision;
@@ -25,12 +28,16 @@ use attempt::{attempt_holding, attempt_now, attempt_while_busy, Attempt};
 pub struct Request<'a> {
     pub resource: &'a str,
     pub holder: &'a str,
-    /// Microseconds, positive.
+    /// Microseconds, positive (unused with a lifeline).
     pub ttl: i64,
     pub session_bound: bool,
     /// Grant only if there is no lease row at all: no expired lease taken over, no lease of
     /// the caller's extended.
     pub only_if_free: bool,
+    /// The lifeline to attach the lease to, and its expiry as last found live
+    /// ([`crate::lifeline::use_for_attach`], set by the attempt).
+    pub lifeline: Option<(i64, Cell<Timestamp>)>,
+    pub data: Option<&'a serde_json::Value>,
 }
 
 /// `lease_acquire`: the token, or None when another holder has the lease (or waiters are owed
@@ -54,18 +61,22 @@ pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
 }
 
 /// `lease_acquire_any`: takes up to `max_count` of `candidates` (validated, possibly with
-/// duplicates) for `holder`, in order, never waiting; returns each with its token. With
-/// `snapshot_consistent`, only resources without a lease row whose lease has not changed since
-/// the calling statement's snapshot are taken.
+/// duplicates) for the claim's holder, as `claim` asks (its resource unused), in order, never
+/// waiting; returns each with its token. With `only_if_free` (`snapshot_consistent`), only
+/// resources without a lease row whose lease has not changed since the calling statement's
+/// snapshot are taken.
 pub fn acquire_any(
     candidates: &[&str],
-    holder: &str,
-    ttl: i64,
+    claim: &Request,
     max_count: usize,
-    session_bound: bool,
-    snapshot_consistent: bool,
-) -> Vec<(String, i64)> {
+) -> LeaseResult<Vec<(String, i64)>> {
     let store = Store::open();
+    // The lifeline is taken for use once, for the whole claim.
+    if let Some((id, expires_at)) = &claim.lifeline {
+        let (_, found) = lifeline::use_for_attach(&store, *id)?;
+        expires_at.set(found.expires_at);
+    }
+    let holder = claim.holder;
     // Candidates someone else holds are skipped without taking their lock. The test is a hint;
     // each grant is decided under the lock.
     let mut leased_to_others = store.leased_to_others(candidates, holder, clock_now());
@@ -78,9 +89,9 @@ pub fn acquire_any(
         if !seen.insert(resource) || leased_to_others(resource) {
             continue;
         }
-        let request = Request { resource, holder, ttl, session_bound, only_if_free: snapshot_consistent };
+        let request = Request { resource, ..claim.clone() };
         let outcome = match barrier::try_lock(resource, Mode::Change) {
-            Some(taken) if snapshot_consistent && store.changed_since_snapshot(resource) => {
+            Some(taken) if claim.only_if_free && store.changed_since_snapshot(resource) => {
                 taken.release_if_unused_before();
                 continue;
             }
@@ -97,7 +108,16 @@ pub fn acquire_any(
             }
         }
     }
-    granted
+    Ok(granted)
+}
+
+impl Clone for Request<'_> {
+    fn clone(&self) -> Self {
+        Request {
+            lifeline: self.lifeline.as_ref().map(|(id, expires_at)| (*id, Cell::new(expires_at.get()))),
+            ..*self
+        }
+    }
 }
 
 impl Attempt {

@@ -1,13 +1,15 @@
-//! Where the lease table lives: its OID, its primary key, its owner and the token sequence,
-//! looked up once per backend and forgotten whenever the relation cache says they may have
-//! changed.
+//! Where the lease table lives: its OID, its primary key, its owner, its shape, the token
+//! sequence and the lifeline table, looked up once per backend and forgotten whenever the
+//! relation cache says they may have changed.
 //!
-//! Uses nothing of the crate.
+//! Uses the shapes of `row`.
 
 use std::cell::Cell;
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
+
+use super::row::Shape;
 
 thread_local! {
     static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
@@ -19,6 +21,9 @@ pub(super) struct Catalog {
     pub token_sequence: Oid,
     pub table_owner: Oid,
     pub primary_key: Oid,
+    pub shape: Shape,
+    /// `lease.lifelines` (0.5.0 on), or InvalidOid.
+    pub lifelines: Oid,
 }
 
 impl Catalog {
@@ -42,7 +47,11 @@ impl Catalog {
             let table_owner = (*(*relation).rd_rel).relowner;
             let primary_key = pg_sys::RelationGetPrimaryKeyIndex(relation);
             pg_sys::RelationClose(relation);
-            Catalog { table, token_sequence, table_owner, primary_key }
+            let lifelines = pg_sys::get_relname_relid(c"lifelines".as_ptr(), namespace);
+            let current = lifelines != Oid::INVALID
+                && pg_sys::get_attnum(table, c"released_at".as_ptr()) != 0;
+            let shape = if current { Shape::Current } else { Shape::Classic };
+            Catalog { table, token_sequence, table_owner, primary_key, shape, lifelines }
         };
         CATALOG.with(|cell| cell.set(Some(catalog)));
         catalog
@@ -53,7 +62,10 @@ impl Catalog {
 unsafe extern "C-unwind" fn forget_catalog(_argument: Datum, relation: Oid) {
     CATALOG.with(|cell| {
         let stale = cell.get().is_some_and(|catalog| {
-            relation == Oid::INVALID || relation == catalog.table || relation == catalog.token_sequence
+            relation == Oid::INVALID
+                || relation == catalog.table
+                || relation == catalog.token_sequence
+                || relation == catalog.lifelines
         });
         if stale {
             cell.set(None);

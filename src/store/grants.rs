@@ -1,10 +1,10 @@
 //! Reading and changing one resource's lease. Every change is made under the resource's
 //! barrier lock (held by the caller); reads without it are hints.
 //!
-//! Uses `plans`, `row` and `direct`.
+//! Uses `plans`, `row`, `lifelines` and `direct`.
 
-use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
+use pgrx::JsonB;
 
 use super::plans::{self, column, nullable_column, Statement};
 use super::row::{Binding, Lease, LeaseInfo, NewGrant};
@@ -13,27 +13,43 @@ use crate::vocabulary::Timestamp;
 
 impl Store {
     /// The resource's row, expired or not, as last committed (and as changed by this
-    /// transaction).
+    /// transaction), with its lifeline's expiry in place.
     pub fn current(&self, resource: &str) -> Option<Lease> {
         if let Some(found) = self.find(resource) {
             return found.map(|found| found.lease);
         }
         let latest = self.transaction_snapshot;
         // SAFETY: the statement returns a lease's columns.
-        (self.execute(Statement::Current, &[resource.into_datum()], latest, 1) == 1)
-            .then(|| unsafe { plans::lease(0) })
+        let lease = (self.execute(Statement::Current, &[resource.into_datum()], latest, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) });
+        lease.map(|lease| self.resolve(lease))
+    }
+
+    /// A lease attached to a lifeline ends with it: its expiry is the lifeline's, and a lifeline
+    /// that is gone ended before anything else.
+    pub(super) fn resolve(&self, mut lease: Lease) -> Lease {
+        if let Some(attachment) = lease.lifeline.as_mut() {
+            match self.lifeline(attachment.id) {
+                Some(lifeline) => {
+                    lease.expires_at = lifeline.expires_at;
+                    attachment.session_bound = lifeline.session_bound;
+                }
+                None => lease.expires_at = Timestamp::MIN,
+            }
+        }
+        lease
     }
 
     /// Inserts a new lease after [`Store::current`] found no row under the resource's lock;
     /// false when a row exists after all (only a transaction-wide snapshot can miss one, and
     /// then the insert raises a serialization failure instead).
     pub fn insert(&self, grant: &NewGrant) -> bool {
-        let values = grant.values();
+        let values = grant.values(self.shape());
         if self.direct {
             let mut inserter = self.inserter.borrow_mut();
             if inserter.is_none() {
                 // SAFETY: the lease table; the layout is checked again under the writer's lock.
-                *inserter = unsafe { direct::Inserter::open(self.catalog.table) };
+                *inserter = unsafe { direct::Inserter::open(self.catalog.table, self.shape()) };
             }
             if let Some(inserter) = inserter.as_mut() {
                 // SAFETY: the table's shape was checked; the caller holds the resource's lock
@@ -47,46 +63,81 @@ impl Store {
 
     /// Replaces the lease with token `old_token` by a new grant.
     pub fn take_over(&self, old_token: i64, grant: &NewGrant) -> bool {
-        let mut args = grant.values().to_vec();
+        let mut args = grant.values(self.shape());
         args.push(old_token.into_datum());
         self.execute(Statement::TakeOver, &args, false, 1) == 1
     }
 
-    /// Moves the expiry of an unexpired lease; returns the lease as extended, or None if the
-    /// token does not hold the resource.
+    /// Moves the expiry of an unexpired lease of its own; returns the lease as extended, or
+    /// None if the token does not hold the resource or the lease is attached to a lifeline.
     pub fn extend(&self, resource: &str, token: i64, now: Timestamp, expires_at: Timestamp) -> Option<Lease> {
         let args = [resource.into_datum(), token.into_datum(), now.into_datum(), expires_at.into_datum()];
         // SAFETY: the statement returns a lease's columns.
-        (self.execute(Statement::Extend, &args, false, 1) == 1).then(|| unsafe { plans::lease(0) })
+        (self.execute(Statement::Extend, &args, false, 1) == 1).then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
-    /// Deletes an unexpired lease; returns it, or None if the token does not hold it.
+    /// The holder's re-acquire of its live lease, in a table with lifelines: its own expiry
+    /// and its lifeline become what the call asked for, and its data too if the call gave some.
+    pub fn reacquire(
+        &self,
+        resource: &str,
+        token: i64,
+        now: Timestamp,
+        expires_at: Timestamp,
+        lifeline: Option<i64>,
+        data: Option<&serde_json::Value>,
+    ) -> Option<Lease> {
+        let args = [
+            resource.into_datum(),
+            token.into_datum(),
+            now.into_datum(),
+            expires_at.into_datum(),
+            lifeline.into_datum(),
+            data.and_then(|data| JsonB(data.clone()).into_datum()),
+        ];
+        // SAFETY: the statement returns a lease's columns.
+        (self.execute(Statement::Reacquire, &args, false, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) })
+    }
+
+    /// Replaces the data of the lease `token` holds (the caller checked that it holds).
+    pub fn set_data(&self, resource: &str, token: i64, data: Option<&serde_json::Value>) -> Option<Lease> {
+        let args = [resource.into_datum(), token.into_datum(), data.and_then(|data| JsonB(data.clone()).into_datum())];
+        // SAFETY: the statement returns a lease's columns.
+        (self.execute(Statement::SetData, &args, false, 1) == 1).then(|| unsafe { plans::lease(0, self.shape()) })
+    }
+
+    /// Deletes a lease that `token` holds at `now`; returns it, or None if the token does not
+    /// hold it.
     pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
         if let Some(found) = self.find(resource) {
-            let found = found.filter(|found| found.lease.token == token && found.lease.expires_at > now)?;
+            let found = found.filter(|found| found.lease.held_by(token, now))?;
             // SAFETY: the row was just found under the resource's lock.
-            if unsafe { direct::delete(self.catalog.table, &found) } {
+            if unsafe { direct::delete(self.catalog.table, self.shape(), &found) } {
                 return Some(found.lease);
             }
         }
         let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
         // SAFETY: the statement returns a lease's columns.
-        (self.execute(Statement::Delete, &args, false, 1) == 1).then(|| unsafe { plans::lease(0) })
+        let lease = (self.execute(Statement::Delete, &args, false, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) });
+        lease.map(|lease| self.resolve(lease))
     }
 
-    /// The owner of the lease if `token` holds `resource` at `now`. Under a transaction-wide
+    /// Releases the lease that `token` holds but keeps the resource from everyone until
+    /// `until`: the row stays, marked released at `now`, detached from its lifeline and its
+    /// session.
+    pub fn keep(&self, resource: &str, token: i64, until: Timestamp, now: Timestamp) -> Option<Lease> {
+        let args = [resource.into_datum(), token.into_datum(), until.into_datum(), now.into_datum()];
+        // SAFETY: the statement returns a lease's columns.
+        (self.execute(Statement::Keep, &args, false, 1) == 1).then(|| unsafe { plans::lease(0, self.shape()) })
+    }
+
+    /// The lease `token` holds on `resource` at `now`, if it does. Under a transaction-wide
     /// snapshot the row is read as last committed: a REPEATABLE READ transaction must not be
     /// told that a superseded token still holds.
-    pub fn holds(&self, resource: &str, token: i64, now: Timestamp) -> Option<Oid> {
-        if let Some(found) = self.find(resource) {
-            return found
-                .filter(|found| found.lease.token == token && found.lease.expires_at > now)
-                .map(|found| found.lease.owner);
-        }
-        let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
-        // SAFETY: the statement returns one row of one regrole column, never NULL.
-        (self.execute(Statement::Holds, &args, self.transaction_snapshot, 1) == 1)
-            .then(|| unsafe { column::<Oid>(0, 1) })
+    pub fn holds(&self, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
+        self.current(resource).filter(|lease| lease.held_by(token, now))
     }
 
     /// Binds the lease with `token` to a session, as shown to administrators.
@@ -106,7 +157,7 @@ impl Store {
         if self.execute(Statement::Info, &[resource.into_datum(), now.into_datum()], false, 1) == 0 {
             return None;
         }
-        // SAFETY: one row of the statement's columns; only the last two may be NULL.
+        // SAFETY: one row of the statement's columns; only the last five may be NULL.
         unsafe {
             Some(LeaseInfo {
                 holder: column(0, 1),
@@ -118,6 +169,9 @@ impl Store {
                 expires_at: column(0, 7),
                 session_pid: nullable_column(0, 8),
                 application_name: nullable_column(0, 9),
+                lifeline: nullable_column(0, 10),
+                data: nullable_column(0, 11),
+                released_at: nullable_column(0, 12),
             })
         }
     }

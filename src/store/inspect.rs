@@ -4,6 +4,7 @@
 //! Uses the store's reads and vocabulary.
 
 use pgrx::pg_sys::{self, Oid};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
 use super::{lease_table, Store};
@@ -28,9 +29,8 @@ fn token_visible(owner: Oid) -> bool {
     may_see_tokens(unsafe { pg_sys::GetUserId() }, owner)
 }
 
-/// `lease._lease_row(resource)`: the live lease on `resource`, as `lease_info` shows it: the
-/// token only to a caller that [`may_see_tokens`] (the caller is the role that calls
-/// `lease_info`, which runs as its caller). The row is read as the table's owner.
+/// `lease._lease_row(resource)` as versions 0.4.0 declares it: [`lease_row_full`] without
+/// the columns 0.5.0 added.
 #[pg_extern(sql = false)]
 #[allow(clippy::type_complexity)]
 fn lease_row(
@@ -42,11 +42,38 @@ fn lease_row(
         name!(holder, String),
         name!(token, Option<i64>),
         name!(owner, String),
-        name!(acquired_at, pgrx::datum::TimestampWithTimeZone),
-        name!(renewed_at, pgrx::datum::TimestampWithTimeZone),
-        name!(expires_at, pgrx::datum::TimestampWithTimeZone),
+        name!(acquired_at, TimestampWithTimeZone),
+        name!(renewed_at, TimestampWithTimeZone),
+        name!(expires_at, TimestampWithTimeZone),
         name!(session_pid, Option<i32>),
         name!(application_name, Option<String>),
+    ),
+> {
+    TableIterator::new(lease_row_full(resource).map(|row| (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8)))
+}
+
+/// `lease._lease_row(resource)`: the live lease on `resource`, as `lease_info` shows it: the
+/// token only to a caller that [`may_see_tokens`] (the caller is the role that calls
+/// `lease_info`, which runs as its caller). The row is read as the table's owner.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn lease_row_full(
+    resource: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(resource, String),
+        name!(holder, String),
+        name!(token, Option<i64>),
+        name!(owner, String),
+        name!(acquired_at, TimestampWithTimeZone),
+        name!(renewed_at, TimestampWithTimeZone),
+        name!(expires_at, TimestampWithTimeZone),
+        name!(session_pid, Option<i32>),
+        name!(application_name, Option<String>),
+        name!(lifeline, Option<i64>),
+        name!(data, Option<pgrx::JsonB>),
+        name!(released_at, Option<TimestampWithTimeZone>),
     ),
 > {
     let store = Store::open();
@@ -62,6 +89,9 @@ fn lease_row(
             lease.expires_at,
             lease.session_pid,
             lease.application_name,
+            lease.lifeline,
+            lease.data,
+            lease.released_at,
         )
     });
     TableIterator::new(row)

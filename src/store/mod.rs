@@ -28,6 +28,7 @@ mod catalog;
 mod direct;
 mod grants;
 mod inspect;
+mod lifelines;
 mod plans;
 mod row;
 mod scans;
@@ -37,7 +38,8 @@ use catalog::Catalog;
 use plans::Statement;
 
 pub use catalog::lease_table;
-pub use row::{Binding, Lease, NewGrant};
+pub use lifelines::Lifeline;
+pub use row::{Attachment, Binding, Lease, NewGrant, Shape};
 
 /// An open SPI connection running as the owner of `lease.leases`.
 pub struct Store {
@@ -81,7 +83,7 @@ impl Store {
             // SAFETY: the lease table, opened (and its layout checked) under the reader's lock.
             direct: read_committed
                 && unsafe {
-                    direct::Layout::check(catalog.table, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+                    direct::Layout::check(catalog.table, catalog.shape, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
                 },
             transaction_snapshot: !read_committed,
             spi_connected: Cell::new(false),
@@ -106,9 +108,30 @@ impl Store {
         }
     }
 
+    /// The shape of the lease table: what this database's version of the extension has.
+    pub fn shape(&self) -> Shape {
+        self.catalog.shape
+    }
+
     /// The role that called the lease function.
     pub fn caller(&self) -> Oid {
         self.caller
+    }
+
+    /// Ok if the caller has the privileges of `owner` (the rule for acting on a lease or a
+    /// lifeline); otherwise the owner's name, for the error.
+    pub fn ensure_privileges_of(&self, owner: Oid) -> Result<(), String> {
+        // SAFETY: catalog lookups on valid role OIDs.
+        unsafe {
+            if pg_sys::has_privs_of_role(self.caller, owner) {
+                return Ok(());
+            }
+            let name = pg_sys::GetUserNameFromId(owner, true);
+            Err(match name.is_null() {
+                true => owner.to_u32().to_string(),
+                false => std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
+            })
+        }
     }
 
     /// Whether this transaction reads through one snapshot for its whole life (REPEATABLE READ
@@ -137,20 +160,22 @@ impl Store {
 
     /// Runs `read` on this store's lookup, opening it on first use.
     fn with_lookup<R>(&self, read: impl FnOnce(&mut direct::Lookup) -> R) -> R {
-        let Catalog { table, primary_key, .. } = self.catalog;
+        let Catalog { table, primary_key, shape, .. } = self.catalog;
         if primary_key == Oid::INVALID {
             error!("lease.leases has no primary key; recreate the extension");
         }
         let mut lookup = self.lookup.borrow_mut();
         // SAFETY: the lease table and its primary key; `find` reads rows only when the table's
         // shape was checked.
-        read(lookup.get_or_insert_with(|| unsafe { direct::Lookup::open(table, primary_key) }))
+        read(lookup.get_or_insert_with(|| unsafe { direct::Lookup::open(table, primary_key, shape) }))
     }
 
-    /// The resource's row as `direct` finds it, when this call reads directly. Exact when the
-    /// caller holds the resource's barrier lock; a hint otherwise.
+    /// The resource's row as `direct` finds it, when this call reads directly, with its
+    /// lifeline's expiry in place ([`Store::resolve`]). Exact when the caller holds the
+    /// resource's barrier lock; a hint otherwise.
     fn find(&self, resource: &str) -> Option<Option<direct::Found>> {
-        self.direct.then(|| self.with_lookup(|lookup| lookup.get(resource)))
+        let found = self.direct.then(|| self.with_lookup(|lookup| lookup.get(resource)))?;
+        Some(found.map(|found| direct::Found { tid: found.tid, lease: self.resolve(found.lease) }))
     }
 
     /// Runs a kept plan with the given arguments, processing at most `limit` rows (0: all);
@@ -158,7 +183,7 @@ impl Store {
     /// number of rows processed.
     fn execute(&self, statement: Statement, args: &[Option<Datum>], latest: bool, limit: i64) -> u64 {
         self.connect();
-        let plan = plans::plan(statement);
+        let plan = plans::plan(statement, self.catalog.shape);
         let mut values: Vec<Datum> = args.iter().map(|a| a.unwrap_or(Datum::from(0))).collect();
         let nulls: Vec<std::ffi::c_char> =
             args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();

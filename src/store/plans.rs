@@ -10,24 +10,23 @@
 //!
 //! Uses the column map (`row`).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::ptr::NonNull;
 
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 
-use super::row::lease_columns;
+use super::row::{Attachment, Lease, Shape};
 
-/// The statements, in the order of [`SOURCES`].
-#[derive(Clone, Copy, Debug)]
+/// The statements. Those after `Info` exist only for the current shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Statement {
     Insert,
     Current,
     TakeOver,
     Extend,
     Delete,
-    Holds,
     ExpiredCandidates,
     DeleteExpired,
     NextExpiry,
@@ -37,137 +36,291 @@ pub(super) enum Statement {
     LeasedToOthers,
     Bind,
     Info,
+    Reacquire,
+    SetData,
+    Keep,
+    LifelineOpen,
+    LifelineGet,
+    LifelineRenew,
+    LifelineDelete,
+    LifelineLeases,
+    LapsedLifelines,
+    SessionBoundLifelines,
 }
+
+const STATEMENTS: usize = Statement::SessionBoundLifelines as usize + 1;
 
 const TEXT: Oid = pg_sys::TEXTOID;
 const INT4: Oid = pg_sys::INT4OID;
 const INT8: Oid = pg_sys::INT8OID;
 const ROLE: Oid = pg_sys::REGROLEOID;
 const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
+const JSONB: Oid = pg_sys::JSONBOID;
+const INTERVAL: Oid = pg_sys::INTERVALOID;
 const INT8_ARRAY: Oid = pg_sys::INT8ARRAYOID;
 const TEXT_ARRAY: Oid = pg_sys::TEXTARRAYOID;
 
-/// SQL text and parameter types of each [`Statement`].
-pub(super) const SOURCES: [(&str, &[Oid]); 15] = [
-    (
-        "INSERT INTO lease.leases (resource, holder, token, owner, acquired_at, renewed_at, expires_at,
-                                   session_pid, application_name)
-          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (resource) DO NOTHING",
-        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ, TSTZ, INT4, TEXT],
-    ),
-    (
-        concat!("SELECT ", lease_columns!(), " FROM lease.leases WHERE resource OPERATOR(pg_catalog.=) $1"),
-        &[TEXT],
-    ),
-    (
-        "UPDATE lease.leases
-          SET holder = $2, token = $3, owner = $4, acquired_at = $5, renewed_at = $6, expires_at = $7,
-              session_pid = $8, application_name = $9
-          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $10",
-        &[TEXT, TEXT, INT8, ROLE, TSTZ, TSTZ, TSTZ, INT4, TEXT, INT8],
-    ),
-    (
-        concat!(
-            "UPDATE lease.leases SET renewed_at = $3, expires_at = $4
-              WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
-                AND expires_at OPERATOR(pg_catalog.>) $3
-              RETURNING ",
-            lease_columns!()
-        ),
-        &[TEXT, INT8, TSTZ, TSTZ],
-    ),
-    (
-        concat!(
-            "DELETE FROM lease.leases
-              WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
-                AND expires_at OPERATOR(pg_catalog.>) $3
-              RETURNING ",
-            lease_columns!()
-        ),
-        &[TEXT, INT8, TSTZ],
-    ),
-    (
-        "SELECT owner FROM lease.leases
-          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
-            AND expires_at OPERATOR(pg_catalog.>) $3",
-        &[TEXT, INT8, TSTZ],
-    ),
-    (
-        "SELECT resource, token FROM lease.leases
-          WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2",
-        &[TSTZ, INT8],
-    ),
-    (
-        "DELETE FROM lease.leases
-          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
-            AND expires_at OPERATOR(pg_catalog.<=) $3
-          RETURNING holder, expires_at",
-        &[TEXT, INT8, TSTZ],
-    ),
-    ("SELECT pg_catalog.min(expires_at) FROM lease.leases", &[]),
-    ("SELECT resource, token FROM lease.leases WHERE session_pid IS NOT NULL", &[]),
-    (
-        "DELETE FROM lease.leases
-          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
-          RETURNING holder, expires_at",
-        &[TEXT, INT8],
-    ),
-    (
-        "SELECT token FROM lease.leases
-          WHERE token OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL",
-        &[INT8_ARRAY],
-    ),
-    (
-        "SELECT resource FROM lease.leases
-          WHERE resource OPERATOR(pg_catalog.=) ANY ($1) AND expires_at OPERATOR(pg_catalog.>) $2
-            AND session_pid IS NULL
-            AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4)",
-        &[TEXT_ARRAY, TSTZ, TEXT, ROLE],
-    ),
-    (
-        "UPDATE lease.leases SET session_pid = $3, application_name = $4
-          WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2",
-        &[TEXT, INT8, INT4, TEXT],
-    ),
-    (
-        "SELECT holder, token, owner, owner::pg_catalog.text, acquired_at, renewed_at, expires_at, session_pid,
-                 application_name
-          FROM lease.leases
-          WHERE resource OPERATOR(pg_catalog.=) $1 AND expires_at OPERATOR(pg_catalog.>) $2",
-        &[TEXT, TSTZ],
-    ),
-];
-
-thread_local! {
-    /// This backend's kept plans, prepared on first use.
-    static PLANS: Cell<Option<[NonNull<pg_sys::_SPI_plan>; SOURCES.len()]>> = const { Cell::new(None) };
+/// The select list of a [`Lease`], in the order [`lease`] reads it; every statement that
+/// returns a lease uses it.
+fn lease_columns(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Classic => "holder, token, owner, acquired_at, expires_at, session_pid IS NOT NULL",
+        Shape::Current => {
+            "holder, token, owner, acquired_at, expires_at, session_pid IS NOT NULL, lifeline, data,
+             released_at IS NOT NULL"
+        }
+    }
 }
 
-/// The kept plan for `statement`, preparing all of them on first use. The caller is connected
-/// to SPI.
-pub(super) fn plan(statement: Statement) -> NonNull<pg_sys::_SPI_plan> {
-    let plans = PLANS.with(|cell| match cell.get() {
-        Some(plans) => plans,
-        None => {
-            let plans = SOURCES.map(|(sql, types)| {
-                let sql = CString::new(sql).expect("statement text has no NUL");
-                let mut types = types.to_vec();
-                // SAFETY: called inside an SPI connection with a valid NUL-terminated query and
-                // an argument type array of the stated length. The kept plan lives in
-                // CacheMemoryContext for the life of the backend.
-                unsafe {
-                    let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
-                    let plan = NonNull::new(plan)
-                        .unwrap_or_else(|| error!("could not prepare a lease store statement"));
-                    pg_sys::SPI_keepplan(plan.as_ptr());
-                    plan
-                }
-            });
-            cell.set(Some(plans));
-            plans
+/// The condition that the lease was not released with a minimum hold (only the current shape
+/// can have such leases).
+fn not_kept(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Classic => "",
+        Shape::Current => " AND released_at IS NULL",
+    }
+}
+
+/// SQL text and parameter types of `statement` for a table of `shape`; None for a statement
+/// that shape does not have.
+pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<Oid>)> {
+    let columns = shape.columns();
+    let types = |types: &[Oid]| types.to_vec();
+    let lease = lease_columns(shape);
+    let not_kept = not_kept(shape);
+    let not_attached = if shape == Shape::Current { " AND lifeline IS NULL" } else { "" };
+    use Statement::*;
+    if shape == Shape::Classic && statement as usize > Info as usize {
+        return None;
+    }
+    Some(match statement {
+        Insert => {
+            let names: Vec<&str> = columns.iter().map(|(name, _, _)| *name).collect();
+            let parameters: Vec<String> = (1..=columns.len()).map(|n| format!("${n}")).collect();
+            (
+                format!(
+                    "INSERT INTO lease.leases ({}) VALUES ({}) ON CONFLICT (resource) DO NOTHING",
+                    names.join(", "),
+                    parameters.join(", ")
+                ),
+                columns.iter().map(|(_, oid, _)| *oid).collect(),
+            )
         }
-    });
-    plans[statement as usize]
+        Current => (format!("SELECT {lease} FROM lease.leases WHERE resource OPERATOR(pg_catalog.=) $1"), types(&[TEXT])),
+        TakeOver => {
+            let set: Vec<String> =
+                columns.iter().enumerate().skip(1).map(|(at, (name, _, _))| format!("{name} = ${}", at + 1)).collect();
+            let mut oids: Vec<Oid> = columns.iter().map(|(_, oid, _)| *oid).collect();
+            oids.push(INT8);
+            (
+                format!(
+                    "UPDATE lease.leases SET {} WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) ${}",
+                    set.join(", "),
+                    columns.len() + 1
+                ),
+                oids,
+            )
+        }
+        Extend => (
+            format!(
+                "UPDATE lease.leases SET renewed_at = $3, expires_at = $4
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+                    AND expires_at OPERATOR(pg_catalog.>) $3{not_kept}{not_attached}
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, TSTZ, TSTZ]),
+        ),
+        Delete => (
+            format!(
+                "DELETE FROM lease.leases
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+                    AND expires_at OPERATOR(pg_catalog.>) $3{not_kept}
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, TSTZ]),
+        ),
+        ExpiredCandidates => (
+            "SELECT resource, token FROM lease.leases
+              WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2"
+                .into(),
+            types(&[TSTZ, INT8]),
+        ),
+        DeleteExpired => (
+            format!(
+                "DELETE FROM lease.leases
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+                    AND expires_at OPERATOR(pg_catalog.<=) $3
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, TSTZ]),
+        ),
+        NextExpiry => match shape {
+            Shape::Classic => ("SELECT pg_catalog.min(expires_at) FROM lease.leases".into(), vec![]),
+            Shape::Current => (
+                "SELECT pg_catalog.min(e) FROM (SELECT pg_catalog.min(expires_at) FROM lease.leases
+                  UNION ALL SELECT pg_catalog.min(expires_at) FROM lease.lifelines) AS m(e)"
+                    .into(),
+                vec![],
+            ),
+        },
+        SessionBound => ("SELECT resource, token FROM lease.leases WHERE session_pid IS NOT NULL".into(), vec![]),
+        DeleteGrant => (
+            format!(
+                "DELETE FROM lease.leases
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8]),
+        ),
+        SessionTokensAlive => match shape {
+            Shape::Classic => (
+                "SELECT token FROM lease.leases
+                  WHERE token OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL"
+                    .into(),
+                types(&[INT8_ARRAY]),
+            ),
+            Shape::Current => (
+                "SELECT token FROM lease.leases
+                  WHERE token OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL
+                 UNION ALL
+                 SELECT id FROM lease.lifelines
+                  WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL"
+                    .into(),
+                types(&[INT8_ARRAY]),
+            ),
+        },
+        LeasedToOthers => (
+            format!(
+                "SELECT resource FROM lease.leases
+                  WHERE resource OPERATOR(pg_catalog.=) ANY ($1) AND expires_at OPERATOR(pg_catalog.>) $2
+                    AND session_pid IS NULL
+                    AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4{not_kept})"
+            ),
+            types(&[TEXT_ARRAY, TSTZ, TEXT, ROLE]),
+        ),
+        Bind => (
+            "UPDATE lease.leases SET session_pid = $3, application_name = $4
+              WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2"
+                .into(),
+            types(&[TEXT, INT8, INT4, TEXT]),
+        ),
+        Info => match shape {
+            Shape::Classic => (
+                "SELECT holder, token, owner, owner::pg_catalog.text, acquired_at, renewed_at, expires_at,
+                        session_pid, application_name, NULL::pg_catalog.int8, NULL::pg_catalog.jsonb,
+                        NULL::pg_catalog.timestamptz
+                  FROM lease.leases
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND expires_at OPERATOR(pg_catalog.>) $2"
+                    .into(),
+                types(&[TEXT, TSTZ]),
+            ),
+            Shape::Current => (
+                "SELECT l.holder, l.token, l.owner, l.owner::pg_catalog.text, l.acquired_at, l.renewed_at,
+                        e.expires_at, l.session_pid, l.application_name, l.lifeline, l.data, l.released_at
+                  FROM lease.leases AS l
+                  LEFT JOIN lease.lifelines AS f ON f.id OPERATOR(pg_catalog.=) l.lifeline
+                  CROSS JOIN LATERAL (SELECT CASE WHEN l.lifeline IS NULL THEN l.expires_at
+                                                  ELSE f.expires_at END) AS e(expires_at)
+                  WHERE l.resource OPERATOR(pg_catalog.=) $1 AND e.expires_at OPERATOR(pg_catalog.>) $2"
+                    .into(),
+                types(&[TEXT, TSTZ]),
+            ),
+        },
+        Reacquire => (
+            format!(
+                "UPDATE lease.leases
+                  SET renewed_at = $3, expires_at = $4, lifeline = $5, data = pg_catalog.coalesce($6, data)
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2{not_kept}
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, TSTZ, TSTZ, INT8, JSONB]),
+        ),
+        SetData => (
+            format!(
+                "UPDATE lease.leases SET data = $3
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2{not_kept}
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, JSONB]),
+        ),
+        Keep => (
+            format!(
+                "UPDATE lease.leases
+                  SET expires_at = $3, released_at = $4, session_pid = NULL, application_name = NULL,
+                      lifeline = NULL
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2{not_kept}
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, TSTZ, TSTZ]),
+        ),
+        LifelineOpen => (
+            "INSERT INTO lease.lifelines
+               (id, name, owner, ttl, opened_at, renewed_at, expires_at, session_pid, application_name)
+              VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)"
+                .into(),
+            types(&[INT8, TEXT, ROLE, INTERVAL, TSTZ, TSTZ, INT4, TEXT]),
+        ),
+        LifelineGet => (
+            "SELECT owner, expires_at, session_pid IS NOT NULL,
+                    (pg_catalog.extract(epoch FROM ttl) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8
+              FROM lease.lifelines WHERE id OPERATOR(pg_catalog.=) $1"
+                .into(),
+            types(&[INT8]),
+        ),
+        LifelineRenew => (
+            "UPDATE lease.lifelines SET renewed_at = $2, expires_at = $3
+              WHERE id OPERATOR(pg_catalog.=) $1 AND expires_at OPERATOR(pg_catalog.>) $2"
+                .into(),
+            types(&[INT8, TSTZ, TSTZ]),
+        ),
+        LifelineDelete => (
+            "DELETE FROM lease.lifelines WHERE id OPERATOR(pg_catalog.=) $1 RETURNING expires_at".into(),
+            types(&[INT8]),
+        ),
+        LifelineLeases => (
+            "SELECT resource, token FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1 ORDER BY resource"
+                .into(),
+            types(&[INT8]),
+        ),
+        LapsedLifelines => (
+            "SELECT id FROM lease.lifelines
+              WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2"
+                .into(),
+            types(&[TSTZ, INT8]),
+        ),
+        SessionBoundLifelines => {
+            ("SELECT id FROM lease.lifelines WHERE session_pid IS NOT NULL".into(), vec![])
+        }
+    })
+}
+
+thread_local! {
+    /// This backend's kept plans, per shape, each prepared on first use.
+    static PLANS: RefCell<[[Option<NonNull<pg_sys::_SPI_plan>>; STATEMENTS]; 2]> =
+        const { RefCell::new([[None; STATEMENTS]; 2]) };
+}
+
+/// The kept plan for `statement` on a table of `shape`, prepared on first use. The caller is
+/// connected to SPI.
+pub(super) fn plan(statement: Statement, shape: Shape) -> NonNull<pg_sys::_SPI_plan> {
+    if let Some(plan) = PLANS.with(|plans| plans.borrow()[shape as usize][statement as usize]) {
+        return plan;
+    }
+    let Some((sql, mut types)) = source(statement, shape) else {
+        error!("this lease call needs the extension's 0.5.0 objects; run ALTER EXTENSION lease UPDATE")
+    };
+    let sql = CString::new(sql).expect("statement text has no NUL");
+    // SAFETY: called inside an SPI connection with a valid NUL-terminated query and an argument
+    // type array of the stated length. The kept plan lives in CacheMemoryContext for the life
+    // of the backend.
+    let plan = unsafe {
+        let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        let plan = NonNull::new(plan).unwrap_or_else(|| error!("could not prepare a lease store statement"));
+        pg_sys::SPI_keepplan(plan.as_ptr());
+        plan
+    };
+    PLANS.with(|plans| plans.borrow_mut()[shape as usize][statement as usize] = Some(plan));
+    plan
 }
 
 /// Column `number` (1-based) of row `row` (0-based) of the last statement's result.
@@ -190,17 +343,28 @@ pub(super) unsafe fn nullable_column<T: FromDatum>(row: usize, number: i32) -> O
     T::from_polymorphic_datum(datum, is_null, pg_sys::InvalidOid)
 }
 
-/// The [`super::Lease`] in row `row` of a statement whose select list is `lease_columns!()`.
+/// The [`Lease`] in row `row` of a statement whose select list is [`lease_columns`] of
+/// `shape`. For a lease attached to a lifeline, `expires_at` is the row's (the end of time):
+/// the store puts the lifeline's in its place.
 ///
 /// # Safety
 /// As for [`column`], for such a statement.
-pub(super) unsafe fn lease(row: usize) -> super::Lease {
-    super::Lease {
+pub(super) unsafe fn lease(row: usize, shape: Shape) -> Lease {
+    let current = shape == Shape::Current;
+    Lease {
         holder: column(row, 1),
         token: column(row, 2),
         owner: column(row, 3),
-        expires_at: column(row, 4),
-        session_bound: column(row, 5),
+        acquired_at: column(row, 4),
+        expires_at: column(row, 5),
+        session_bound: column(row, 6),
+        lifeline: if current {
+            nullable_column::<i64>(row, 7).map(|id| Attachment { id, session_bound: false })
+        } else {
+            None
+        },
+        data: if current { nullable_column::<pgrx::JsonB>(row, 8).map(|data| data.0) } else { None },
+        released: current && column::<bool>(row, 9),
     }
 }
 
@@ -209,27 +373,23 @@ mod tests {
     use super::super::row::COLUMNS;
     use super::*;
 
-    /// The INSERT lists the table's columns in order, with the types of the column map.
+    /// The INSERT and the takeover are written from the column map, for each shape; the
+    /// statements the classic shape lacks are refused for it.
     #[test]
-    fn insert_follows_the_column_map() {
-        let (sql, types) = SOURCES[Statement::Insert as usize];
-        let listed: Vec<&str> =
-            sql[sql.find('(').unwrap() + 1..sql.find(')').unwrap()].split(',').map(str::trim).collect();
-        let names: Vec<&str> = COLUMNS.iter().map(|(name, _, _)| *name).collect();
-        assert_eq!(listed, names);
-        let column_types: Vec<Oid> = COLUMNS.iter().map(|(_, oid, _)| *oid).collect();
-        assert_eq!(types, &column_types[..]);
-    }
-
-    /// The takeover sets every column but the key from the parameter of its position.
-    #[test]
-    fn takeover_follows_the_column_map() {
-        let (sql, types) = SOURCES[Statement::TakeOver as usize];
+    fn statements_follow_the_column_map() {
+        let (insert, types) = source(Statement::Insert, Shape::Classic).unwrap();
+        assert!(insert.contains("(resource, holder, token, owner, acquired_at, renewed_at, expires_at, session_pid, application_name)"), "{insert}");
+        assert_eq!(types.len(), 9);
+        let (insert, types) = source(Statement::Insert, Shape::Current).unwrap();
+        assert!(insert.contains("application_name, lifeline, data, released_at) VALUES ($1, "), "{insert}");
+        assert_eq!(types[10], JSONB);
+        let (take_over, types) = source(Statement::TakeOver, Shape::Current).unwrap();
         for (position, (name, _, _)) in COLUMNS.iter().enumerate().skip(1) {
-            assert!(sql.contains(&format!("{name} = ${}", position + 1)), "{name} in {sql}");
+            assert!(take_over.contains(&format!("{name} = ${}", position + 1)), "{name} in {take_over}");
         }
-        let column_types: Vec<Oid> = COLUMNS.iter().map(|(_, oid, _)| *oid).collect();
-        assert_eq!(&types[..COLUMNS.len()], &column_types[..]);
-        assert_eq!(types[COLUMNS.len()], INT8);
+        assert_eq!(types.len(), COLUMNS.len() + 1);
+        assert!(take_over.ends_with("token OPERATOR(pg_catalog.=) $13"), "{take_over}");
+        assert!(source(Statement::Keep, Shape::Classic).is_none());
+        assert!(!source(Statement::Delete, Shape::Classic).unwrap().0.contains("released_at"));
     }
 }

@@ -1,17 +1,17 @@
-//! The lease table's one column map, and the rows the store reads and writes.
+//! The lease table's one column map, its shapes, and the rows the store reads and writes.
 //!
 //! Uses vocabulary.
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
+use pgrx::JsonB;
 
 use crate::vocabulary::Timestamp;
 
 /// The columns of `lease.leases` in table order: name, type, NOT NULL. The one column map:
 /// the direct path checks the table against it and reads and writes by these positions, and
-/// the INSERT and takeover statements take their parameters in this order (a test holds the
-/// statements' text to it).
-pub(super) const COLUMNS: [(&str, Oid, bool); 9] = [
+/// the INSERT and takeover statements are written from it.
+pub(super) const COLUMNS: [(&str, Oid, bool); 12] = [
     ("resource", pg_sys::TEXTOID, true),
     ("holder", pg_sys::TEXTOID, true),
     ("token", pg_sys::INT8OID, true),
@@ -21,34 +21,79 @@ pub(super) const COLUMNS: [(&str, Oid, bool); 9] = [
     ("expires_at", pg_sys::TIMESTAMPTZOID, true),
     ("session_pid", pg_sys::INT4OID, false),
     ("application_name", pg_sys::TEXTOID, false),
+    // Since 0.5.0.
+    ("lifeline", pg_sys::INT8OID, false),
+    ("data", pg_sys::JSONBOID, false),
+    ("released_at", pg_sys::TIMESTAMPTZOID, false),
 ];
+
+/// Which version of the table the database has: the library serves a database whose extension
+/// has not been updated yet (`ALTER EXTENSION lease UPDATE`) with the statements of its shape,
+/// and what needs the newer columns is refused there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// 0.1.0 to 0.4.0: the first nine columns.
+    Classic = 0,
+    /// 0.5.0: lifelines, data and minimum holds.
+    Current = 1,
+}
+
+impl Shape {
+    /// The columns a table of this shape has, in order.
+    pub(super) fn columns(self) -> &'static [(&'static str, Oid, bool)] {
+        match self {
+            Shape::Classic => &COLUMNS[..9],
+            Shape::Current => &COLUMNS,
+        }
+    }
+}
 
 /// Attribute numbers (1-based) of the columns the direct path reads.
 pub(super) const RESOURCE: usize = 1;
 pub(super) const HOLDER: usize = 2;
 pub(super) const TOKEN: usize = 3;
 pub(super) const OWNER: usize = 4;
+pub(super) const ACQUIRED_AT: usize = 5;
 pub(super) const EXPIRES_AT: usize = 7;
 pub(super) const SESSION_PID: usize = 8;
+pub(super) const LIFELINE: usize = 10;
+pub(super) const DATA: usize = 11;
+pub(super) const RELEASED_AT: usize = 12;
 
-/// The select list of a [`Lease`], in the order [`Lease`]'s reader expects; every statement
-/// that returns a lease uses it.
-macro_rules! lease_columns {
-    () => {
-        "holder, token, owner, expires_at, session_pid IS NOT NULL"
-    };
-}
-pub(super) use lease_columns;
-
-/// A lease as stored: the fields a decision needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A lease as stored: the fields a decision needs, and its data.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Lease {
     pub holder: String,
     pub token: i64,
     pub owner: Oid,
+    pub acquired_at: Timestamp,
+    /// When the lease ends: its own expiry, or for a lease attached to a lifeline, the
+    /// lifeline's (the beginning of time when the lifeline is gone).
     pub expires_at: Timestamp,
     /// Bound to its holder's session (see [`crate::session`]).
     pub session_bound: bool,
+    /// The lifeline it is attached to, and what the store found of it.
+    pub lifeline: Option<Attachment>,
+    /// Released with a minimum hold: nobody holds it, nobody may take it until `expires_at`.
+    pub released: bool,
+    pub data: Option<serde_json::Value>,
+}
+
+/// A lease's lifeline as found when the lease was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The lifeline's id (a number of the token sequence: ids and tokens never meet).
+    pub id: i64,
+    /// Whether the lifeline is bound to a database session, whose session lock its id keys.
+    pub session_bound: bool,
+}
+
+impl Lease {
+    /// Whether `token` holds this lease at `now`, as far as the row tells (a lifeline bound to
+    /// a session that ended is the caller's to ask about).
+    pub fn held_by(&self, token: i64, now: Timestamp) -> bool {
+        self.token == token && !self.released && self.expires_at > now
+    }
 }
 
 /// A new grant, as inserted for a free resource or written over an ended lease.
@@ -59,14 +104,32 @@ pub struct NewGrant<'a> {
     pub owner: Oid,
     /// Server time of the grant: its `acquired_at` and `renewed_at`.
     pub at: Timestamp,
+    /// Its own expiry; for a lease attached to a lifeline, the end of time.
     pub expires_at: Timestamp,
     pub binding: Option<Binding<'a>>,
+    pub lifeline: Option<i64>,
+    pub data: Option<&'a serde_json::Value>,
 }
 
 impl NewGrant<'_> {
-    /// The row's values in table order ([`COLUMNS`]), NULL as None.
-    pub(super) fn values(&self) -> [Option<Datum>; COLUMNS.len()] {
-        [
+    /// The lease this grant makes, as its events describe it.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            holder: self.holder.to_owned(),
+            token: self.token,
+            owner: self.owner,
+            acquired_at: self.at,
+            expires_at: self.expires_at,
+            session_bound: self.binding.is_some(),
+            lifeline: self.lifeline.map(|id| Attachment { id, session_bound: false }),
+            released: false,
+            data: self.data.cloned(),
+        }
+    }
+
+    /// The row's values in table order ([`COLUMNS`]) for a table of `shape`, NULL as None.
+    pub(super) fn values(&self, shape: Shape) -> Vec<Option<Datum>> {
+        let mut values = vec![
             self.resource.into_datum(),
             self.holder.into_datum(),
             self.token.into_datum(),
@@ -76,7 +139,13 @@ impl NewGrant<'_> {
             self.expires_at.into_datum(),
             self.binding.map(|binding| binding.pid).into_datum(),
             self.binding.map(|binding| binding.application_name).into_datum(),
-        ]
+        ];
+        if shape == Shape::Current {
+            values.push(self.lifeline.into_datum());
+            values.push(self.data.and_then(|data| JsonB(data.clone()).into_datum()));
+            values.push(None);
+        }
+        values
     }
 }
 
@@ -98,4 +167,7 @@ pub struct LeaseInfo {
     pub expires_at: pgrx::datum::TimestampWithTimeZone,
     pub session_pid: Option<i32>,
     pub application_name: Option<String>,
+    pub lifeline: Option<i64>,
+    pub data: Option<JsonB>,
+    pub released_at: Option<pgrx::datum::TimestampWithTimeZone>,
 }

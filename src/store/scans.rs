@@ -7,7 +7,8 @@ use std::collections::HashSet;
 
 use pgrx::prelude::*;
 
-use super::plans::{column, nullable_column, Statement};
+use super::plans::{self, column, nullable_column, Statement};
+use super::row::Lease;
 use super::Store;
 use crate::vocabulary::Timestamp;
 
@@ -20,12 +21,12 @@ impl Store {
         (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
     }
 
-    /// Deletes the lease with `token` if it expired at `now`; returns its holder and expiry.
-    pub fn delete_expired(&self, resource: &str, token: i64, now: Timestamp) -> Option<(String, Timestamp)> {
+    /// Deletes the lease with `token` if it expired at `now` (by its own expiry); returns it.
+    pub fn delete_expired(&self, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
         let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
-        // SAFETY: the statement returns one row of (text, timestamptz), none NULL.
+        // SAFETY: the statement returns a lease's columns.
         (self.execute(Statement::DeleteExpired, &args, false, 1) == 1)
-            .then(|| unsafe { (column::<String>(0, 1), column::<i64>(0, 2)) })
+            .then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
     /// The earliest expiry in the table, if any lease exists.
@@ -42,15 +43,16 @@ impl Store {
         (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
     }
 
-    /// Deletes the lease with `token`, whatever its expiry; returns its holder and expiry.
-    pub fn delete_grant(&self, resource: &str, token: i64) -> Option<(String, Timestamp)> {
+    /// Deletes the lease with `token`, whatever its expiry; returns it (with the expiry of its
+    /// row: the end of time for a lease attached to a lifeline).
+    pub fn delete_grant(&self, resource: &str, token: i64) -> Option<Lease> {
         let args = [resource.into_datum(), token.into_datum()];
-        // SAFETY: the statement returns one row of (text, timestamptz), none NULL.
+        // SAFETY: the statement returns a lease's columns.
         (self.execute(Statement::DeleteGrant, &args, false, 1) == 1)
-            .then(|| unsafe { (column::<String>(0, 1), column::<i64>(0, 2)) })
+            .then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
-    /// Which of `tokens` still name a session-bound lease.
+    /// Which of `tokens` still name a session-bound lease or lifeline.
     pub fn session_tokens_alive(&self, tokens: &[i64]) -> Vec<i64> {
         let count = self.execute(Statement::SessionTokensAlive, &[tokens.to_vec().into_datum()], false, 0);
         // SAFETY: the statement returned `count` rows of one int8 column, never NULL.
@@ -75,7 +77,7 @@ impl Store {
                     let lease = found.lease;
                     lease.expires_at > now
                         && !lease.session_bound
-                        && !(lease.holder == holder && lease.owner == caller)
+                        && !(lease.holder == holder && lease.owner == caller && !lease.released)
                 })
             });
         }

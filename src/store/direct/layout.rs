@@ -4,14 +4,14 @@
 
 use pgrx::pg_sys::{self, Oid};
 
-use crate::store::row::{COLUMNS, RESOURCE};
+use crate::store::row::{Shape, RESOURCE};
 
 /// The shape of `lease.leases` that the direct path is equivalent to SQL on.
 pub(in crate::store) struct Layout;
 
 impl Layout {
-    /// Whether the open relation `relation` is the table as created: a plain heap table with
-    /// exactly the expected columns (names, types, NOT NULL, no identity or generated column,
+    /// Whether the open relation `relation` is the table as created, in `shape`: a plain heap
+    /// table with exactly the expected columns (names, types, NOT NULL, no identity or generated column,
     /// the resource's collation) and its primary key on `resource`, and nothing a direct write
     /// would bypass: no trigger (a foreign key
     /// referencing the table is one), no row-level security, no CHECK constraint, no rule, no
@@ -21,7 +21,7 @@ impl Layout {
     ///
     /// # Safety
     /// `relation` must be open (and locked) in the current transaction.
-    pub unsafe fn matches(relation: pg_sys::Relation) -> bool {
+    pub unsafe fn matches(relation: pg_sys::Relation, shape: Shape) -> bool {
         let form = &*(*relation).rd_rel;
         let descriptor = (*relation).rd_att;
         if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
@@ -36,8 +36,9 @@ impl Layout {
             return false;
         }
         let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
-        let columns_match = attributes.len() == COLUMNS.len()
-            && attributes.iter().zip(COLUMNS).all(|(attribute, (name, type_oid, not_null))| {
+        let columns = shape.columns();
+        let columns_match = attributes.len() == columns.len()
+            && attributes.iter().zip(columns).all(|(attribute, &(name, type_oid, not_null))| {
                 !attribute.attisdropped
                     && attribute.atttypid == type_oid
                     && attribute.attnotnull == not_null
@@ -55,9 +56,9 @@ impl Layout {
     ///
     /// # Safety
     /// Must run in a transaction; `table` must be a table OID.
-    pub unsafe fn check(table: Oid, lock: pg_sys::LOCKMODE) -> bool {
+    pub unsafe fn check(table: Oid, shape: Shape, lock: pg_sys::LOCKMODE) -> bool {
         let relation = pg_sys::table_open(table, lock);
-        let matches = Layout::matches(relation);
+        let matches = Layout::matches(relation, shape);
         pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
         matches
     }
@@ -85,10 +86,16 @@ unsafe fn primary_key_is_resource(relation: pg_sys::Relation) -> bool {
 mod tests {
     use pgrx::prelude::*;
 
+    use crate::store::row::Shape;
+
     #[pg_test]
     fn the_table_as_created_is_served_directly() {
         let table: pg_sys::Oid = Spi::get_one("SELECT 'lease.leases'::regclass::oid").unwrap().unwrap();
         // SAFETY: inside a transaction, with the lease table's OID.
-        assert!(unsafe { super::Layout::check(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE) });
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        // SAFETY: as above.
+        assert!(unsafe { super::Layout::check(table, Shape::Current, lock) });
+        // SAFETY: as above.
+        assert!(!unsafe { super::Layout::check(table, Shape::Classic, lock) });
     }
 }

@@ -5,7 +5,10 @@
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 
-use crate::store::row::{Lease, EXPIRES_AT, HOLDER, OWNER, RESOURCE, SESSION_PID, TOKEN};
+use crate::store::row::{
+    ACQUIRED_AT, Attachment, Lease, Shape, DATA, EXPIRES_AT, HOLDER, LIFELINE, OWNER, RELEASED_AT, RESOURCE, SESSION_PID,
+    TOKEN,
+};
 
 /// A lease as found, with where its row is.
 pub(in crate::store) struct Found {
@@ -26,6 +29,7 @@ pub(in crate::store) struct Lookup {
     /// A scan of every version of a row ([`Lookup::changed_since`]), begun on first use.
     history_scan: pg_sys::IndexScanDesc,
     slot: *mut pg_sys::TupleTableSlot,
+    shape: Shape,
 }
 
 impl Lookup {
@@ -34,14 +38,14 @@ impl Lookup {
     /// # Safety
     /// `table` and `primary_key` must be the lease table and its primary key; [`Lookup::get`]
     /// also needs the columns that [`super::Layout::check`] checks.
-    pub unsafe fn open(table: Oid, primary_key: Oid) -> Lookup {
+    pub unsafe fn open(table: Oid, primary_key: Oid, shape: Shape) -> Lookup {
         // Locks on the table and index are kept until the transaction ends, as a statement's are.
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let heap = pg_sys::table_open(table, lock);
         let index = pg_sys::index_open(primary_key, lock);
         let scan = pg_sys::index_beginscan(heap, index, &raw mut pg_sys::SnapshotSelfData, 1, 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        Lookup { heap, index, scan, history_scan: std::ptr::null_mut(), slot }
+        Lookup { heap, index, scan, history_scan: std::ptr::null_mut(), slot, shape }
     }
 
     /// The lease on `resource`, expired or not. Exact when the caller holds the resource's
@@ -52,29 +56,37 @@ impl Lookup {
         unsafe {
             rescan(self.scan, resource);
             let slot = self.slot;
-            pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot).then(
-                || {
-                    pg_sys::slot_getsomeattrs_int(slot, SESSION_PID as i32);
-                    let values = std::slice::from_raw_parts((*slot).tts_values, SESSION_PID);
-                    let nulls = std::slice::from_raw_parts((*slot).tts_isnull, SESSION_PID);
-                    let column = |number: usize| (values[number - 1], nulls[number - 1]);
-                    let (holder, holder_null) = column(HOLDER);
-                    let (token, token_null) = column(TOKEN);
-                    let (owner, owner_null) = column(OWNER);
-                    let (expires_at, expires_null) = column(EXPIRES_AT);
-                    Found {
-                        tid: (*slot).tts_tid,
-                        lease: Lease {
-                            holder: String::from_datum(holder, holder_null).expect("holder is not null"),
-                            token: i64::from_datum(token, token_null).expect("token is not null"),
-                            owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
-                            expires_at: i64::from_datum(expires_at, expires_null)
-                                .expect("expires_at is not null"),
-                            session_bound: !nulls[SESSION_PID - 1],
-                        },
-                    }
+            if !pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+                return None;
+            }
+            let current = self.shape == Shape::Current;
+            let last = if current { RELEASED_AT } else { SESSION_PID };
+            pg_sys::slot_getsomeattrs_int(slot, last as i32);
+            let values = std::slice::from_raw_parts((*slot).tts_values, last);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, last);
+            let column = |number: usize| (values[number - 1], nulls[number - 1]);
+            let read = |number: usize, name: &str| -> i64 {
+                let (datum, null) = column(number);
+                i64::from_datum(datum, null).unwrap_or_else(|| panic!("{name} is not null"))
+            };
+            let (holder, holder_null) = column(HOLDER);
+            let (owner, owner_null) = column(OWNER);
+            let (data, data_null) = if current { column(DATA) } else { (pg_sys::Datum::from(0), true) };
+            let lifeline = if current { i64::from_datum(values[LIFELINE - 1], nulls[LIFELINE - 1]) } else { None };
+            Some(Found {
+                tid: (*slot).tts_tid,
+                lease: Lease {
+                    holder: String::from_datum(holder, holder_null).expect("holder is not null"),
+                    token: read(TOKEN, "token"),
+                    owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
+                    acquired_at: read(ACQUIRED_AT, "acquired_at"),
+                    expires_at: read(EXPIRES_AT, "expires_at"),
+                    session_bound: !nulls[SESSION_PID - 1],
+                    lifeline: lifeline.map(|id| Attachment { id, session_bound: false }),
+                    data: pgrx::JsonB::from_datum(data, data_null).map(|data| data.0),
+                    released: current && !nulls[RELEASED_AT - 1],
                 },
-            )
+            })
         }
     }
 

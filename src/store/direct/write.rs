@@ -5,7 +5,7 @@
 use pgrx::pg_sys::{self, Datum, Oid};
 
 use super::{Found, Layout};
-use crate::store::row::COLUMNS;
+use crate::store::row::Shape;
 
 /// Inserts new leases with their index entries, made by the executor's index insertion as an
 /// INSERT makes them (partial and expression indexes included). The table, its indexes and the
@@ -16,6 +16,7 @@ pub(in crate::store) struct Inserter {
     estate: *mut pg_sys::EState,
     result_relation: *mut pg_sys::ResultRelInfo,
     slot: *mut pg_sys::TupleTableSlot,
+    shape: Shape,
 }
 
 impl Inserter {
@@ -23,11 +24,11 @@ impl Inserter {
     ///
     /// # Safety
     /// As for [`super::Lookup::open`].
-    pub unsafe fn open(table: Oid) -> Option<Inserter> {
+    pub unsafe fn open(table: Oid, shape: Shape) -> Option<Inserter> {
         let heap = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         // DDL that needs no lock stronger than the reader's (CREATE TRIGGER) may have committed
         // since the store checked: check again under the writer's lock.
-        if !Layout::matches(heap) {
+        if !Layout::matches(heap, shape) {
             pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
             return None;
         }
@@ -40,15 +41,16 @@ impl Inserter {
         pg_sys::InitResultRelInfo(result_relation, heap, 1, std::ptr::null_mut(), 0);
         pg_sys::ExecOpenIndices(result_relation, false);
         let slot = pg_sys::MakeSingleTupleTableSlot((*heap).rd_att, &raw const pg_sys::TTSOpsHeapTuple);
-        Some(Inserter { heap, estate, result_relation, slot })
+        Some(Inserter { heap, estate, result_relation, slot, shape })
     }
 
     /// Inserts a new lease (the caller found none), its columns in the table's order (NULL as
-    /// None).
+    /// None), as many as the shape the table was opened with has.
     ///
     /// # Safety
     /// The caller holds the resource's barrier lock in change mode and found no row for it.
-    pub unsafe fn insert(&mut self, values: &[Option<Datum>; COLUMNS.len()]) {
+    pub unsafe fn insert(&mut self, values: &[Option<Datum>]) {
+        assert_eq!(values.len(), self.shape.columns().len(), "a value for every column");
         pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
         let mut datums: Vec<Datum> = values.iter().map(|value| value.unwrap_or(Datum::from(0))).collect();
         let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
@@ -98,11 +100,11 @@ impl Drop for Inserter {
 /// # Safety
 /// As for [`super::Lookup::open`]; `found` must have been found in this call, under the resource's
 /// barrier lock held in change mode.
-pub(in crate::store) unsafe fn delete(table: Oid, found: &Found) -> bool {
+pub(in crate::store) unsafe fn delete(table: Oid, shape: Shape, found: &Found) -> bool {
     pg_sys::PreventCommandIfReadOnly(c"DELETE".as_ptr());
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     let heap = pg_sys::table_open(table, lock);
-    if !Layout::matches(heap) {
+    if !Layout::matches(heap, shape) {
         pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
         return false; // see Inserter::open
     }

@@ -1,0 +1,126 @@
+//! Lifelines: one expiry that many leases share. A holder opens a lifeline with a ttl, attaches
+//! leases to it when it acquires them, and keeps all of them alive with one renewal of the
+//! lifeline, at the cost of one row whatever the number of leases. When the lifeline lapses
+//! (its ttl runs out, or the database session it is bound to ends) every lease attached to it
+//! ends together; closing it releases them all. A lifeline is a row of `lease.lifelines`, its
+//! id a number of the token sequence (so its session lock never meets a lease's); the model is
+//! the etcd lease and the Consul session, not the database session of `session_bound`.
+//!
+//! Each lifeline has a lock ([`barrier::lock_lifeline`]): renewals and attaches take it in
+//! [`LifelineMode::Use`] (they never wait for each other); closing the lifeline, and removing
+//! or taking over a lapsed lifeline's leases, take it in [`LifelineMode::End`]. So a renewal
+//! in progress keeps a lapse from being acted on until it commits, and an end in progress keeps
+//! renewals and attaches out until it commits, after which they find the lifeline gone. Locks
+//! are always taken lifeline first, resource second, except by calls that only try the
+//! lifeline's lock (a takeover, the sweep), so these locks never deadlock.
+//!
+//! Uses vocabulary, errors, barrier, store, events and session.
+
+use crate::barrier::{self, LifelineMode, Mode, Taken};
+use crate::errors::{LeaseError, LeaseResult};
+use crate::events::{self, Kind};
+use crate::session;
+use crate::store::{Lifeline, Shape, Store};
+use crate::vocabulary::{clock_now, Timestamp};
+
+/// Whether the lifeline `id`, as found, has ended at `now`: its expiry passed, or the database
+/// session it is bound to ended (asking takes that session's lock, if free, until the end of
+/// the transaction).
+pub fn lapsed(id: i64, lifeline: &Lifeline, now: Timestamp) -> bool {
+    lifeline.expires_at <= now || (lifeline.session_bound && session::holder_is_gone(id))
+}
+
+/// The lifeline `id` if it is live at `now` and the caller may use it.
+fn live(store: &Store, id: i64, now: Timestamp) -> LeaseResult<Lifeline> {
+    let lifeline = store.lifeline(id).filter(|lifeline| !lapsed(id, lifeline, now));
+    let lifeline = lifeline.ok_or(LeaseError::LifelineLapsed { id })?;
+    store.ensure_privileges_of(lifeline.owner).map_err(|owner| LeaseError::NotLifelineOwner { id, owner })?;
+    Ok(lifeline)
+}
+
+fn ensure_current_shape(store: &Store) -> LeaseResult<()> {
+    match store.shape() {
+        Shape::Current => Ok(()),
+        Shape::Classic => Err(LeaseError::NeedsUpdate("lifelines")),
+    }
+}
+
+/// `lease_lifeline_open`: a new lifeline named `name` that lapses `ttl` microseconds from now
+/// unless renewed; with `session_bound`, also when this database session ends.
+pub fn open(name: &str, ttl: i64, session_bound: bool) -> LeaseResult<i64> {
+    let store = Store::open();
+    ensure_current_shape(&store)?;
+    let id = store.next_token();
+    let now = clock_now();
+    let expires_at = now + ttl;
+    let application_name = if session_bound { session::application_name() } else { String::new() };
+    if session_bound && !session::bind(&store, id) {
+        pgrx::error!("lease: could not take the session lock of a new lifeline");
+    }
+    let binding = session_bound.then(|| session::this_session(&application_name));
+    store.open_lifeline(id, name, ttl, now, expires_at, binding);
+    events::expiry_at_commit(expires_at);
+    Ok(id)
+}
+
+/// `lease_lifeline_renew`: moves the lifeline's expiry to now + `ttl` (its own ttl if None),
+/// and with it the end of every lease attached to it; returns the new expiry. 55000 if it
+/// lapsed.
+pub fn renew(id: i64, ttl: Option<i64>) -> LeaseResult<Timestamp> {
+    let store = Store::open();
+    ensure_current_shape(&store)?;
+    let taken = barrier::lock_lifeline(id, LifelineMode::Use, false).expect("a waiting lock is granted");
+    let now = clock_now();
+    let renewed = live(&store, id, now).and_then(|lifeline| {
+        let expires_at = now + ttl.unwrap_or(lifeline.ttl);
+        match store.renew_lifeline(id, now, expires_at) {
+            true => Ok(expires_at),
+            false => Err(LeaseError::LifelineLapsed { id }),
+        }
+    });
+    if renewed.is_err() {
+        drop(store);
+        taken.release_if_unused_before();
+    }
+    renewed
+}
+
+/// `lease_lifeline_close`: releases every lease attached to the lifeline (announcing each as
+/// `released`) and ends the lifeline; returns how many leases it released. Waits for the
+/// fences of those leases, as a release does. 55000 if the lifeline lapsed.
+pub fn close(id: i64) -> LeaseResult<i64> {
+    let store = Store::open();
+    ensure_current_shape(&store)?;
+    let _taken = barrier::lock_lifeline(id, LifelineMode::End, false);
+    let now = clock_now();
+    let lifeline = live(&store, id, now)?;
+    let mut released = 0;
+    for (resource, token) in store.attached(id) {
+        barrier::lock(&resource, Mode::Change);
+        let now = clock_now();
+        if let Some(mut lease) = store.delete_grant(&resource, token) {
+            lease.expires_at = lifeline.expires_at;
+            barrier::prove(&resource);
+            events::record_change(Kind::Released, &resource, &lease, None, now);
+            released += 1;
+        }
+    }
+    store.delete_lifeline(id);
+    session::unbind_at_commit(id);
+    Ok(released)
+}
+
+/// For an acquire that attaches its lease to the lifeline `id`: takes the lifeline's lock for
+/// use (waiting for an end in progress) and returns it with the lifeline, live at `now` and
+/// usable by the caller; 55000 or 42501 otherwise.
+pub fn use_for_attach(store: &Store, id: i64) -> LeaseResult<(Taken, Lifeline)> {
+    ensure_current_shape(store)?;
+    let taken = barrier::lock_lifeline(id, LifelineMode::Use, false).expect("a waiting lock is granted");
+    match live(store, id, clock_now()) {
+        Ok(lifeline) => Ok((taken, lifeline)),
+        Err(error) => {
+            taken.release_if_unused_before();
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The lifeline table, `lease.lifelines`: one row per lifeline, whose expiry every lease
+//! attached to it shares. Every statement here exists only in the current shape.
+//!
+//! Uses `plans` and `row`.
+
+use pgrx::datum::Interval;
+use pgrx::pg_sys::Oid;
+use pgrx::prelude::*;
+
+use super::plans::{column, Statement};
+use super::row::Binding;
+use super::Store;
+use crate::vocabulary::Timestamp;
+
+/// A lifeline as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifeline {
+    pub owner: Oid,
+    pub expires_at: Timestamp,
+    /// Bound to the database session that opened it.
+    pub session_bound: bool,
+    /// Its ttl, in microseconds: what a renewal without one uses.
+    pub ttl: i64,
+}
+
+impl Store {
+    /// Inserts a new lifeline.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_lifeline(
+        &self,
+        id: i64,
+        name: &str,
+        ttl: i64,
+        at: Timestamp,
+        expires_at: Timestamp,
+        binding: Option<Binding>,
+    ) {
+        let ttl = Interval::new(0, 0, ttl).expect("a ttl in range is an interval");
+        let args = [
+            id.into_datum(),
+            name.into_datum(),
+            self.caller.into_datum(),
+            ttl.into_datum(),
+            at.into_datum(),
+            expires_at.into_datum(),
+            binding.map(|binding| binding.pid).into_datum(),
+            binding.map(|binding| binding.application_name).into_datum(),
+        ];
+        self.execute(Statement::LifelineOpen, &args, false, 1);
+    }
+
+    /// The lifeline `id`, lapsed or not, if it exists (read as last committed under a
+    /// transaction-wide snapshot too: a lifeline's end is decided on the latest state).
+    pub fn lifeline(&self, id: i64) -> Option<Lifeline> {
+        // SAFETY: one row of (regrole, timestamptz, bool, int8), none NULL.
+        (self.execute(Statement::LifelineGet, &[id.into_datum()], self.transaction_snapshot, 1) == 1).then(|| unsafe {
+            Lifeline { owner: column(0, 1), expires_at: column(0, 2), session_bound: column(0, 3), ttl: column(0, 4) }
+        })
+    }
+
+    /// Moves the expiry of the lifeline `id` if it has not lapsed at `now`; false otherwise.
+    pub fn renew_lifeline(&self, id: i64, now: Timestamp, expires_at: Timestamp) -> bool {
+        let args = [id.into_datum(), now.into_datum(), expires_at.into_datum()];
+        self.execute(Statement::LifelineRenew, &args, false, 1) == 1
+    }
+
+    /// Deletes the lifeline `id`; false if it was gone.
+    pub fn delete_lifeline(&self, id: i64) -> bool {
+        self.execute(Statement::LifelineDelete, &[id.into_datum()], false, 1) == 1
+    }
+
+    /// The leases attached to the lifeline `id`, as (resource, token), in resource order.
+    pub fn attached(&self, id: i64) -> Vec<(String, i64)> {
+        let count = self.execute(Statement::LifelineLeases, &[id.into_datum()], false, 0);
+        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
+        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+    }
+
+    /// Up to `limit` lifelines lapsed at `now`, earliest first.
+    pub fn lapsed_lifelines(&self, now: Timestamp, limit: i64) -> Vec<i64> {
+        let count =
+            self.execute(Statement::LapsedLifelines, &[now.into_datum(), limit.into_datum()], false, 0);
+        // SAFETY: the statement returned `count` rows of one int8 column, never NULL.
+        (0..count as usize).map(|row| unsafe { column::<i64>(row, 1) }).collect()
+    }
+
+    /// Every lifeline bound to a database session.
+    pub fn session_bound_lifelines(&self) -> Vec<i64> {
+        let count = self.execute(Statement::SessionBoundLifelines, &[], false, 0);
+        // SAFETY: the statement returned `count` rows of one int8 column, never NULL.
+        (0..count as usize).map(|row| unsafe { column::<i64>(row, 1) }).collect()
+    }
+}

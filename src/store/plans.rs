@@ -229,7 +229,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         Reacquire => (
             format!(
                 "UPDATE lease.leases
-                  SET renewed_at = $3, expires_at = $4, lifeline = $5, data = pg_catalog.coalesce($6, data)
+                  SET renewed_at = $3, expires_at = $4, lifeline = $5, data = COALESCE($6, data)
                   WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2{not_kept}
                   RETURNING {lease}"
             ),
@@ -262,7 +262,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         ),
         LifelineGet => (
             "SELECT owner, expires_at, session_pid IS NOT NULL,
-                    (pg_catalog.extract(epoch FROM ttl) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8
+                    (EXTRACT(EPOCH FROM ttl) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8
               FROM lease.lifelines WHERE id OPERATOR(pg_catalog.=) $1"
                 .into(),
             types(&[INT8]),

@@ -88,29 +88,38 @@ pub fn lock(resource: &str, mode: Mode) -> Taken {
     acquire(resource, mode, false).expect("a waiting lock is granted")
 }
 
-/// `locktag_field4` of lifeline locks.
-pub const LIFELINE_LOCK_SPACE: u16 = 0x4C4C;
+/// `locktag_field4` of a lifeline's membership lock: attaches against its end.
+const LIFELINE_MEMBERS_SPACE: u16 = 0x4C4C;
+/// `locktag_field4` of a lifeline's renewal lock: renewals against acting on its lapse.
+const LIFELINE_RENEWAL_SPACE: u16 = 0x4C52;
 
-/// What a call is about to do to a lifeline (see `crate::lifeline`).
+/// What a call is about to do to a lifeline (see `crate::lifeline`). Each lifeline has two
+/// locks, so that a lapse is acted on without waiting for attaches, and an end without waiting
+/// for renewals.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum LifelineMode {
-    /// Renewing it, or attaching a lease to it (`RowShareLock`): these never wait for each
-    /// other.
-    Use,
-    /// Ending it (closing it, or removing or taking over its leases once it lapsed;
-    /// `ExclusiveLock`): waits for every use in progress, and keeps new ones out.
+    /// Attaching a lease: the membership lock, shared (`RowShareLock`).
+    Attach,
+    /// Closing it, or removing its leases once it lapsed: the membership lock, exclusive
+    /// (`ExclusiveLock`), so that no lease is attached meanwhile.
     End,
+    /// Renewing it: the renewal lock, shared.
+    Renew,
+    /// Acting on its lapse (taking over or removing its leases): the renewal lock, exclusive,
+    /// so that no renewal that found it live is in progress.
+    Lapse,
 }
 
-/// Takes the lock of the lifeline `id` in `mode` until the end of the (sub)transaction,
-/// waiting for conflicting ones; with `dont_wait`, None instead of waiting.
+/// Takes a lock of the lifeline `id` for `mode` until the end of the (sub)transaction, waiting
+/// for conflicting ones; with `dont_wait`, None instead of waiting.
 pub fn lock_lifeline(id: i64, mode: LifelineMode, dont_wait: bool) -> Option<Taken> {
-    let tag = advisory_tag(LIFELINE_LOCK_SPACE, id as u64);
-    let mode = match mode {
-        LifelineMode::Use => pg_sys::RowShareLock,
-        LifelineMode::End => pg_sys::ExclusiveLock,
-    } as pg_sys::LOCKMODE;
-    take(tag, mode, dont_wait)
+    let (space, lock) = match mode {
+        LifelineMode::Attach => (LIFELINE_MEMBERS_SPACE, pg_sys::RowShareLock),
+        LifelineMode::End => (LIFELINE_MEMBERS_SPACE, pg_sys::ExclusiveLock),
+        LifelineMode::Renew => (LIFELINE_RENEWAL_SPACE, pg_sys::RowShareLock),
+        LifelineMode::Lapse => (LIFELINE_RENEWAL_SPACE, pg_sys::ExclusiveLock),
+    };
+    take(advisory_tag(space, id as u64), lock as pg_sys::LOCKMODE, dont_wait)
 }
 
 /// `locktag_field4` of the lock that lets one backend at a time reserve token numbers.

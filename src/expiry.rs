@@ -75,13 +75,16 @@ impl Sweep {
 /// tried: what is busy is counted and left for the next sweep (with the lifeline).
 fn end_lifeline(store: &Store, id: i64) -> Sweep {
     let mut outcome = Sweep { found: 1, ..Sweep::default() };
-    let Some(held) = barrier::lock_lifeline(id, LifelineMode::End, true) else {
+    let locks = barrier::lock_lifeline(id, LifelineMode::End, true)
+        .and_then(|end| Some((end, barrier::lock_lifeline(id, LifelineMode::Lapse, true)?)));
+    let Some((end, lapse)) = locks else {
         outcome.busy += 1;
         return outcome;
     };
-    // Decided again under the lock: a renewal may have committed meanwhile.
+    // Decided again under the locks: a renewal may have committed meanwhile.
     let Some(lifeline) = store.lifeline(id).filter(|lifeline| lifeline::lapsed(id, lifeline, clock_now())) else {
-        held.release_if_unused_before();
+        lapse.release_if_unused_before();
+        end.release_if_unused_before();
         outcome.found = 0;
         return outcome;
     };

@@ -6,13 +6,15 @@
 //! id a number of the token sequence (so its session lock never meets a lease's); the model is
 //! the etcd lease and the Consul session, not the database session of `session_bound`.
 //!
-//! Each lifeline has a lock ([`barrier::lock_lifeline`]): renewals and attaches take it in
-//! [`LifelineMode::Use`] (they never wait for each other); closing the lifeline, and removing
-//! or taking over a lapsed lifeline's leases, take it in [`LifelineMode::End`]. So a renewal
-//! in progress keeps a lapse from being acted on until it commits, and an end in progress keeps
-//! renewals and attaches out until it commits, after which they find the lifeline gone. Locks
-//! are always taken lifeline first, resource second, except by calls that only try the
-//! lifeline's lock (a takeover, the sweep), so these locks never deadlock.
+//! Each lifeline has two locks ([`barrier::lock_lifeline`]). Renewals take its renewal lock
+//! shared; acting on its lapse (a takeover of one of its leases, the sweep) takes it exclusive,
+//! and only tries: so a renewal that found the lifeline live and has not committed yet makes
+//! its leases busy instead of lost, and once a lapse is confirmed under that lock it is final
+//! (a renewal checks the expiry against the clock, which only moves on). Attaches take its
+//! membership lock shared; closing it and the sweep take that exclusive, so that no lease is
+//! attached to a lifeline while it ends. Locks are always taken lifeline first, resource
+//! second, except by calls that only try the lifeline's locks (a takeover, the sweep), so these
+//! locks never deadlock.
 //!
 //! Uses vocabulary, errors, barrier, store, events and session.
 
@@ -69,7 +71,7 @@ pub fn open(name: &str, ttl: i64, session_bound: bool) -> LeaseResult<i64> {
 pub fn renew(id: i64, ttl: Option<i64>) -> LeaseResult<Timestamp> {
     let store = Store::open();
     ensure_current_shape(&store)?;
-    let taken = barrier::lock_lifeline(id, LifelineMode::Use, false).expect("a waiting lock is granted");
+    let taken = barrier::lock_lifeline(id, LifelineMode::Renew, false).expect("a waiting lock is granted");
     let now = clock_now();
     let renewed = live(&store, id, now).and_then(|lifeline| {
         let expires_at = now + ttl.unwrap_or(lifeline.ttl);
@@ -110,12 +112,12 @@ pub fn close(id: i64) -> LeaseResult<i64> {
     Ok(released)
 }
 
-/// For an acquire that attaches its lease to the lifeline `id`: takes the lifeline's lock for
-/// use (waiting for an end in progress) and returns it with the lifeline, live at `now` and
+/// For an acquire that attaches its lease to the lifeline `id`: takes the lifeline's membership
+/// lock (waiting for an end in progress) and returns it with the lifeline, live at `now` and
 /// usable by the caller; 55000 or 42501 otherwise.
 pub fn use_for_attach(store: &Store, id: i64) -> LeaseResult<(Taken, Lifeline)> {
     ensure_current_shape(store)?;
-    let taken = barrier::lock_lifeline(id, LifelineMode::Use, false).expect("a waiting lock is granted");
+    let taken = barrier::lock_lifeline(id, LifelineMode::Attach, false).expect("a waiting lock is granted");
     match live(store, id, clock_now()) {
         Ok(lifeline) => Ok((taken, lifeline)),
         Err(error) => {

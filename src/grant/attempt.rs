@@ -64,19 +64,22 @@ fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
     }
 }
 
-/// For a lease attached to a lifeline: what to decide once the lifeline's lock is held. A
-/// lifeline that looks lapsed is ended only under its lock ([`LifelineMode::End`], only tried:
-/// a renewal in progress makes the resource busy), and decided again under it, since a renewal
-/// may have committed just before. Returns the lease as found under that lock, or None when
-/// the lock is busy.
-fn lapse_under_lock(store: &Store, request: &Request, lease: Option<Lease>, now: Timestamp) -> Option<Option<Lease>> {
+/// For a lease attached to a lifeline that looks lapsed: the lapse is confirmed under the
+/// lifeline's renewal lock ([`LifelineMode::Lapse`], only tried: a renewal in progress makes
+/// the resource busy), by reading the lease again, since a renewal may have committed just
+/// before. A confirmed lapse is final, so the lock is given back at once (it would keep the
+/// lifeline's renewals waiting). Returns the lease as found then, or None when the lock is
+/// busy.
+fn confirm_lapse(store: &Store, request: &Request, lease: Option<Lease>, now: Timestamp) -> Option<Option<Lease>> {
     let Some(Attachment { id, .. }) = lease.as_ref().and_then(|lease| lease.lifeline) else { return Some(lease) };
     let found = lease.as_ref().map(|lease| facts(lease, now, request));
     if decide(found.as_ref(), now, &request.asking(store), false) != Decision::TakeOver(Reason::LifelineExpired) {
         return Some(lease);
     }
-    barrier::lock_lifeline(id, LifelineMode::End, true)?;
-    Some(store.current(request.resource))
+    let lapse = barrier::lock_lifeline(id, LifelineMode::Lapse, true)?;
+    let lease = store.current(request.resource);
+    lapse.release_if_unused_before();
+    Some(lease)
 }
 
 /// What a read without the resource's lock shows of its lease: a hint (never [`Decision::Yield`]),
@@ -185,7 +188,7 @@ pub(super) fn attempt_holding(
 ) -> Attempt {
     let waiters_first = waiting::must_yield(request.resource, ticket);
     let now = clock_now();
-    let Some(lease) = lapse_under_lock(store, request, store.current(request.resource), now) else {
+    let Some(lease) = confirm_lapse(store, request, store.current(request.resource), now) else {
         taken.release_if_unused_before();
         return Attempt::Busy;
     };

@@ -5,10 +5,10 @@ same objects as a fresh install of the current version."""
 import psycopg
 import pytest
 
-from conftest import connect, one
+from conftest import connect, one, wait_for
 
 # Every earlier version: 0.1.0 is installed from its own script, each later one from it and the steps.
-OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0")
+OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0")
 
 # Every object of the extension, with what an upgrade must get right: signatures, results,
 # volatility, security, settings, ACLs, comments, view definitions, columns, indexes.
@@ -62,8 +62,21 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         if old_version < "0.3.0":
             with pytest.raises(psycopg.errors.UndefinedFunction):
                 conn.execute("SELECT lease_acquire_any(ARRAY['x'], 'h', snapshot_consistent => true)")
-        with pytest.raises(psycopg.errors.UndefinedColumn):
-            conn.execute("SELECT events_dropped FROM lease.stats")
+        if old_version < "0.4.0":
+            with pytest.raises(psycopg.errors.UndefinedColumn):
+                conn.execute("SELECT events_dropped FROM lease.stats")
+        with pytest.raises(psycopg.errors.UndefinedFunction):
+            conn.execute("SELECT lease_lifeline_open('x')")
+        # Until the update, this library serves the old table with the old calls: grants,
+        # renewals, releases, fences, expiry and the sweep.
+        gone = one(conn, "SELECT lease_acquire('upgrade:gone', 'old-holder', '1 hour')")
+        assert one(conn, "SELECT lease_renew('upgrade:gone', %s, '2 hours')", (gone,)) is True
+        assert one(conn, "SELECT lease_check('upgrade:gone', %s)", (gone,)) is True
+        assert one(conn, "SELECT lease_release('upgrade:gone', %s)", (gone,)) is True
+        short = one(conn, "SELECT lease_acquire('upgrade:short', 'old-holder', '1 ms')")
+        wait_for(lambda: one(conn, "SELECT count(*) FROM lease_info('upgrade:short')") == 0, what="expiry")
+        assert one(conn, "SELECT lease_sweep()") == 1
+        assert one(conn, "SELECT lease_acquire('upgrade:short', 'old-holder', '1 hour')") > short
 
         conn.execute("ALTER EXTENSION lease UPDATE")
         current = one(conn, "SELECT default_version FROM pg_available_extensions WHERE name = 'lease'")
@@ -96,14 +109,21 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         conn.execute("INSERT INTO protected VALUES ('upgrade:fenced', %s, 1)", (fenced,))
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
             conn.execute("INSERT INTO protected VALUES ('upgrade:fenced', %s, 2)", (held,))
-        assert one(conn, "SELECT lease_release('upgrade:held', %s)", (held,)) is True
+        # The new calls work on leases taken before the update.
+        lifeline = one(conn, "SELECT lease_lifeline_open('upgraded')")
+        assert one(conn, "SELECT lease_acquire('upgrade:fenced', 'old-holder', lifeline => %s)", (lifeline,)) == fenced
+        assert one(conn, "SELECT lease_lifeline_close(%s)", (lifeline,)) == 1
+        assert one(conn, "SELECT lease_release('upgrade:held', %s, keep_for => '1 hour')", (held,)) is True
+        assert one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder')") is None
+        conn.execute("DELETE FROM lease.leases WHERE resource = 'upgrade:held'")
         conn.execute("DROP TABLE protected")
         upgraded = [row[0] for row in conn.execute(CATALOG).fetchall()]
         # The leases and the token sequence are part of a dump after the update.
-        assert conn.execute(
-            "SELECT array_agg(c::regclass::text ORDER BY 1) FROM pg_extension, unnest(extconfig) AS c "
-            "WHERE extname = 'lease'"
-        ).fetchone()[0] == ["lease.leases", "lease.token_seq"]
+        assert sorted(
+            conn.execute(
+                "SELECT array_agg(c::regclass::text) FROM pg_extension, unnest(extconfig) AS c WHERE extname = 'lease'"
+            ).fetchone()[0]
+        ) == ["lease.leases", "lease.lifelines", "lease.token_seq"]
 
     with connect(dbname=fresh_db) as conn:
         conn.execute("CREATE EXTENSION lease")

@@ -122,8 +122,12 @@ impl LeaseError {
             LeaseError::BoundElsewhere { resource } => {
                 format!("lease on resource \"{resource}\" is bound to another session")
             }
-            LeaseError::NeedsUpdate(what) => format!("{what} need the lease extension's version 0.5.0 objects"),
-            LeaseError::LifelineLapsed { id } => format!("lifeline {id} has lapsed, was closed, or never existed"),
+            LeaseError::NeedsUpdate(what) => {
+                format!("{what} need the lease extension's version 0.5.0 objects")
+            }
+            LeaseError::LifelineLapsed { id } => {
+                format!("lifeline {id} has lapsed, was closed, or never existed")
+            }
             LeaseError::NotLifelineOwner { id, owner } => {
                 format!("permission denied for lifeline {id} opened by role \"{owner}\"")
             }

@@ -47,7 +47,9 @@ pub fn sweep(limit: i64) -> Sweep {
         match store.delete_expired(&resource, token, now) {
             Some(lease) => {
                 let expires_at = Some(lease.expires_at);
-                events::record(Event::of(Kind::Expired, &resource, &lease, expires_at, now).because(Reason::Ttl));
+                events::record(
+                    Event::of(Kind::Expired, &resource, &lease, expires_at, now).because(Reason::Ttl),
+                );
                 outcome.removed += 1;
             }
             // Renewed or taken over meanwhile: keep out nobody for the rest of the transaction.
@@ -82,7 +84,8 @@ fn end_lifeline(store: &Store, id: i64) -> Sweep {
         return outcome;
     };
     // Decided again under the locks: a renewal may have committed meanwhile.
-    let Some(lifeline) = store.lifeline(id).filter(|lifeline| lifeline::lapsed(id, lifeline, clock_now())) else {
+    let Some(lifeline) = store.lifeline(id).filter(|lifeline| lifeline::lapsed(id, lifeline, clock_now()))
+    else {
         lapse.release_if_unused_before();
         end.release_if_unused_before();
         outcome.found = 0;
@@ -136,7 +139,9 @@ pub fn sweep_ended_sessions() -> Sweep {
         match store.delete_grant(&resource, token) {
             Some(lease) => {
                 let (expires_at, at) = (Some(lease.expires_at), clock_now());
-                events::record(Event::of(Kind::Expired, &resource, &lease, expires_at, at).because(Reason::SessionEnded));
+                events::record(
+                    Event::of(Kind::Expired, &resource, &lease, expires_at, at).because(Reason::SessionEnded),
+                );
                 outcome.removed += 1;
             }
             None => held.release_if_unused_before(),

@@ -188,5 +188,7 @@ pub fn force_release(resource: &str) -> bool {
 /// The caller must be a member of the lease's owner role to renew, release or fence it.
 /// Raising after a change aborts the transaction, so the change is undone.
 fn ensure_member(store: &Store, resource: &str, owner: pg_sys::Oid) -> LeaseResult<()> {
-    store.ensure_privileges_of(owner).map_err(|owner| LeaseError::NotLeaseOwner { resource: resource.into(), owner })
+    store
+        .ensure_privileges_of(owner)
+        .map_err(|owner| LeaseError::NotLeaseOwner { resource: resource.into(), owner })
 }

@@ -111,7 +111,9 @@ pub fn request<'a>(
 pub fn lifeline(id: Option<i64>) -> LeaseResult<i64> {
     match id {
         None => Err(LeaseError::NullArgument("lifeline")),
-        Some(id) if id <= 0 => Err(LeaseError::invalid("lifeline", format_args!("must be positive, not {id}"))),
+        Some(id) if id <= 0 => {
+            Err(LeaseError::invalid("lifeline", format_args!("must be positive, not {id}")))
+        }
         Some(id) => Ok(id),
     }
 }

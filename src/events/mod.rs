@@ -26,8 +26,8 @@ use serde::Serialize;
 
 use crate::barrier::resource_key;
 use crate::settings;
-use crate::store::Lease;
 use crate::stats::{self, Counter};
+use crate::store::Lease;
 use crate::vocabulary::{nesting_level, Timestamp};
 
 pub mod database;
@@ -75,7 +75,9 @@ impl Kind {
 
 impl Reason {
     fn from_repr(value: u8) -> Option<Reason> {
-        [Reason::Ttl, Reason::SessionEnded, Reason::LifelineExpired].into_iter().find(|reason| *reason as u8 == value)
+        [Reason::Ttl, Reason::SessionEnded, Reason::LifelineExpired]
+            .into_iter()
+            .find(|reason| *reason as u8 == value)
     }
 }
 
@@ -100,7 +102,13 @@ pub struct Event {
 
 impl Event {
     /// The event of a change of `lease` (its holder, token, lifeline and data) on `resource`.
-    pub fn of(kind: Kind, resource: &str, lease: &Lease, expires_at: Option<Timestamp>, at: Timestamp) -> Event {
+    pub fn of(
+        kind: Kind,
+        resource: &str,
+        lease: &Lease,
+        expires_at: Option<Timestamp>,
+        at: Timestamp,
+    ) -> Event {
         Event {
             kind,
             reason: None,
@@ -151,7 +159,13 @@ pub fn record(event: Event) {
 }
 
 /// Records the event of a change of `lease` on `resource` (see [`Event::of`]).
-pub fn record_change(kind: Kind, resource: &str, lease: &Lease, expires_at: Option<Timestamp>, at: Timestamp) {
+pub fn record_change(
+    kind: Kind,
+    resource: &str,
+    lease: &Lease,
+    expires_at: Option<Timestamp>,
+    at: Timestamp,
+) {
     record(Event::of(kind, resource, lease, expires_at, at));
 }
 
@@ -196,7 +210,8 @@ pub fn before_commit() {
 pub fn at_commit(anyone_waits: bool) -> Vec<u64> {
     let pending = take_pending();
     let expiries = EXPIRIES.with(|expiries| std::mem::take(&mut *expiries.borrow_mut()));
-    let Some(databases) = database::databases().filter(|_| !pending.is_empty() || !expiries.is_empty()) else {
+    let Some(databases) = database::databases().filter(|_| !pending.is_empty() || !expiries.is_empty())
+    else {
         return Vec::new();
     };
     for p in &pending {

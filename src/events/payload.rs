@@ -241,9 +241,12 @@ mod tests {
         let text = payload(&event, Some(u64::MAX));
         assert!(text.len() < 8000, "{} bytes", text.len());
         assert!(text.contains(&format!("\"lifeline\":{},\"data\":{data}}}", i64::MAX)), "{text}");
-        let lifeline: i64 = Spi::get_one(&format!("SELECT ({}::jsonb ->> 'lifeline')::bigint", pgrx::spi::quote_literal(&text)))
-            .unwrap()
-            .unwrap();
+        let lifeline: i64 = Spi::get_one(&format!(
+            "SELECT ({}::jsonb ->> 'lifeline')::bigint",
+            pgrx::spi::quote_literal(&text)
+        ))
+        .unwrap()
+        .unwrap();
         assert_eq!(lifeline, i64::MAX);
     }
 }

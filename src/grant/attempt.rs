@@ -52,7 +52,9 @@ fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
     let ask = !request.only_if_free && lease.expires_at > now && !lease.released;
     let session_ended = ask && lease.session_bound && session::holder_is_gone(lease.token);
     let lifeline_ended = ask
-        && lease.lifeline.is_some_and(|Attachment { id, session_bound }| session_bound && session::holder_is_gone(id));
+        && lease
+            .lifeline
+            .is_some_and(|Attachment { id, session_bound }| session_bound && session::holder_is_gone(id));
     Found {
         holder: &lease.holder,
         owner: lease.owner,
@@ -70,10 +72,19 @@ fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
 /// before. A confirmed lapse is final, so the lock is given back at once (it would keep the
 /// lifeline's renewals waiting). Returns the lease as found then, or None when the lock is
 /// busy.
-fn confirm_lapse(store: &Store, request: &Request, lease: Option<Lease>, now: Timestamp) -> Option<Option<Lease>> {
-    let Some(Attachment { id, .. }) = lease.as_ref().and_then(|lease| lease.lifeline) else { return Some(lease) };
+fn confirm_lapse(
+    store: &Store,
+    request: &Request,
+    lease: Option<Lease>,
+    now: Timestamp,
+) -> Option<Option<Lease>> {
+    let Some(Attachment { id, .. }) = lease.as_ref().and_then(|lease| lease.lifeline) else {
+        return Some(lease);
+    };
     let found = lease.as_ref().map(|lease| facts(lease, now, request));
-    if decide(found.as_ref(), now, &request.asking(store), false) != Decision::TakeOver(Reason::LifelineExpired) {
+    if decide(found.as_ref(), now, &request.asking(store), false)
+        != Decision::TakeOver(Reason::LifelineExpired)
+    {
         return Some(lease);
     }
     let lapse = barrier::lock_lifeline(id, LifelineMode::Lapse, true)?;

@@ -13,9 +13,9 @@ use pgrx::pg_sys;
 
 use crate::barrier::{self, Mode};
 use crate::errors::LeaseResult;
+use crate::lifeline;
 use crate::stats::{self, Counter};
 use crate::store::Store;
-use crate::lifeline;
 use crate::vocabulary::{clock_now, Timestamp};
 
 mod attempt;

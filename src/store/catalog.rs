@@ -48,8 +48,8 @@ impl Catalog {
             let primary_key = pg_sys::RelationGetPrimaryKeyIndex(relation);
             pg_sys::RelationClose(relation);
             let lifelines = pg_sys::get_relname_relid(c"lifelines".as_ptr(), namespace);
-            let current = lifelines != Oid::INVALID
-                && pg_sys::get_attnum(table, c"released_at".as_ptr()) != 0;
+            let current =
+                lifelines != Oid::INVALID && pg_sys::get_attnum(table, c"released_at".as_ptr()) != 0;
             let shape = if current { Shape::Current } else { Shape::Classic };
             Catalog { table, token_sequence, table_owner, primary_key, shape, lifelines }
         };

@@ -73,7 +73,8 @@ impl Store {
     pub fn extend(&self, resource: &str, token: i64, now: Timestamp, expires_at: Timestamp) -> Option<Lease> {
         let args = [resource.into_datum(), token.into_datum(), now.into_datum(), expires_at.into_datum()];
         // SAFETY: the statement returns a lease's columns.
-        (self.execute(Statement::Extend, &args, false, 1) == 1).then(|| unsafe { plans::lease(0, self.shape()) })
+        (self.execute(Statement::Extend, &args, false, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
     /// The holder's re-acquire of its live lease, in a table with lifelines: its own expiry
@@ -102,9 +103,14 @@ impl Store {
 
     /// Replaces the data of the lease `token` holds (the caller checked that it holds).
     pub fn set_data(&self, resource: &str, token: i64, data: Option<&serde_json::Value>) -> Option<Lease> {
-        let args = [resource.into_datum(), token.into_datum(), data.and_then(|data| JsonB(data.clone()).into_datum())];
+        let args = [
+            resource.into_datum(),
+            token.into_datum(),
+            data.and_then(|data| JsonB(data.clone()).into_datum()),
+        ];
         // SAFETY: the statement returns a lease's columns.
-        (self.execute(Statement::SetData, &args, false, 1) == 1).then(|| unsafe { plans::lease(0, self.shape()) })
+        (self.execute(Statement::SetData, &args, false, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
     /// Deletes a lease that `token` holds at `now`; returns it, or None if the token does not
@@ -130,7 +136,8 @@ impl Store {
     pub fn keep(&self, resource: &str, token: i64, until: Timestamp, now: Timestamp) -> Option<Lease> {
         let args = [resource.into_datum(), token.into_datum(), until.into_datum(), now.into_datum()];
         // SAFETY: the statement returns a lease's columns.
-        (self.execute(Statement::Keep, &args, false, 1) == 1).then(|| unsafe { plans::lease(0, self.shape()) })
+        (self.execute(Statement::Keep, &args, false, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
     /// The lease `token` holds on `resource` at `now`, if it does. Under a transaction-wide

@@ -3,8 +3,8 @@
 //!
 //! Uses the store's reads and vocabulary.
 
-use pgrx::pg_sys::{self, Oid};
 use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 
 use super::{lease_table, Store};
@@ -49,7 +49,9 @@ fn lease_row(
         name!(application_name, Option<String>),
     ),
 > {
-    TableIterator::new(lease_row_full(resource).map(|row| (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8)))
+    TableIterator::new(
+        lease_row_full(resource).map(|row| (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8)),
+    )
 }
 
 /// `lease._lease_row(resource)`: the live lease on `resource`, as `lease_info` shows it: the

@@ -53,9 +53,16 @@ impl Store {
     /// transaction-wide snapshot too: a lifeline's end is decided on the latest state).
     pub fn lifeline(&self, id: i64) -> Option<Lifeline> {
         // SAFETY: one row of (regrole, timestamptz, bool, int8), none NULL.
-        (self.execute(Statement::LifelineGet, &[id.into_datum()], self.transaction_snapshot, 1) == 1).then(|| unsafe {
-            Lifeline { owner: column(0, 1), expires_at: column(0, 2), session_bound: column(0, 3), ttl: column(0, 4) }
-        })
+        (self.execute(Statement::LifelineGet, &[id.into_datum()], self.transaction_snapshot, 1) == 1).then(
+            || unsafe {
+                Lifeline {
+                    owner: column(0, 1),
+                    expires_at: column(0, 2),
+                    session_bound: column(0, 3),
+                    ttl: column(0, 4),
+                }
+            },
+        )
     }
 
     /// Moves the expiry of the lifeline `id` if it has not lapsed at `now`; false otherwise.

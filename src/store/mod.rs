@@ -83,7 +83,11 @@ impl Store {
             // SAFETY: the lease table, opened (and its layout checked) under the reader's lock.
             direct: read_committed
                 && unsafe {
-                    direct::Layout::check(catalog.table, catalog.shape, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+                    direct::Layout::check(
+                        catalog.table,
+                        catalog.shape,
+                        pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+                    )
                 },
             transaction_snapshot: !read_committed,
             spi_connected: Cell::new(false),

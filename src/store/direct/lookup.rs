@@ -6,8 +6,8 @@ use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 
 use crate::store::row::{
-    ACQUIRED_AT, Attachment, Lease, Shape, DATA, EXPIRES_AT, HOLDER, LIFELINE, OWNER, RELEASED_AT, RESOURCE, SESSION_PID,
-    TOKEN,
+    Attachment, Lease, Shape, ACQUIRED_AT, DATA, EXPIRES_AT, HOLDER, LIFELINE, OWNER, RELEASED_AT, RESOURCE,
+    SESSION_PID, TOKEN,
 };
 
 /// A lease as found, with where its row is.
@@ -72,7 +72,8 @@ impl Lookup {
             let (holder, holder_null) = column(HOLDER);
             let (owner, owner_null) = column(OWNER);
             let (data, data_null) = if current { column(DATA) } else { (pg_sys::Datum::from(0), true) };
-            let lifeline = if current { i64::from_datum(values[LIFELINE - 1], nulls[LIFELINE - 1]) } else { None };
+            let lifeline =
+                if current { i64::from_datum(values[LIFELINE - 1], nulls[LIFELINE - 1]) } else { None };
             Some(Found {
                 tid: (*slot).tts_tid,
                 lease: Lease {

@@ -1,5 +1,7 @@
-//! The SQL entry points: `lease_acquire`, `lease_acquire_any`, `lease_renew`,
-//! `lease_release`, `lease_check`, `lease_assert`, `lease_force_release` and `lease_sweep`.
+//! The SQL entry points: `lease_acquire`, `lease_acquire_any` ([`claims`]), `lease_renew`,
+//! `lease_release`, `lease_set_data`, `lease_check`, `lease_assert`, `lease_force_release`,
+//! `lease_sweep`, and the lifelines' ([`lifelines`]). Where a version changed a signature, the
+//! entry point of the older one stays, for databases not updated yet.
 //!
 //! The public signatures (argument names, defaults, comments, grants) live in the SQL scripts
 //! (`sql/lease--0.1.0.sql` and the version steps after it); the functions here are their C
@@ -9,7 +11,7 @@
 //! [`crate::expiry`] for the sweep. The introspection functions behind `lease_info`,
 //! `lease.active` and `lease.stats` sit beside what they show (store, waiting, events, stats).
 //!
-//! Uses errors, settings, waiting, grant, holding and expiry.
+//! Uses errors, settings, waiting, grant, holding, lifeline and expiry.
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -20,6 +22,7 @@ use crate::grant;
 use crate::{expiry, holding, settings, waiting};
 
 pub mod arguments;
+mod claims;
 mod lifelines;
 
 use arguments::ensure_primary;
@@ -75,69 +78,6 @@ fn acquire(
     }
     ensure_primary()?;
     grant::acquire(&request, wait)
-}
-
-/// `lease_acquire_any` as versions 0.3.0 and 0.4.0 declare it (six arguments).
-#[pg_extern(sql = false)]
-fn lease_acquire_any(
-    resources: Option<Array<&str>>,
-    holder: Option<&str>,
-    ttl: Option<Interval>,
-    max_count: Option<i32>,
-    session_bound: Option<bool>,
-    snapshot_consistent: Option<bool>,
-) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
-    let options = (max_count, session_bound, snapshot_consistent);
-    TableIterator::new(acquire_any(resources, holder, ttl, options, None, None).or_raise())
-}
-
-/// Takes up to `max_count` of `resources` that are free (or expired), in the order given, and
-/// returns each with its token. Never waits: resources that another transaction is changing at
-/// this moment, or that are held, or that queued waiters are owed, are skipped. A resource the
-/// caller already holds (same holder, same role) is returned again with its expiry extended.
-/// With `snapshot_consistent`, only resources without a lease row whose lease has not changed
-/// since the calling statement's snapshot are taken, so what that statement read is current.
-/// `lifeline` and `data` are as for `lease_acquire`.
-#[pg_extern(sql = false)]
-#[allow(clippy::too_many_arguments)]
-fn lease_acquire_any_with(
-    resources: Option<Array<&str>>,
-    holder: Option<&str>,
-    ttl: Option<Interval>,
-    max_count: Option<i32>,
-    session_bound: Option<bool>,
-    snapshot_consistent: Option<bool>,
-    lifeline: Option<i64>,
-    data: Option<JsonB>,
-) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
-    let options = (max_count, session_bound, snapshot_consistent);
-    TableIterator::new(acquire_any(resources, holder, ttl, options, lifeline, data.as_ref()).or_raise())
-}
-
-/// `lease_acquire_any` with its argument checks; `options` are max_count, session_bound and
-/// snapshot_consistent.
-fn acquire_any(
-    resources: Option<Array<&str>>,
-    holder: Option<&str>,
-    ttl: Option<Interval>,
-    (max_count, session_bound, snapshot_consistent): (Option<i32>, Option<bool>, Option<bool>),
-    lifeline: Option<i64>,
-    data: Option<&JsonB>,
-) -> LeaseResult<Vec<(String, i64)>> {
-    let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
-    // Every element is checked before anything is granted: bad input changes nothing.
-    let candidates = resources
-        .iter()
-        .map(|resource| arguments::resource(resource, "resources element"))
-        .collect::<LeaseResult<Vec<&str>>>()?;
-    let mut request = arguments::request("", holder, ttl, session_bound, lifeline, data)?;
-    request.only_if_free = snapshot_consistent.unwrap_or(false);
-    let max_count = arguments::count(max_count, "max_count", 1)?;
-    ensure_primary()?;
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    grant::acquire_any(&candidates, &request, max_count)
 }
 
 /// Moves the expiry of a held lease to now + ttl; false if `token` no longer holds `resource`.

@@ -789,6 +789,13 @@ def dumped(tmp_path_factory):
                 granted.append(released[resource])
                 assert one(c, "SELECT lease_release(%s, %s)", (resource, released[resource])) is True
             assert len(granted) == 60 and len(set(granted)) == 60
+            # a lifeline with a lease attached, and a lease kept after its release
+            lifeline = one(c, "SELECT lease_lifeline_open('dumped', '1 hour')")
+            live["g:dump:attached"] = one(c, "SELECT lease_acquire('g:dump:attached', 'worker', lifeline => %s)",
+                                          (lifeline,))
+            kept = one(c, "SELECT lease_acquire('g:dump:kept', 'cron', '1 min')")
+            assert one(c, "SELECT lease_release('g:dump:kept', %s, keep_for => '1 hour')", (kept,)) is True
+            granted += [lifeline, live["g:dump:attached"], kept]
             c.execute("CREATE TABLE jobs (id int PRIMARY KEY, state text, lease_token bigint)")
             c.execute("CREATE TRIGGER jobs_fence BEFORE UPDATE OR DELETE ON jobs "
                       "FOR EACH ROW EXECUTE FUNCTION lease_fence('id', 'lease_token', 'g:dump:job:')")
@@ -797,10 +804,11 @@ def dumped(tmp_path_factory):
                                 (live["g:dump:job:1"],)).rowcount
             assert updated == 1
             rows = sorted(c.execute("SELECT resource, holder, token FROM lease.leases").fetchall())
-            assert len(rows) == 50
+            assert len(rows) == 52
         done = client("pg_dump", "-Fc", "-f", path, "-d", db)
         assert done.returncode == 0, done.stderr
-        yield {"path": path, "rows": rows, "live": live, "released": released, "max_token": max(granted)}
+        yield {"path": path, "rows": rows, "live": live, "released": released, "max_token": max(granted),
+               "lifeline": lifeline}
     finally:
         with connect() as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -839,6 +847,13 @@ def test_dump_and_restore_keep_the_leases_and_the_tokens(dumped, target):
             assert one(c, "SELECT lease_acquire(%s, 'holder-7', '1 hour')", (live,)) == dumped["live"][live]
             first = one(c, "SELECT lease_acquire('g:dump:after', 'h', '1 min')")
             assert first > dumped["max_token"]
+            # the lifeline came along: its lease holds, it renews, and the kept lease is still kept
+            attached = dumped["live"]["g:dump:attached"]
+            assert one(c, "SELECT lease_check('g:dump:attached', %s)", (attached,)) is True
+            assert one(c, "SELECT leases FROM lease.live_lifelines WHERE id = %s", (dumped["lifeline"],)) == 1
+            assert one(c, "SELECT lease_lifeline_renew(%s) > now()", (dumped["lifeline"],)) is True
+            assert one(c, "SELECT lease_acquire('g:dump:kept', 'cron', '1 min')") is None
+            assert one(c, "SELECT released_at IS NOT NULL FROM lease_info('g:dump:kept')") is True
             # the fenced table: a stale token is rejected, the live one passes
             stale = dumped["released"]["g:dump:released:0"]
             with pytest.raises(psycopg.Error) as raised:

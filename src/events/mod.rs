@@ -246,7 +246,7 @@ pub fn at_commit(anyone_waits: bool) -> Vec<u64> {
     };
     let earliest_expiry = pending
         .iter()
-        .filter(|p| matches!(p.event.kind, Kind::Acquired | Kind::Renewed))
+        .filter(|p| matches!(p.event.kind, Kind::Acquired | Kind::Renewed | Kind::Released))
         .filter_map(|p| p.event.expires_at)
         .chain(expiries.iter().map(|(_, at)| *at))
         .min();

@@ -261,7 +261,9 @@ fn apply(
     }
     if let Some((reason, lease)) = ended {
         // Not swept yet: announce the old token's end before the new grant.
-        let ended_at = lease.expires_at.min(now);
+        // A lifeline bound to a session that ended, before its expiry, ended when that was seen.
+        let ended_at =
+            if reason == Reason::LifelineExpired { lease.expires_at.min(now) } else { lease.expires_at };
         events::record(Event::of(Kind::Expired, resource, lease, Some(ended_at), now).because(reason));
     }
     if request.session_bound && !session::bind(store, token) {

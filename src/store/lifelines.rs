@@ -76,9 +76,11 @@ impl Store {
         self.execute(Statement::LifelineDelete, &[id.into_datum()], false, 1) == 1
     }
 
-    /// The leases attached to the lifeline `id`, as (resource, token), in resource order.
+    /// The leases attached to the lifeline `id`, as (resource, token), in resource order; read
+    /// as last committed whatever the isolation level (the caller holds the lifeline's
+    /// membership lock, so no attach is in progress).
     pub fn attached(&self, id: i64) -> Vec<(String, i64)> {
-        let count = self.execute(Statement::LifelineLeases, &[id.into_datum()], false, 0);
+        let count = self.execute(Statement::LifelineLeases, &[id.into_datum()], true, 0);
         // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
         (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
     }

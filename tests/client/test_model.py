@@ -71,6 +71,8 @@ LEASE_MODEL_COVERAGE=1 shows them too).
 """
 
 import collections
+import datetime
+import json
 import os
 import random
 import time
@@ -98,10 +100,24 @@ HOLDERS = ("h1", "h2")
 LONG, SHORT = "1 hour", "1 ms"
 WAIT = "10 ms"
 LEASE_LOCK_SPACE = 0x4C45  # pg_locks.objsubid of the resources' barrier locks
+LIFELINE_LOCK_SPACE = 0x4C4C  # pg_locks.objsubid of the lifelines' locks
 POLL_TIMEOUT = 5.0
 SWEEP_TIMEOUT = 10.0
+KEEP_MARGIN_US = 200_000  # a "short" keep_for ends this long after the release (then waited out)
+LONG_DELTA = datetime.timedelta(hours=1)
+SHORT_DELTA = datetime.timedelta(milliseconds=1)
+# data stored with a lease (none is JSON null: psycopg reads that as None, like SQL NULL); the
+# last one is exactly 512 bytes of compact JSON, the limit
+DATA_VALUES = ({"job": 1}, {"job": 2, "tags": ["a", "b"]}, ["x", 3], "text", 42, {"nested": {"k": None}},
+               "x" * 510)
+BIG_DATA = "x" * 511  # 513 bytes of compact JSON: 22023
 
 CHANGE, EXTEND, FENCE = "CHANGE", "EXTEND", "FENCE"
+USE, END = "USE", "END"  # lifeline lock modes: renew and attach; close and a lapsed lifeline's takeover
+
+
+def json_text(value):
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def is_member(role, owner):
@@ -119,12 +135,36 @@ def may_force_release(role):
 
 
 class Lease:
-    """One version of a lease row. Versions are never changed, except that time expires them."""
+    """One version of a lease row. Versions are never changed, except that time expires them.
+    `lifeline`: the lifeline it is attached to (it then lives exactly as long as that); `kept`:
+    released with keep_for (nobody holds it, nobody may acquire it until it expires; `keep_us`
+    is its keep_for); `since`, `since_ub`: server clock read just before and after the call that
+    granted it (bounds of acquired_at)."""
 
-    __slots__ = ("holder", "owner", "token", "bound", "expired")
+    __slots__ = ("holder", "owner", "token", "bound", "expired", "lifeline", "data", "kept", "keep_us",
+                 "since", "since_ub")
 
-    def __init__(self, holder, owner, token, bound):
+    def __init__(self, holder, owner, token, bound, lifeline=None, data=None, kept=False, keep_us=None,
+                 since=None, since_ub=None):
         self.holder, self.owner, self.token, self.bound = holder, owner, token, bound
+        self.lifeline, self.data, self.kept, self.keep_us = lifeline, data, kept, keep_us
+        self.since, self.since_ub = since, since_ub
+        self.expired = False
+
+    def copy(self, **changes):
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "expired"}
+        fields.update(changes)
+        return Lease(**fields)
+
+
+class Lifeline:
+    """One version of a lifeline row: `short` is its own ttl (what a renewal without a ttl uses),
+    `bound` the session it is bound to; time expires a version."""
+
+    __slots__ = ("id", "owner", "bound", "short", "expired")
+
+    def __init__(self, lid, owner, bound, short):
+        self.id, self.owner, self.bound, self.short = lid, owner, bound, short
         self.expired = False
 
 
@@ -140,24 +180,32 @@ class Tx:
         self.proofs = set()  # resources proven (for the lease_fence trigger)
         self.rows = {}  # row key -> (resource, token) or None: own writes to the fenced table
         self.row_locks = set()  # row keys written (locked) by this transaction
+        self.lifelines = {}  # lifeline id -> Lifeline or None: this transaction's own writes
+        self.lifeline_locks = {}  # lifeline id -> set of lock modes held (USE, END)
         self.savepoints = []  # [name, saved state]
         self.aborted = False
         self.savepoint_names = 0
 
     def save(self):
-        return (dict(self.leases), {r: set(m) for r, m in self.locks.items()}, set(self.proofs),
-                dict(self.rows), set(self.row_locks))
+        return {"leases": dict(self.leases), "locks": {r: set(m) for r, m in self.locks.items()},
+                "proofs": set(self.proofs), "rows": dict(self.rows), "row_locks": set(self.row_locks),
+                "lifelines": dict(self.lifelines),
+                "lifeline_locks": {i: set(m) for i, m in self.lifeline_locks.items()}}
 
     def restore(self, saved):
-        leases, locks, proofs, rows, row_locks = saved
-        self.leases = dict(leases)
-        self.locks = {r: set(m) for r, m in locks.items()}
-        self.proofs = set(proofs)
-        self.rows = dict(rows)
-        self.row_locks = set(row_locks)
+        self.leases = dict(saved["leases"])
+        self.locks = {r: set(m) for r, m in saved["locks"].items()}
+        self.proofs = set(saved["proofs"])
+        self.rows = dict(saved["rows"])
+        self.row_locks = set(saved["row_locks"])
+        self.lifelines = dict(saved["lifelines"])
+        self.lifeline_locks = {i: set(m) for i, m in saved["lifeline_locks"].items()}
 
     def lock(self, resource, mode):
         self.locks.setdefault(resource, set()).add(mode)
+
+    def lock_lifeline(self, lid, mode):
+        self.lifeline_locks.setdefault(lid, set()).add(mode)
 
 
 class SessionModel:

@@ -136,8 +136,9 @@ COMMENT ON VIEW lease.active IS
 
 CREATE OR REPLACE VIEW lease.stats AS
 SELECT s.*,
-       (SELECT count(*) FROM lease.leases AS l LEFT JOIN lease.lifelines AS f ON f.id = l.lifeline
-         WHERE CASE WHEN l.lifeline IS NULL THEN l.expires_at ELSE f.expires_at END > clock_timestamp()) AS live_leases
+       (SELECT count(*) FROM lease.leases AS l WHERE l.expires_at > clock_timestamp() AND l.lifeline IS NULL)
+       + (SELECT count(*) FROM lease.leases AS l JOIN lease.lifelines AS f ON f.id = l.lifeline
+           WHERE f.expires_at > clock_timestamp()) AS live_leases
 FROM lease._stats() AS s;
 
 CREATE VIEW lease.live_lifelines WITH (security_barrier) AS

@@ -12,9 +12,9 @@
 use crate::barrier::{self, LifelineMode};
 use crate::events::{self, Event, Kind, Reason};
 use crate::lifeline;
-use crate::session;
 use crate::store::{Shape, Store};
 use crate::vocabulary::{clock_now, Timestamp};
+use crate::{session, settings};
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +27,9 @@ pub struct Sweep {
     pub busy: i64,
 }
 
-/// Removes up to `limit` expired leases, earliest first, and then the leases of up to `limit`
-/// lapsed lifelines, in the current transaction.
+/// Removes up to `limit` expired leases, earliest first, and then, within the same `limit`,
+/// leases of lapsed lifelines, in the current transaction (a lifeline with more leases than
+/// that is ended over several sweeps).
 ///
 /// Each lease is removed only under its resource's barrier lock, taken without waiting (a
 /// resource whose fence or change is in progress is skipped and counted as busy), and only if
@@ -56,9 +57,13 @@ pub fn sweep(limit: i64) -> Sweep {
             None => held.release_if_unused_before(),
         }
     }
-    if store.shape() == Shape::Current {
-        for id in store.lapsed_lifelines(clock_now(), limit) {
-            outcome.add(end_lifeline(&store, id));
+    if store.shape() == Shape::Current && outcome.found < limit {
+        for id in store.lapsed_lifelines(clock_now(), limit - outcome.found) {
+            let budget = limit - outcome.found;
+            if budget <= 0 {
+                break;
+            }
+            outcome.add(end_lifeline(&store, id, budget));
         }
     }
     outcome
@@ -72,10 +77,11 @@ impl Sweep {
     }
 }
 
-/// Removes the leases of the lifeline `id` if it has lapsed, announcing each as `expired`
-/// (reason `lifeline_expired`), and then the lifeline. Its lock and each lease's are only
-/// tried: what is busy is counted and left for the next sweep (with the lifeline).
-fn end_lifeline(store: &Store, id: i64) -> Sweep {
+/// Removes up to `budget` leases of the lifeline `id` if it has lapsed, announcing each as
+/// `expired` (reason `lifeline_expired`), and then, once none is left, the lifeline. Its locks
+/// and each lease's are only tried: what is busy is counted and left for the next sweep (with
+/// the lifeline). Counts each lease it found (at least one for the lifeline itself).
+fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
     let mut outcome = Sweep { found: 1, ..Sweep::default() };
     let locks = barrier::lock_lifeline(id, LifelineMode::End, true)
         .and_then(|end| Some((end, barrier::lock_lifeline(id, LifelineMode::Lapse, true)?)));
@@ -92,13 +98,18 @@ fn end_lifeline(store: &Store, id: i64) -> Sweep {
         return outcome;
     };
     let ended_at = lifeline.expires_at.min(clock_now());
-    for (resource, token) in store.attached(id) {
+    let attached = store.attached(id);
+    let left = attached.len() as i64 - budget;
+    outcome.found = budget.min(attached.len() as i64).max(1);
+    for (resource, token) in attached.into_iter().take(budget as usize) {
         let Some(lock) = barrier::try_lock(&resource, barrier::Mode::Change) else {
             outcome.busy += 1;
             continue;
         };
+        store.ensure_snapshot_current(&resource);
         let now = clock_now();
-        match store.delete_grant(&resource, token) {
+        // Only if still attached: it may have been re-acquired or kept since it was listed.
+        match store.delete_attached(&resource, token, id) {
             Some(lease) => {
                 let event = Event::of(Kind::Expired, &resource, &lease, Some(ended_at), now);
                 events::record(event.because(Reason::LifelineExpired));
@@ -107,9 +118,14 @@ fn end_lifeline(store: &Store, id: i64) -> Sweep {
             None => lock.release_if_unused_before(),
         }
     }
-    if outcome.busy == 0 {
-        store.delete_lifeline(id);
-        session::unbind_at_commit(id);
+    match (outcome.busy, left) {
+        (0, ..=0) => {
+            store.delete_lifeline(id);
+            session::unbind_at_commit(id);
+        }
+        // More leases than this sweep may take: the next sweep goes on (soon, like a busy one).
+        (0, _) => outcome.busy += 1,
+        _ => {}
     }
     outcome
 }
@@ -122,8 +138,8 @@ pub fn sweep_ended_sessions() -> Sweep {
     let mut outcome = Sweep::default();
     if store.shape() == Shape::Current {
         for id in store.session_bound_lifelines() {
-            if session::holder_is_gone(id) {
-                outcome.add(end_lifeline(&store, id));
+            if session::lifeline_holder_is_gone(id) {
+                outcome.add(end_lifeline(&store, id, settings::expire_batch()));
             }
         }
     }

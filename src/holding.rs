@@ -12,7 +12,7 @@ use crate::barrier::{self, Mode, Taken};
 use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Kind};
 use crate::session;
-use crate::store::Store;
+use crate::store::{Lease, Store};
 use crate::vocabulary::clock_now;
 
 /// `lease_renew`: moves the expiry of a held lease to now + `ttl`; false if `token` no longer
@@ -49,7 +49,9 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
     let kept = keep_for.and_then(|keep_for| {
         let held = store.holds(resource, token, now)?;
         let until = held.acquired_at.saturating_add(keep_for);
-        (until > now).then(|| store.keep(resource, token, until, now).map(|lease| (lease, until))).flatten()
+        let kept = (until > now).then(|| store.keep(resource, token, until, now)).flatten()?;
+        // Its release is announced as the lease it was: attached to its lifeline, if it was.
+        Some((Lease { lifeline: held.lifeline, ..kept }, until))
     });
     let (lease, kept_until) = match kept {
         Some((lease, until)) => (lease, Some(until)),

@@ -11,12 +11,16 @@
 //! and only tries: so a renewal that found the lifeline live and has not committed yet makes
 //! its leases busy instead of lost, and once a lapse is confirmed under that lock it is final
 //! (a renewal checks the expiry against the clock, which only moves on). Attaches take its
-//! membership lock shared; closing it and the sweep take that exclusive, so that no lease is
-//! attached to a lifeline while it ends. Locks are always taken lifeline first, resource
-//! second, except by calls that only try the lifeline's locks (a takeover, the sweep), so these
-//! locks never deadlock.
+//! membership lock shared, and only try it (an acquire never waits in the lock manager: while
+//! the lifeline is ending its attaches are busy); closing it and the sweep take that lock
+//! exclusive, so that no lease is attached to a lifeline while it ends, and a close also takes
+//! the renewal lock, waiting for renewals in progress. A close then waits for its leases'
+//! fences, as a release does: a transaction that fenced one of them and then renews the same
+//! lifeline while another closes it deadlocks (40P01), as any two transactions that take two
+//! locks in opposite orders do; everything else takes the lifeline's locks first or only tries
+//! them.
 //!
-//! Uses vocabulary, errors, barrier, store, events and session.
+//! Uses vocabulary, errors, settings, barrier, store, events, session and waiting.
 
 use crate::barrier::{self, LifelineMode, Mode, Taken};
 use crate::errors::{LeaseError, LeaseResult};
@@ -24,12 +28,13 @@ use crate::events::{self, Kind};
 use crate::session;
 use crate::store::{Lifeline, Shape, Store};
 use crate::vocabulary::{clock_now, Timestamp};
+use crate::{settings, waiting};
 
 /// Whether the lifeline `id`, as found, has ended at `now`: its expiry passed, or the database
 /// session it is bound to ended (asking takes that session's lock, if free, until the end of
 /// the transaction).
 pub fn lapsed(id: i64, lifeline: &Lifeline, now: Timestamp) -> bool {
-    lifeline.expires_at <= now || (lifeline.session_bound && session::holder_is_gone(id))
+    lifeline.expires_at <= now || (lifeline.session_bound && session::lifeline_holder_is_gone(id))
 }
 
 /// The lifeline `id` if it is live at `now` and the caller may use it.
@@ -65,61 +70,99 @@ pub fn open(name: &str, ttl: i64, session_bound: bool) -> LeaseResult<i64> {
     Ok(id)
 }
 
-/// `lease_lifeline_renew`: moves the lifeline's expiry to now + `ttl` (its own ttl if None),
-/// and with it the end of every lease attached to it; returns the new expiry. 55000 if it
-/// lapsed.
+/// `lease_lifeline_renew`: moves the lifeline's expiry to now + `ttl` (its own ttl if None,
+/// within today's `lease.max_ttl`), and with it the end of every lease attached to it; returns
+/// the new expiry. 55000 if it lapsed.
 pub fn renew(id: i64, ttl: Option<i64>) -> LeaseResult<Timestamp> {
     let store = Store::open();
     ensure_current_shape(&store)?;
     let taken = barrier::lock_lifeline(id, LifelineMode::Renew, false).expect("a waiting lock is granted");
     let now = clock_now();
     let renewed = live(&store, id, now).and_then(|lifeline| {
-        let expires_at = now + ttl.unwrap_or(lifeline.ttl);
+        let ttl = ttl.unwrap_or(lifeline.ttl.min(settings::max_ttl_usecs()));
+        let expires_at = now.saturating_add(ttl);
         match store.renew_lifeline(id, now, expires_at) {
             true => Ok(expires_at),
+            // Live as last committed, but not to this transaction's older snapshot.
+            false if store.transaction_snapshot() => Err(serialization_failure(id)),
             false => Err(LeaseError::LifelineLapsed { id }),
         }
     });
-    if renewed.is_err() {
-        drop(store);
-        taken.release_if_unused_before();
+    match renewed {
+        // A shorter ttl than before: the worker must wake earlier.
+        Ok(expires_at) => events::expiry_at_commit(expires_at),
+        Err(_) => {
+            drop(store);
+            taken.release_if_unused_before();
+        }
     }
     renewed
 }
 
 /// `lease_lifeline_close`: releases every lease attached to the lifeline (announcing each as
-/// `released`) and ends the lifeline; returns how many leases it released. Waits for the
-/// fences of those leases, as a release does. 55000 if the lifeline lapsed.
+/// `released`) and ends the lifeline; returns how many leases it released. Waits for attaches
+/// and renewals in progress, then for the fences of its leases, as a release does. 55000 if
+/// the lifeline lapsed.
 pub fn close(id: i64) -> LeaseResult<i64> {
     let store = Store::open();
     ensure_current_shape(&store)?;
-    let _taken = barrier::lock_lifeline(id, LifelineMode::End, false);
-    let now = clock_now();
-    let lifeline = live(&store, id, now)?;
+    barrier::lock_lifeline(id, LifelineMode::End, false);
+    barrier::lock_lifeline(id, LifelineMode::Lapse, false);
+    live(&store, id, clock_now())?;
     let mut released = 0;
     for (resource, token) in store.attached(id) {
-        barrier::lock(&resource, Mode::Change);
-        let now = clock_now();
-        if let Some(mut lease) = store.delete_grant(&resource, token) {
-            lease.expires_at = lifeline.expires_at;
-            barrier::prove(&resource);
-            events::record_change(Kind::Released, &resource, &lease, None, now);
-            released += 1;
-        }
+        // Queued for only while the lease is still this lifeline's (as a release queues only
+        // when it can succeed): it may have been re-acquired, kept or taken since it was listed.
+        let attached = |store: &Store| {
+            store.current(&resource).is_some_and(|lease| {
+                lease.token == token
+                    && !lease.released
+                    && lease.lifeline.is_some_and(|lifeline| lifeline.id == id)
+            })
+        };
+        let taken = match barrier::try_lock(&resource, Mode::Change) {
+            Some(taken) => taken,
+            None if attached(&store) => barrier::lock(&resource, Mode::Change),
+            None => continue,
+        };
+        store.ensure_snapshot_current(&resource);
+        let Some(lease) = store.delete_attached(&resource, token, id) else {
+            taken.release_if_unused_before();
+            continue;
+        };
+        barrier::prove(&resource);
+        events::record_change(Kind::Released, &resource, &lease, None, clock_now());
+        released += 1;
     }
-    store.delete_lifeline(id);
+    if !store.delete_lifeline(id) {
+        // Live as last committed, but not to this transaction's older snapshot.
+        return Err(serialization_failure(id));
+    }
     session::unbind_at_commit(id);
     Ok(released)
 }
 
-/// For an acquire that attaches its lease to the lifeline `id`: takes the lifeline's membership
-/// lock (waiting for an end in progress) and returns it with the lifeline, live at `now` and
-/// usable by the caller; 55000 or 42501 otherwise.
-pub fn use_for_attach(store: &Store, id: i64) -> LeaseResult<(Taken, Lifeline)> {
+fn serialization_failure(id: i64) -> LeaseError {
+    LeaseError::SerializationFailure { resource: format!("lifeline {id}") }
+}
+
+/// For an acquire that attaches its lease to the lifeline `id`: tries the lifeline's
+/// membership lock (with `patient`, again a millisecond apart for up to 10 ms: an end in
+/// progress is busy, and an acquire never waits in the lock manager) and returns it with the
+/// lifeline, live and usable by the caller; None while busy; 55000 or 42501.
+pub fn use_for_attach(store: &Store, id: i64, patient: bool) -> LeaseResult<Option<(Taken, Lifeline)>> {
     ensure_current_shape(store)?;
-    let taken = barrier::lock_lifeline(id, LifelineMode::Attach, false).expect("a waiting lock is granted");
+    let mut taken = barrier::lock_lifeline(id, LifelineMode::Attach, true);
+    for _ in 0..if patient { 10 } else { 0 } {
+        if taken.is_some() {
+            break;
+        }
+        waiting::sleep(1);
+        taken = barrier::lock_lifeline(id, LifelineMode::Attach, true);
+    }
+    let Some(taken) = taken else { return Ok(None) };
     match live(store, id, clock_now()) {
-        Ok(lifeline) => Ok((taken, lifeline)),
+        Ok(lifeline) => Ok(Some((taken, lifeline))),
         Err(error) => {
             taken.release_if_unused_before();
             Err(error)

@@ -91,6 +91,37 @@ pub fn holder_is_gone(token: i64) -> bool {
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
+/// Whether the session that opened the session-bound lifeline `id` has ended. Unlike
+/// [`holder_is_gone`] it keeps nothing: a lifeline's leases are many resources, and checkers of
+/// different ones must not take each other for the lifeline's session (a lock that conflicts
+/// with the owner's, not with other checkers', tried and given back at once).
+pub fn lifeline_holder_is_gone(id: i64) -> bool {
+    if is_bound_here(id) {
+        return false;
+    }
+    let tag = tag(id);
+    let mode = pg_sys::RowShareLock as pg_sys::LOCKMODE;
+    // SAFETY: a transaction-level try-lock, released at once if taken (and never held before:
+    // checkers take nothing else on this tag).
+    unsafe {
+        match pg_sys::LockAcquire(&tag, mode, false, true) {
+            pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL => false,
+            pg_sys::LockAcquireResult::LOCKACQUIRE_OK => {
+                pg_sys::LockRelease(&tag, mode, false);
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Whether this transaction bound or unbinds anything: such a transaction cannot be prepared
+/// (its session locks are this session's).
+pub fn any_pending() -> bool {
+    BOUND_NOW.with(|taken| !taken.borrow().is_empty())
+        || UNBIND_AT_COMMIT.with(|drop| !drop.borrow().is_empty())
+}
+
 /// Drops, at commit, held locks whose leases no longer exist, once there are many of them.
 fn tidy(store: &Store) {
     let held = BOUND.with(|bound| bound.borrow().clone());

@@ -44,7 +44,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_PREPARE if events::any_pending() => {
+        XACT_EVENT_PRE_PREPARE if events::any_pending() || session::any_pending() => {
             ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 "cannot PREPARE a transaction that changed leases",

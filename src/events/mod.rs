@@ -28,7 +28,7 @@ use crate::barrier::resource_key;
 use crate::settings;
 use crate::stats::{self, Counter};
 use crate::store::Lease;
-use crate::vocabulary::{nesting_level, Timestamp};
+use crate::vocabulary::{nesting_level, Timestamp, MAX_DATA_BYTES};
 
 pub mod database;
 mod payload;
@@ -118,7 +118,14 @@ impl Event {
             expires_at,
             at,
             lifeline: lease.lifeline.map(|lifeline| lifeline.id),
-            data: lease.data.as_ref().filter(|_| settings::notify_data()).map(|data| data.to_string()),
+            // Data the functions accept always fits; data written into the table by hand that
+            // does not is left out, so that a payload always fits NOTIFY's limit.
+            data: lease
+                .data
+                .as_ref()
+                .filter(|_| settings::notify_data())
+                .map(|data| data.to_string())
+                .filter(|data| data.len() <= MAX_DATA_BYTES),
         }
     }
 
@@ -169,9 +176,10 @@ pub fn record_change(
     record(Event::of(kind, resource, lease, expires_at, at));
 }
 
-/// Whether this transaction has recorded events.
+/// Whether this transaction has recorded events (or expiries for the worker).
 pub fn any_pending() -> bool {
     PENDING.with(|pending| !pending.borrow().is_empty())
+        || EXPIRIES.with(|expiries| !expiries.borrow().is_empty())
 }
 
 /// Before commit: where the ring does not serve this database, announce with NOTIFY now (in

@@ -52,9 +52,9 @@ fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
     let ask = !request.only_if_free && lease.expires_at > now && !lease.released;
     let session_ended = ask && lease.session_bound && session::holder_is_gone(lease.token);
     let lifeline_ended = ask
-        && lease
-            .lifeline
-            .is_some_and(|Attachment { id, session_bound }| session_bound && session::holder_is_gone(id));
+        && lease.lifeline.is_some_and(|Attachment { id, session_bound }| {
+            session_bound && session::lifeline_holder_is_gone(id)
+        });
     Found {
         holder: &lease.holder,
         owner: lease.owner,
@@ -109,11 +109,17 @@ fn look(store: &Store, request: &Request) -> Decision {
 pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
     // The lifeline first (lifeline, then resource: see `crate::lifeline`); kept while the lease
     // is attached to it, given back otherwise.
-    let lifeline = request.lifeline.as_ref().map(|(id, expires_at)| {
-        let (taken, found) = lifeline::use_for_attach(store, *id).or_raise();
-        expires_at.set(found.expires_at);
-        taken
-    });
+    let lifeline = match &request.lifeline {
+        None => None,
+        Some((id, expires_at)) => match lifeline::use_for_attach(store, *id, patient).or_raise() {
+            // The lifeline is ending right now: a waiting call looks again on its schedule.
+            None => return Attempt::Busy,
+            Some((taken, found)) => {
+                expires_at.set(found.expires_at);
+                Some(taken)
+            }
+        },
+    };
     let outcome = attempt_resource(store, request, ticket, patient);
     if let (Some(taken), None) = (lifeline, outcome.token()) {
         taken.release_if_unused_before();

@@ -71,10 +71,15 @@ pub fn acquire_any(
     max_count: usize,
 ) -> LeaseResult<Vec<(String, i64)>> {
     let store = Store::open();
-    // The lifeline is taken for use once, for the whole claim.
+    // The lifeline is taken for use once, for the whole claim; while it is ending, nothing can
+    // be claimed for it.
+    let mut membership = None;
     if let Some((id, expires_at)) = &claim.lifeline {
-        let (_, found) = lifeline::use_for_attach(&store, *id)?;
+        let Some((taken, found)) = lifeline::use_for_attach(&store, *id, true)? else {
+            return Ok(Vec::new());
+        };
         expires_at.set(found.expires_at);
+        membership = Some(taken);
     }
     let holder = claim.holder;
     // Candidates someone else holds are skipped without taking their lock. The test is a hint;
@@ -107,6 +112,9 @@ pub fn acquire_any(
                 break;
             }
         }
+    }
+    if let (Some(taken), true) = (membership, granted.is_empty()) {
+        taken.release_if_unused_before();
     }
     Ok(granted)
 }

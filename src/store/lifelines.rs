@@ -7,8 +7,8 @@ use pgrx::datum::Interval;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 
-use super::plans::{column, Statement};
-use super::row::Binding;
+use super::plans::{self, column, Statement};
+use super::row::{Binding, Lease};
 use super::Store;
 use crate::vocabulary::Timestamp;
 
@@ -83,6 +83,15 @@ impl Store {
         let count = self.execute(Statement::LifelineLeases, &[id.into_datum()], true, 0);
         // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
         (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+    }
+
+    /// Deletes the lease with `token` on `resource` if it is still attached to the lifeline
+    /// `id` (not re-attached, detached or kept since it was listed); returns it.
+    pub fn delete_attached(&self, resource: &str, token: i64, id: i64) -> Option<Lease> {
+        let args = [resource.into_datum(), token.into_datum(), id.into_datum()];
+        // SAFETY: the statement returns a lease's columns.
+        (self.execute(Statement::DeleteAttached, &args, false, 1) == 1)
+            .then(|| unsafe { plans::lease(0, self.shape()) })
     }
 
     /// Up to `limit` lifelines lapsed at `now`, earliest first.

@@ -65,6 +65,10 @@ impl Store {
     pub fn open() -> Store {
         let mut caller = Oid::INVALID;
         let mut saved_security_context = 0;
+        // The catalog (and the table's shape) as of now, not as of this transaction's last lock:
+        // an ALTER EXTENSION UPDATE may have committed since.
+        // SAFETY: processes pending invalidation messages, as any lock acquisition does.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
         let catalog = Catalog::get();
         // SAFETY: user-id bookkeeping. The user id is restored in Drop, and by PostgreSQL
         // itself if the transaction aborts first.

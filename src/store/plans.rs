@@ -46,9 +46,10 @@ pub(super) enum Statement {
     LifelineLeases,
     LapsedLifelines,
     SessionBoundLifelines,
+    DeleteAttached,
 }
 
-const STATEMENTS: usize = Statement::SessionBoundLifelines as usize + 1;
+const STATEMENTS: usize = Statement::DeleteAttached as usize + 1;
 
 const TEXT: Oid = pg_sys::TEXTOID;
 const INT4: Oid = pg_sys::INT4OID;
@@ -68,6 +69,18 @@ fn lease_columns(shape: Shape) -> &'static str {
         Shape::Current => {
             "holder, token, owner, acquired_at, expires_at, session_pid IS NOT NULL, lifeline, data,
              released_at IS NOT NULL"
+        }
+    }
+}
+
+/// A lease's expiry, its lifeline's for an attached lease (NULL when the lifeline is gone), as
+/// an expression on a row of `lease.leases` named `l`.
+fn lease_expiry(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Classic => "l.expires_at",
+        Shape::Current => {
+            "CASE WHEN l.lifeline IS NULL THEN l.expires_at
+                  ELSE (SELECT f.expires_at FROM lease.lifelines AS f WHERE f.id OPERATOR(pg_catalog.=) l.lifeline) END"
         }
     }
 }
@@ -132,10 +145,11 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         ),
         Delete => (
             format!(
-                "DELETE FROM lease.leases
+                "DELETE FROM lease.leases AS l
                   WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
-                    AND expires_at OPERATOR(pg_catalog.>) $3{not_kept}
-                  RETURNING {lease}"
+                    AND {expiry} OPERATOR(pg_catalog.>) $3{not_kept}
+                  RETURNING {lease}",
+                expiry = lease_expiry(shape)
             ),
             types(&[TEXT, INT8, TSTZ]),
         ),
@@ -191,10 +205,11 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         },
         LeasedToOthers => (
             format!(
-                "SELECT resource FROM lease.leases
-                  WHERE resource OPERATOR(pg_catalog.=) ANY ($1) AND expires_at OPERATOR(pg_catalog.>) $2
+                "SELECT resource FROM lease.leases AS l
+                  WHERE resource OPERATOR(pg_catalog.=) ANY ($1) AND {expiry} OPERATOR(pg_catalog.>) $2
                     AND session_pid IS NULL
-                    AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4{not_kept})"
+                    AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4{not_kept})",
+                expiry = lease_expiry(shape)
             ),
             types(&[TEXT_ARRAY, TSTZ, TEXT, ROLE]),
         ),
@@ -262,7 +277,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         ),
         LifelineGet => (
             "SELECT owner, expires_at, session_pid IS NOT NULL,
-                    (EXTRACT(EPOCH FROM ttl) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8
+                    (LEAST(EXTRACT(EPOCH FROM ttl), 1e12) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8
               FROM lease.lifelines WHERE id OPERATOR(pg_catalog.=) $1"
                 .into(),
             types(&[INT8]),
@@ -291,6 +306,15 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         SessionBoundLifelines => {
             ("SELECT id FROM lease.lifelines WHERE session_pid IS NOT NULL".into(), vec![])
         }
+        DeleteAttached => (
+            format!(
+                "DELETE FROM lease.leases
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2
+                    AND lifeline OPERATOR(pg_catalog.=) $3 AND released_at IS NULL
+                  RETURNING {lease}"
+            ),
+            types(&[TEXT, INT8, INT8]),
+        ),
     })
 }
 

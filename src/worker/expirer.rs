@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 
 use super::{attach_signal_handlers, exit_to_be_restarted};
 use crate::events::database::{databases, DatabaseSlot};
+use crate::events::ring::RING_CAPACITY;
 use crate::events::{self, payload};
 use crate::expiry;
 use crate::settings;
@@ -74,7 +75,7 @@ pub extern "C-unwind" fn lease_expirer_main(argument: pg_sys::Datum) {
         let mut held_back = false;
         let mut published = publish(slot, &mut held_back);
         if clock_now() >= sweep_at {
-            let Some(next) = sweep_all() else {
+            let Some(next) = sweep_all(slot) else {
                 log!("lease expirer for database \"{name}\" exits: the extension is not created there");
                 slot.database.store(0, Ordering::Release);
                 return;
@@ -135,7 +136,7 @@ unsafe extern "C-unwind" fn leave_slot(_code: i32, argument: pg_sys::Datum) {
 
 /// Sweeps until no expired lease is left (or only busy ones); returns when to sweep next, or
 /// None if the extension does not exist in this database.
-fn sweep_all() -> Option<i64> {
+fn sweep_all(slot: &DatabaseSlot) -> Option<i64> {
     loop {
         let batch = settings::expire_batch();
         let (sweep, next_expiry) = BackgroundWorker::transaction(|| {
@@ -145,7 +146,13 @@ fn sweep_all() -> Option<i64> {
             installed.then(|| (expiry::sweep(batch), expiry::next_expiry()))
         })?;
         if sweep.found == batch && sweep.removed > 0 {
-            continue; // more may be waiting: next batch, in its own transaction
+            // More may be waiting: next batch, in its own transaction; but first publish, once
+            // the ring is half full, so that a mass expiry (a lifeline with thousands of leases)
+            // does not overflow it.
+            if slot.ring.counters().pending as usize > RING_CAPACITY / 2 {
+                publish(slot, &mut false);
+            }
+            continue;
         }
         if sweep.busy > 0 {
             return Some(clock_now() + BUSY_RETRY_MS * 1_000);

@@ -13,7 +13,7 @@ use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Kind};
 use crate::session;
 use crate::store::{Lease, Store};
-use crate::vocabulary::clock_now;
+use crate::vocabulary::{clock_now, Timestamp};
 
 /// `lease_renew`: moves the expiry of a held lease to now + `ttl`; false if `token` no longer
 /// holds `resource`. A lease attached to a lifeline lives as long as the lifeline: renewing it
@@ -24,7 +24,7 @@ pub fn renew(resource: &str, token: i64, ttl: i64) -> LeaseResult<bool> {
     let now = clock_now();
     let expires_at = now + ttl;
     let Some(lease) = store.extend(resource, token, now, expires_at) else {
-        let attached = store.holds(resource, token, now).filter(|lease| lease.lifeline.is_some());
+        let attached = holds(&store, resource, token, now).filter(|lease| lease.lifeline.is_some());
         if let Some(lease) = attached {
             ensure_member(&store, resource, lease.owner)?;
             barrier::prove(resource);
@@ -76,7 +76,7 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
 pub fn set_data(resource: &str, token: i64, data: Option<&serde_json::Value>) -> LeaseResult<bool> {
     let Some((taken, store)) = lock_if_held(resource, token, Mode::Extend)? else { return Ok(false) };
     let now = clock_now();
-    let Some(lease) = store.holds(resource, token, now) else {
+    let Some(lease) = holds(&store, resource, token, now) else {
         drop(store);
         taken.release_if_unused_before();
         return Ok(false);
@@ -133,7 +133,7 @@ pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
     let taken = barrier::lock(resource, Mode::Fence);
     let now = clock_now();
     let store = Store::open();
-    let outcome = match store.holds(resource, token, now) {
+    let outcome = match holds(&store, resource, token, now) {
         None => Ok(false),
         Some(lease) => ensure_member(&store, resource, lease.owner).map(|()| true),
     };
@@ -185,6 +185,17 @@ pub fn force_release(resource: &str) -> bool {
     session::unbind_at_commit(lease.token);
     events::record_change(Kind::Revoked, resource, &lease, None, now);
     true
+}
+
+/// The lease `token` holds on `resource` at `now`, if it does: as the store finds it, and not
+/// attached to a lifeline whose database session ended (which ends it at once, before the
+/// worker or a takeover removes it).
+fn holds(store: &Store, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
+    store.holds(resource, token, now).filter(|lease| {
+        !lease
+            .lifeline
+            .is_some_and(|lifeline| lifeline.session_bound && session::lifeline_holder_is_gone(lifeline.id))
+    })
 }
 
 /// The caller must be a member of the lease's owner role to renew, release or fence it.

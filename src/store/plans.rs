@@ -207,9 +207,16 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             format!(
                 "SELECT resource FROM lease.leases AS l
                   WHERE resource OPERATOR(pg_catalog.=) ANY ($1) AND {expiry} OPERATOR(pg_catalog.>) $2
-                    AND session_pid IS NULL
+                    AND session_pid IS NULL{unbound_lifeline}
                     AND NOT (holder OPERATOR(pg_catalog.=) $3 AND owner OPERATOR(pg_catalog.=) $4{not_kept})",
-                expiry = lease_expiry(shape)
+                expiry = lease_expiry(shape),
+                unbound_lifeline = match shape {
+                    Shape::Classic => "",
+                    Shape::Current => {
+                        " AND NOT EXISTS (SELECT FROM lease.lifelines AS f
+                                           WHERE f.id OPERATOR(pg_catalog.=) l.lifeline AND f.session_pid IS NOT NULL)"
+                    }
+                }
             ),
             types(&[TEXT_ARRAY, TSTZ, TEXT, ROLE]),
         ),

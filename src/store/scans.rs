@@ -75,9 +75,11 @@ impl Store {
             return Box::new(move |resource| {
                 self.find(resource).flatten().is_some_and(|found| {
                     let lease = found.lease;
-                    lease.expires_at > now
-                        && !lease.session_bound
-                        && !(lease.holder == holder && lease.owner == caller && !lease.released)
+                    // Leases whose (lifeline's) session may have ended are decided under the lock.
+                    let ours = lease.holder == holder && lease.owner == caller && !lease.released;
+                    let session_bound =
+                        lease.session_bound || lease.lifeline.is_some_and(|lifeline| lifeline.session_bound);
+                    lease.expires_at > now && !session_bound && !ours
                 })
             });
         }

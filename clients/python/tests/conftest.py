@@ -4,11 +4,9 @@ proxy that can stall, PgBouncer in transaction pooling mode, and holder processe
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 
 import psycopg
@@ -17,6 +15,7 @@ import pytest
 import pglease
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests"))
+import support  # noqa: E402
 from support import SERVER_USER, free_port, wait_for  # noqa: E402,F401
 
 PORT = int(os.environ.get("LEASE_TEST_PORT", "54329"))
@@ -33,14 +32,6 @@ def connect(autocommit=True, port=PORT):
 
 def one(conn, query, params=()):
     return conn.execute(query, params).fetchone()[0]
-
-
-def server_user_command(*args):
-    """The command line that runs `args` as the server's OS user."""
-    command = ["sudo", "-u", SERVER_USER, *args]
-    if os.geteuid() != 0:
-        command = ["sudo", *command]
-    return command
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -150,56 +141,12 @@ def proxy():
     made.close()
 
 
-class PgBouncer:
-    """PgBouncer 1.18 in transaction pooling mode in front of the test server, run as the
-    server's OS user, with fewer server connections than client connections."""
+class PgBouncer(support.PgBouncer):
+    """PgBouncer 1.18 in transaction pooling mode in front of the test server (tests/support.py),
+    with fewer server connections than client connections."""
 
     def __init__(self, pool_size=3):
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        assert os.path.exists(binary), "pgbouncer is not installed (scripts/common.sh: setup_pgbouncer)"
-        self.dir = tempfile.mkdtemp(prefix="pglease-pgbouncer-")
-        os.chmod(self.dir, 0o777)
-        self.port = free_port()
-        with open(os.path.join(self.dir, "users.txt"), "w") as users:
-            users.write('"postgres" ""\n')
-        with open(os.path.join(self.dir, "pgbouncer.ini"), "w") as config:
-            config.write(
-                f"[databases]\npostgres = host=127.0.0.1 port={PORT} dbname=postgres\n"
-                f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
-                f"auth_type = trust\nauth_file = {self.dir}/users.txt\npool_mode = transaction\n"
-                f"default_pool_size = {pool_size}\nmax_client_conn = 100\nadmin_users = postgres\n"
-                f"ignore_startup_parameters = extra_float_digits\n"
-                f"logfile = {self.dir}/pgbouncer.log\npidfile = {self.dir}/pgbouncer.pid\n"
-            )
-        for name in os.listdir(self.dir):
-            os.chmod(os.path.join(self.dir, name), 0o666)
-        self.process = subprocess.Popen(server_user_command(binary, os.path.join(self.dir, "pgbouncer.ini")),
-                                        cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._ready, timeout=30, what="pgbouncer to accept connections")
-
-    def _ready(self):
-        try:
-            with psycopg.connect(dsn(self.port), autocommit=True, prepare_threshold=None, connect_timeout=2) as conn:
-                return conn.execute("SELECT 1").fetchone() == (1,)
-        except psycopg.OperationalError:
-            return False
-
-    def pools(self):
-        """SHOW POOLS of the admin console: (database, sv_active + sv_idle + sv_used...)."""
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=pgbouncer", autocommit=True,
-                             prepare_threshold=None) as admin:
-            cursor = admin.cursor()
-            cursor.execute("SHOW POOLS", prepare=False)
-            names = [column.name for column in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__(PORT, pool_size)
 
 
 class Program:

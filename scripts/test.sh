@@ -112,9 +112,10 @@ count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
 setup_machine
 if wants static || wants client; then setup_python; fi
+# PgBouncer: the client libraries' tests, and tests/client/test_lifelines_pgbouncer.py.
+if wants client || wants clients; then setup_pgbouncer; fi
 if wants clients; then
     setup_python_client
-    setup_pgbouncer
     [ "${layer[clients]}" = some ] || setup_typescript_client
 fi
 

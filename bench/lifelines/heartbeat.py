@@ -55,6 +55,9 @@ TTL = float(os.environ.get("LIFELINES_TTL", 10))
 SECONDS = float(os.environ.get("LIFELINES_SECONDS", 30))
 PHASES = os.environ.get("LIFELINES_PHASES", "batch lifeline idle").split()
 ROUNDS = int(os.environ.get("LIFELINES_ROUNDS", 1))
+# synchronous_commit of the holders' sessions: with on, each renewal's commit waits for a WAL
+# flush, whose system time is most of a lifeline's heartbeat.
+SYNC = os.environ.get("LIFELINES_SYNC", "on")
 PERIOD = TTL / 3
 BATCH = 500  # leases acquired per statement in the set-up
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,7 +74,10 @@ assert LEASES >= HOLDERS > 0
 
 
 def connect():
-    return psycopg.connect(f"host=127.0.0.1 port={PORT} user=postgres dbname=postgres", autocommit=True)
+    return psycopg.connect(
+        f"host=127.0.0.1 port={PORT} user=postgres dbname=postgres options='-c synchronous_commit={SYNC}'",
+        autocommit=True,
+    )
 
 
 def one(conn, sql, params=()):
@@ -394,7 +400,7 @@ def report(runs):
         f"renewals spread evenly over the period; {SECONDS:g} s measured per phase after one period of warm-up; "
         f"{ROUNDS} round(s), phases rotated between rounds (medians; counts summed). Server CPU: utime + stime of "
         f"all the server's processes (/proc/PID/stat, {CLK_TCK} ticks per second, so each process's figure is "
-        f"rounded to {1000 / CLK_TCK:g} ms; schedstat's is exact for the live processes). synchronous_commit = on."
+        f"rounded to {1000 / CLK_TCK:g} ms; schedstat's is exact for the live processes). synchronous_commit = {SYNC}."
     )
     text = "\n".join(lines)
     print(text)

@@ -7,12 +7,13 @@
 # bench/results/lifelines-heartbeat-DATE.md.
 # Environment: LIFELINES_HOLDERS, LIFELINES_LEASES, LIFELINES_TTL (10), LIFELINES_SECONDS (30),
 # LIFELINES_PHASES ("batch lifeline idle"; "pipeline" adds pipelined per-lease calls),
-# LIFELINES_ROUNDS (1); and those of bench/lifelines/server.sh (LEASE_BENCH_PORT, ...).
+# LIFELINES_ROUNDS (1), LIFELINES_SYNC (synchronous_commit of the holders: on); and those of
+# bench/lifelines/server.sh (LEASE_BENCH_PORT, ...).
 # A smoke run: LIFELINES_LEASES=10000 LIFELINES_SECONDS=10 bench/lifelines/heartbeat.sh
 source "$(dirname "$0")/server.sh"
 
 HOLDERS=${LIFELINES_HOLDERS:-100}
-OUT=$RESULTS/lifelines-heartbeat-$STAMP.md
+OUT=$RESULTS/lifelines-heartbeat${LIFELINES_SYNC:+-sync-$LIFELINES_SYNC}-$STAMP.md
 start_server lifelines "max_connections = $(( HOLDERS + 50 ))"
 say "heartbeat: ${LIFELINES_LEASES:-100000} leases, $HOLDERS holders, ${LIFELINES_SECONDS:-30} s per phase"
 "$VENV/bin/python" "$LIFELINES_DIR/heartbeat.py" "$PORT" "$OUT.tmp"

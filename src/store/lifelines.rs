@@ -7,9 +7,10 @@ use pgrx::datum::Interval;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 
+use super::catalog::Catalog;
 use super::plans::{self, column, Statement};
 use super::row::{Binding, Lease};
-use super::Store;
+use super::{direct, Store};
 use crate::vocabulary::Timestamp;
 
 /// A lifeline as stored.
@@ -50,8 +51,17 @@ impl Store {
     }
 
     /// The lifeline `id`, lapsed or not, if it exists (read as last committed under a
-    /// transaction-wide snapshot too: a lifeline's end is decided on the latest state).
+    /// transaction-wide snapshot too: a lifeline's end is decided on the latest state). Read
+    /// directly when the table allows (`direct::LifelineLookup`), through SQL otherwise.
     pub fn lifeline(&self, id: i64) -> Option<Lifeline> {
+        let Catalog { lifelines, lifelines_primary_key, .. } = self.catalog;
+        let mut lookup = self.lifeline_lookup.borrow_mut();
+        // SAFETY: the lifeline table and its primary key, from the catalog.
+        let lookup = lookup
+            .get_or_insert_with(|| unsafe { direct::LifelineLookup::open(lifelines, lifelines_primary_key) });
+        if let Some(lookup) = lookup.as_mut() {
+            return lookup.get(id);
+        }
         // SAFETY: one row of (regrole, timestamptz, bool, int8), none NULL.
         (self.execute(Statement::LifelineGet, &[id.into_datum()], self.transaction_snapshot, 1) == 1).then(
             || unsafe {

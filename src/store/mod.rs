@@ -57,6 +57,8 @@ pub struct Store {
     /// store's life: a call that grants many leases opens the table and its indexes once.
     lookup: RefCell<Option<direct::Lookup>>,
     inserter: RefCell<Option<direct::Inserter>>,
+    /// The direct reader of lifelines, opened on first use (None inside: SQL serves).
+    lifeline_lookup: RefCell<Option<Option<direct::LifelineLookup>>>,
 }
 
 impl Store {
@@ -98,6 +100,7 @@ impl Store {
             saved_scan_settings: Cell::new(None),
             lookup: RefCell::new(None),
             inserter: RefCell::new(None),
+            lifeline_lookup: RefCell::new(None),
         }
     }
 
@@ -225,6 +228,7 @@ impl Drop for Store {
         // Before SPI_finish: they may have been opened in the SPI connection's memory context.
         drop(self.lookup.take());
         drop(self.inserter.take());
+        drop(self.lifeline_lookup.take());
         // SAFETY: undoes exactly what `open` did. While unwinding from a PostgreSQL error the
         // SPI connection is left for transaction abort to close, as PostgreSQL expects; the
         // planner settings are plain backend-local globals, restored on every path.

@@ -27,6 +27,20 @@ pub(super) const COLUMNS: [(&str, Oid, bool); 12] = [
     ("released_at", pg_sys::TIMESTAMPTZOID, false),
 ];
 
+/// The columns of `lease.lifelines` (0.5.0 on) in table order, as [`COLUMNS`] lists those of
+/// `lease.leases`.
+pub(super) const LIFELINE_COLUMNS: [(&str, Oid, bool); 9] = [
+    ("id", pg_sys::INT8OID, true),
+    ("name", pg_sys::TEXTOID, true),
+    ("owner", pg_sys::REGROLEOID, true),
+    ("ttl", pg_sys::INTERVALOID, true),
+    ("opened_at", pg_sys::TIMESTAMPTZOID, true),
+    ("renewed_at", pg_sys::TIMESTAMPTZOID, true),
+    ("expires_at", pg_sys::TIMESTAMPTZOID, true),
+    ("session_pid", pg_sys::INT4OID, false),
+    ("application_name", pg_sys::TEXTOID, false),
+];
+
 /// Which version of the table the database has: the library serves a database whose extension
 /// has not been updated yet (`ALTER EXTENSION lease UPDATE`) with the statements of its shape,
 /// and what needs the newer columns is refused there.

@@ -24,10 +24,12 @@
 use pgrx::pg_sys;
 
 mod layout;
+mod lifeline;
 mod lookup;
 mod write;
 
 pub(super) use layout::Layout;
+pub(super) use lifeline::LifelineLookup;
 pub(super) use lookup::{Found, Lookup};
 pub(super) use write::{delete, Inserter};
 

@@ -1,15 +1,18 @@
-//! The lease store: every statement that reads or writes `lease.leases`, and the token
-//! sequence.
+//! The lease store: every statement that reads or writes `lease.leases` and
+//! `lease.lifelines`, and the token sequence.
 //!
-//! - [`plans`]: the statements, prepared once per backend, schema-qualified;
-//! - [`catalog`]: where the table, its primary key and the sequence are;
-//! - [`row`]: the one column map and the row types;
+//! - [`plans`]: the statements, written for each shape of the table, prepared once per backend,
+//!   schema-qualified; [`results`]: reading what they return;
+//! - [`catalog`]: where the tables, their primary keys and the sequence are, and the shape of
+//!   `lease.leases` (which version of the extension the database has);
+//! - [`row`]: the column maps, the shapes and the row types;
 //! - [`grants`]: reading and changing one resource's lease;
 //! - [`scans`]: statements over many leases (the sweeps, the claim's first test);
 //! - [`tokens`]: fencing tokens, reserved durably in blocks;
+//! - [`lifelines`]: the statements on `lease.lifelines`;
 //! - [`inspect`]: the row `lease_info` shows, and who may see its token;
-//! - `direct` (private): the hot statements done on the heap and index directly, only where
-//!   that is indistinguishable from SQL.
+//! - `direct` (private): the hot statements done on the heap and index directly (and the read
+//!   of a lifeline by its id), only where that is indistinguishable from SQL.
 //!
 //! Statements run as the owner of `lease.leases` (ordinary roles have no rights on it), inside
 //! a [`Store`] that switches the user and restores it when dropped.
@@ -30,6 +33,7 @@ mod grants;
 mod inspect;
 mod lifelines;
 mod plans;
+mod results;
 mod row;
 mod scans;
 pub mod tokens;

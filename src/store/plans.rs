@@ -1,5 +1,5 @@
-//! The store's statements, prepared once per backend and kept (`SPI_keepplan`), and the
-//! readers of their results.
+//! The store's statements, written for each shape of the table, prepared once per backend and
+//! kept (`SPI_keepplan`).
 //!
 //! PostgreSQL's plan cache replans a kept statement if the table is recreated or its statistics
 //! change. Plans are made with sequential and bitmap scans disabled (see `Store::connect`): a
@@ -17,7 +17,8 @@ use std::ptr::NonNull;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 
-use super::row::{Attachment, Lease, Shape};
+pub(super) use super::results::{column, lease, nullable_column};
+use super::row::Shape;
 
 /// The statements. Those after `Info` exist only for the current shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,51 +353,6 @@ pub(super) fn plan(statement: Statement, shape: Shape) -> NonNull<pg_sys::_SPI_p
     };
     PLANS.with(|plans| plans.borrow_mut()[shape as usize][statement as usize] = Some(plan));
     plan
-}
-
-/// Column `number` (1-based) of row `row` (0-based) of the last statement's result.
-///
-/// # Safety
-/// The last SPI statement must have returned more than `row` rows, with a non-NULL column
-/// `number` of a type that `T` reads.
-pub(super) unsafe fn column<T: FromDatum>(row: usize, number: i32) -> T {
-    nullable_column(row, number).expect("lease store column is never NULL")
-}
-
-/// As [`column`], for a column that may be NULL.
-///
-/// # Safety
-/// As for [`column`], except that the column may be NULL.
-pub(super) unsafe fn nullable_column<T: FromDatum>(row: usize, number: i32) -> Option<T> {
-    let table = pg_sys::SPI_tuptable;
-    let mut is_null = false;
-    let datum = pg_sys::SPI_getbinval(*(*table).vals.add(row), (*table).tupdesc, number, &mut is_null);
-    T::from_polymorphic_datum(datum, is_null, pg_sys::InvalidOid)
-}
-
-/// The [`Lease`] in row `row` of a statement whose select list is [`lease_columns`] of
-/// `shape`. For a lease attached to a lifeline, `expires_at` is the row's (the end of time):
-/// the store puts the lifeline's in its place.
-///
-/// # Safety
-/// As for [`column`], for such a statement.
-pub(super) unsafe fn lease(row: usize, shape: Shape) -> Lease {
-    let current = shape == Shape::Current;
-    Lease {
-        holder: column(row, 1),
-        token: column(row, 2),
-        owner: column(row, 3),
-        acquired_at: column(row, 4),
-        expires_at: column(row, 5),
-        session_bound: column(row, 6),
-        lifeline: if current {
-            nullable_column::<i64>(row, 7).map(|id| Attachment { id, session_bound: false })
-        } else {
-            None
-        },
-        data: if current { nullable_column::<pgrx::JsonB>(row, 8).map(|data| data.0) } else { None },
-        released: current && column::<bool>(row, 9),
-    }
 }
 
 #[cfg(test)]

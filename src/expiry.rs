@@ -89,11 +89,13 @@ fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
         outcome.busy += 1;
         return outcome;
     };
-    // Decided again under the locks: a renewal may have committed meanwhile.
-    let Some(lifeline) = store.lifeline(id).filter(|lifeline| lifeline::lapsed(id, lifeline, clock_now()))
-    else {
-        lapse.release_if_unused_before();
-        end.release_if_unused_before();
+    // Decided again under the locks: a renewal may have committed meanwhile. A confirmed lapse
+    // is final, so the locks are given back at once: waiters and other holders may take the
+    // leases over meanwhile (each removal below is decided under its resource's lock).
+    let lifeline = store.lifeline(id).filter(|lifeline| lifeline::lapsed(id, lifeline, clock_now()));
+    lapse.release_if_unused_before();
+    end.release_if_unused_before();
+    let Some(lifeline) = lifeline else {
         outcome.found = 0;
         return outcome;
     };

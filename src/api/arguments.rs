@@ -40,13 +40,19 @@ pub fn name<'a>(value: Option<&'a str>, argument: &'static str, max_bytes: usize
     Ok(value)
 }
 
+/// A token: not NULL, positive.
 pub fn token(token: Option<i64>) -> LeaseResult<i64> {
-    match token {
-        None => Err(LeaseError::NullArgument("token")),
-        Some(token) if token <= 0 => {
-            Err(LeaseError::invalid("token", format_args!("must be positive, not {token}")))
+    positive(token, "token")
+}
+
+/// A number that names something (a token, a lifeline): not NULL, positive.
+fn positive(value: Option<i64>, argument: &'static str) -> LeaseResult<i64> {
+    match value {
+        None => Err(LeaseError::NullArgument(argument)),
+        Some(value) if value <= 0 => {
+            Err(LeaseError::invalid(argument, format_args!("must be positive, not {value}")))
         }
-        Some(token) => Ok(token),
+        Some(value) => Ok(value),
     }
 }
 
@@ -109,13 +115,7 @@ pub fn request<'a>(
 
 /// A lifeline id: not NULL, positive.
 pub fn lifeline(id: Option<i64>) -> LeaseResult<i64> {
-    match id {
-        None => Err(LeaseError::NullArgument("lifeline")),
-        Some(id) if id <= 0 => {
-            Err(LeaseError::invalid("lifeline", format_args!("must be positive, not {id}")))
-        }
-        Some(id) => Ok(id),
-    }
+    positive(id, "lifeline")
 }
 
 /// A lease's data: at most [`MAX_DATA_BYTES`] as compact JSON.

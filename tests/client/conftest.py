@@ -131,6 +131,18 @@ def listener():
     listening.close()
 
 
+@pytest.fixture
+def name(request):
+    """A prefix of the test's own for resource and lifeline names (the module's NAME_PREFIX,
+    then the test's name); its leases and lifelines are removed afterwards."""
+    node = request.node.name.replace("[", ":").replace("]", "")
+    prefix = f"{getattr(request.module, 'NAME_PREFIX', 't')}:{node}:"
+    yield prefix
+    with connect() as c:
+        c.execute("DELETE FROM lease.leases WHERE resource LIKE %s", (prefix + "%",))
+        c.execute("DELETE FROM lease.lifelines WHERE name LIKE %s", (prefix + "%",))
+
+
 def reload_settings(conn, **settings):
     """ALTER SYSTEM for each setting (None resets it), then reload and wait until it is seen."""
     for name, value in settings.items():

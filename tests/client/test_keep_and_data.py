@@ -6,7 +6,9 @@ import datetime
 import psycopg
 import pytest
 
-from conftest import Background, Listener, connect, is_waiting_for_lease, one, reload_settings, wait_for
+from conftest import Background, connect, is_waiting_for_lease, one, reload_settings, wait_for
+
+NAME_PREFIX = "kd"
 
 SESSION_LOCK_SPACE = 0x4C53
 PLAIN_RELEASED_KEYS = {"seq", "event", "resource", "holder", "token", "at"}
@@ -50,20 +52,6 @@ def json_of_bytes(size, char="x"):
     return '{"k": "' + char * (filler // width) + '"}'
 
 
-@pytest.fixture
-def listener():
-    listening = Listener()
-    yield listening
-    listening.close()
-
-
-@pytest.fixture
-def name(request):
-    prefix = "kd:" + request.node.name.replace("[", ":").replace("]", "") + ":"
-    yield prefix
-    with connect() as c:
-        c.execute("DELETE FROM lease.leases WHERE resource LIKE %s", (prefix + "%",))
-        c.execute("DELETE FROM lease.lifelines WHERE name LIKE %s", (prefix + "%",))
 
 
 # --- keep_for -----------------------------------------------------------------------------

@@ -12,8 +12,10 @@ import signal
 import psycopg
 import pytest
 
-from conftest import (Background, Listener, connect, dsn, is_waiting_for_lease, is_waiting_on_lock, one,
+from conftest import (Background, connect, dsn, is_waiting_for_lease, is_waiting_on_lock, one,
                       reload_settings, wait_for, worker_pid)
+
+NAME_PREFIX = "ll"
 
 SESSION_LOCK_SPACE = 0x4C53
 ACQUIRED_KEYS = {"seq", "event", "resource", "holder", "token", "expires_at", "at", "lifeline"}
@@ -108,21 +110,6 @@ def worker_stopped(conn):
         os.kill(pid, signal.SIGCONT)
 
 
-@pytest.fixture
-def listener():
-    listening = Listener()
-    yield listening
-    listening.close()
-
-
-@pytest.fixture
-def name(request):
-    """A prefix of the test's own for resource names; its leases and lifelines are removed."""
-    prefix = "ll:" + request.node.name.replace("[", ":").replace("]", "") + ":"
-    yield prefix
-    with connect() as c:
-        c.execute("DELETE FROM lease.leases WHERE resource LIKE %s", (prefix + "%",))
-        c.execute("DELETE FROM lease.lifelines WHERE name LIKE %s", (prefix + "%",))
 
 
 # --- opening, attaching, inspecting ---------------------------------------------------------

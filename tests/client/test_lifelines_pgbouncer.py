@@ -8,8 +8,10 @@ import threading
 
 import pytest
 
-from conftest import PORT, Listener, connect, one, wait_for
+from conftest import PORT, Listener, one, wait_for
 from support import PgBouncer
+
+NAME_PREFIX = "llpgb"
 
 POOL_SIZE = 3
 CLIENTS = 6
@@ -30,14 +32,6 @@ def clients(bouncer):
     for client in made:
         client.close()
 
-
-@pytest.fixture
-def name(request):
-    prefix = "llpgb:" + request.node.name + ":"
-    yield prefix
-    with connect() as c:
-        c.execute("DELETE FROM lease.leases WHERE resource LIKE %s", (prefix + "%",))
-        c.execute("DELETE FROM lease.lifelines WHERE name LIKE %s", (prefix + "%",))
 
 
 def marker(conn, listener, name):

@@ -100,7 +100,8 @@ fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
         return outcome;
     };
     let ended_at = lifeline.expires_at.min(clock_now());
-    let attached = store.attached(id);
+    // One more than the budget tells whether any will be left.
+    let attached = store.attached(id, budget.saturating_add(1));
     let left = attached.len() as i64 - budget;
     outcome.found = budget.min(attached.len() as i64).max(1);
     for (resource, token) in attached.into_iter().take(budget as usize) {
@@ -121,10 +122,15 @@ fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
         }
     }
     match (outcome.busy, left) {
-        (0, ..=0) => {
-            store.delete_lifeline(id);
-            session::unbind_at_commit(id);
-        }
+        // The lifeline's row is deleted under its membership lock, taken again and kept: another
+        // sweep of the same lifeline (in an open transaction) must not wait for this one's row.
+        (0, ..=0) => match barrier::lock_lifeline(id, LifelineMode::End, true) {
+            Some(_kept) => {
+                store.delete_lifeline(id);
+                session::unbind_at_commit(id);
+            }
+            None => outcome.busy += 1,
+        },
         // More leases than this sweep may take: the next sweep goes on (soon, like a busy one).
         (0, _) => outcome.busy += 1,
         _ => {}

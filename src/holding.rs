@@ -10,7 +10,7 @@ use pgrx::pg_sys;
 
 use crate::barrier::{self, Mode, Taken};
 use crate::errors::{LeaseError, LeaseResult};
-use crate::events::{self, Kind};
+use crate::events::{self, Event, Kind, Reason};
 use crate::session;
 use crate::store::{Lease, Store};
 use crate::vocabulary::{clock_now, Timestamp};
@@ -47,7 +47,7 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
     let Some((taken, store)) = lock_if_held(resource, token, Mode::Change)? else { return Ok(false) };
     let now = clock_now();
     let kept = keep_for.and_then(|keep_for| {
-        let held = store.holds(resource, token, now)?;
+        let held = holds(&store, resource, token, now)?;
         let until = held.acquired_at.saturating_add(keep_for);
         let kept = (until > now).then(|| store.keep(resource, token, until, now)).flatten()?;
         // Its release is announced as the lease it was: attached to its lifeline, if it was.
@@ -58,6 +58,11 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
         None => match store.delete(resource, token, now) {
             Some(lease) => (lease, None),
             None => {
+                // Held as last committed, but not to this transaction's older snapshot (the SQL
+                // statement reads a lifeline's expiry through it).
+                if store.transaction_snapshot() && store.holds(resource, token, now).is_some() {
+                    return Err(LeaseError::SerializationFailure { resource: resource.into() });
+                }
                 drop(store);
                 taken.release_if_unused_before();
                 return Ok(false);
@@ -66,6 +71,17 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
     };
     ensure_member(&store, resource, lease.owner)?;
     session::unbind_at_commit(token);
+    let ended = lease
+        .lifeline
+        .filter(|lifeline| lifeline.session_bound && session::lifeline_holder_is_gone(lifeline.id));
+    if kept_until.is_none() && ended.is_some() {
+        // Attached to a lifeline whose session ended: the lease had ended already. Its row is
+        // gone all the same, announced as what happened to it.
+        let event =
+            Event::of(Kind::Expired, resource, &lease, Some(now), now).because(Reason::LifelineExpired);
+        events::record(event);
+        return Ok(false);
+    }
     barrier::prove(resource);
     events::record_change(Kind::Released, resource, &lease, kept_until, now);
     Ok(true)

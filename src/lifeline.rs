@@ -111,7 +111,7 @@ pub fn close(id: i64) -> LeaseResult<i64> {
     barrier::lock_lifeline(id, LifelineMode::Lapse, false);
     live(&store, id, clock_now())?;
     let mut released = 0;
-    for (resource, token) in store.attached(id) {
+    for (resource, token) in store.attached(id, i64::MAX) {
         // Queued for only while the lease is still this lifeline's (as a release queues only
         // when it can succeed): it may have been re-acquired, kept or taken since it was listed.
         let attached = |store: &Store| {
@@ -136,8 +136,12 @@ pub fn close(id: i64) -> LeaseResult<i64> {
         released += 1;
     }
     if !store.delete_lifeline(id) {
-        // Live as last committed, but not to this transaction's older snapshot.
-        return Err(serialization_failure(id));
+        // Live as last committed, but not to this transaction's older snapshot (or removed by
+        // hand meanwhile).
+        return Err(match store.transaction_snapshot() {
+            true => serialization_failure(id),
+            false => LeaseError::LifelineLapsed { id },
+        });
     }
     session::unbind_at_commit(id);
     Ok(released)

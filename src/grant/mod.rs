@@ -75,7 +75,7 @@ pub fn acquire_any(
     // be claimed for it.
     let mut membership = None;
     if let Some((id, expires_at)) = &claim.lifeline {
-        let Some((taken, found)) = lifeline::use_for_attach(&store, *id, true)? else {
+        let Some((taken, found)) = lifeline::use_for_attach(&store, *id, false)? else {
             return Ok(Vec::new());
         };
         expires_at.set(found.expires_at);

@@ -22,9 +22,8 @@ pub(super) struct Catalog {
     pub table_owner: Oid,
     pub primary_key: Oid,
     pub shape: Shape,
-    /// `lease.lifelines` (0.5.0 on) and its primary key, or InvalidOid.
+    /// `lease.lifelines` (0.5.0 on), or InvalidOid.
     pub lifelines: Oid,
-    pub lifelines_primary_key: Oid,
 }
 
 impl Catalog {
@@ -52,24 +51,7 @@ impl Catalog {
             let current =
                 lifelines != Oid::INVALID && pg_sys::get_attnum(table, c"released_at".as_ptr()) != 0;
             let shape = if current { Shape::Current } else { Shape::Classic };
-            let lifelines_primary_key = match current {
-                true => {
-                    let relation = pg_sys::RelationIdGetRelation(lifelines);
-                    let key = pg_sys::RelationGetPrimaryKeyIndex(relation);
-                    pg_sys::RelationClose(relation);
-                    key
-                }
-                false => Oid::INVALID,
-            };
-            Catalog {
-                table,
-                token_sequence,
-                table_owner,
-                primary_key,
-                shape,
-                lifelines,
-                lifelines_primary_key,
-            }
+            Catalog { table, token_sequence, table_owner, primary_key, shape, lifelines }
         };
         CATALOG.with(|cell| cell.set(Some(catalog)));
         catalog

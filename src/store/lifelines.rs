@@ -7,7 +7,6 @@ use pgrx::datum::Interval;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 
-use super::catalog::Catalog;
 use super::plans::{self, column, Statement};
 use super::row::{Binding, Lease};
 use super::{direct, Store};
@@ -54,11 +53,10 @@ impl Store {
     /// transaction-wide snapshot too: a lifeline's end is decided on the latest state). Read
     /// directly when the table allows (`direct::LifelineLookup`), through SQL otherwise.
     pub fn lifeline(&self, id: i64) -> Option<Lifeline> {
-        let Catalog { lifelines, lifelines_primary_key, .. } = self.catalog;
+        let lifelines = self.catalog.lifelines;
         let mut lookup = self.lifeline_lookup.borrow_mut();
-        // SAFETY: the lifeline table and its primary key, from the catalog.
-        let lookup = lookup
-            .get_or_insert_with(|| unsafe { direct::LifelineLookup::open(lifelines, lifelines_primary_key) });
+        // SAFETY: the lifeline table, from the catalog.
+        let lookup = lookup.get_or_insert_with(|| unsafe { direct::LifelineLookup::open(lifelines) });
         if let Some(lookup) = lookup.as_mut() {
             return lookup.get(id);
         }
@@ -86,11 +84,11 @@ impl Store {
         self.execute(Statement::LifelineDelete, &[id.into_datum()], false, 1) == 1
     }
 
-    /// The leases attached to the lifeline `id`, as (resource, token), in resource order; read
-    /// as last committed whatever the isolation level (the caller holds the lifeline's
-    /// membership lock, so no attach is in progress).
-    pub fn attached(&self, id: i64) -> Vec<(String, i64)> {
-        let count = self.execute(Statement::LifelineLeases, &[id.into_datum()], true, 0);
+    /// Up to `limit` of the leases attached to the lifeline `id`, as (resource, token), in
+    /// resource order; read as last committed whatever the isolation level (the caller holds
+    /// the lifeline's membership lock, or found it lapsed: either way no attach is in progress).
+    pub fn attached(&self, id: i64, limit: i64) -> Vec<(String, i64)> {
+        let count = self.execute(Statement::LifelineLeases, &[id.into_datum(), limit.into_datum()], true, 0);
         // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
         (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
     }

@@ -120,10 +120,17 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
                 columns.iter().map(|(_, oid, _)| *oid).collect(),
             )
         }
-        Current => (format!("SELECT {lease} FROM lease.leases WHERE resource OPERATOR(pg_catalog.=) $1"), types(&[TEXT])),
+        Current => (
+            format!("SELECT {lease} FROM lease.leases WHERE resource OPERATOR(pg_catalog.=) $1"),
+            types(&[TEXT]),
+        ),
         TakeOver => {
-            let set: Vec<String> =
-                columns.iter().enumerate().skip(1).map(|(at, (name, _, _))| format!("{name} = ${}", at + 1)).collect();
+            let set: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(at, (name, _, _))| format!("{name} = ${}", at + 1))
+                .collect();
             let mut oids: Vec<Oid> = columns.iter().map(|(_, oid, _)| *oid).collect();
             oids.push(INT8);
             (
@@ -178,7 +185,9 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
                 vec![],
             ),
         },
-        SessionBound => ("SELECT resource, token FROM lease.leases WHERE session_pid IS NOT NULL".into(), vec![]),
+        SessionBound => {
+            ("SELECT resource, token FROM lease.leases WHERE session_pid IS NOT NULL".into(), vec![])
+        }
         DeleteGrant => (
             format!(
                 "DELETE FROM lease.leases
@@ -301,9 +310,10 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             types(&[INT8]),
         ),
         LifelineLeases => (
-            "SELECT resource, token FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1 ORDER BY resource"
+            "SELECT resource, token FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1
+              ORDER BY resource LIMIT $2"
                 .into(),
-            types(&[INT8]),
+            types(&[INT8, INT8]),
         ),
         LapsedLifelines => (
             "SELECT id FROM lease.lifelines

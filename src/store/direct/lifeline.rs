@@ -27,23 +27,37 @@ pub(in crate::store) struct LifelineLookup {
 }
 
 impl LifelineLookup {
-    /// Opens the table and its primary key, if the table is as created (its columns, its key on
-    /// `id`) and row-level security could not hide a row from its owner; None otherwise (the
-    /// SQL statement serves).
+    /// Opens the table and its primary key, if the table is as created (its columns, its key
+    /// on `id` alone, a btree of integers), row-level security could not hide a row from its
+    /// owner, and the current role (the store's, the owner of `lease.leases`) may read it; None
+    /// otherwise (the SQL statement serves, and answers as SQL does).
     ///
     /// # Safety
-    /// `table` and `primary_key` must be `lease.lifelines` and its primary key, in a transaction.
-    pub unsafe fn open(table: Oid, primary_key: Oid) -> Option<LifelineLookup> {
-        if primary_key == Oid::INVALID {
-            return None;
-        }
+    /// `table` must be `lease.lifelines`, in a transaction.
+    pub unsafe fn open(table: Oid) -> Option<LifelineLookup> {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let heap = pg_sys::table_open(table, lock);
-        if !matches(heap) {
+        let readable =
+            pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK;
+        // The key of the table as opened (concurrent DDL may have replaced it since the catalog
+        // was read).
+        let primary_key = pg_sys::RelationGetPrimaryKeyIndex(heap);
+        if !readable || primary_key == Oid::INVALID || !matches(heap) {
             pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
             return None;
         }
         let index = pg_sys::index_open(primary_key, lock);
+        let index_form = &*(*index).rd_index;
+        let on_id = index_form.indnatts == 1
+            && index_form.indkey.values.as_slice(1)[0] == ID as i16
+            && (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && *(*index).rd_opfamily == pg_sys::INTEGER_BTREE_FAM_OID;
+        if !on_id {
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return None;
+        }
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         Some(LifelineLookup { heap, index, slot })
     }
@@ -88,12 +102,17 @@ impl LifelineLookup {
     }
 }
 
-/// An interval's length in microseconds, as the SQL statement computes it (a month is 30 days,
-/// a day 24 hours), at most 10^18.
+/// An interval's length in microseconds as the SQL statement computes it
+/// (`EXTRACT(EPOCH FROM ttl)`: a year of months is 365.25 days, another month 30 days, a day 24
+/// hours), at most 10^18.
 fn interval_usecs(interval: &Interval) -> i64 {
-    let days = i128::from(interval.months()) * 30 + i128::from(interval.days());
-    (days * 86_400_000_000 + i128::from(interval.micros()))
-        .clamp(i128::from(i64::MIN), 1_000_000_000_000_000_000) as i64
+    const DAY: i128 = 86_400_000_000;
+    let months = i128::from(interval.months());
+    let usecs = months / 12 * (DAY * 36_525 / 100)
+        + months % 12 * 30 * DAY
+        + i128::from(interval.days()) * DAY
+        + i128::from(interval.micros());
+    usecs.clamp(i128::from(i64::MIN), 1_000_000_000_000_000_000) as i64
 }
 
 /// Whether `relation` is `lease.lifelines` as created: a plain heap table with exactly the

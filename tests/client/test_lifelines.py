@@ -616,6 +616,10 @@ def test_lease_check_is_false_as_soon_as_the_bound_session_ends(conn, name):
             assert one(conn, "SELECT lease_check(%s, %s)", (resource, token)) is False
             assert one(conn, "SELECT lease_renew(%s, %s)", (resource, token)) is False
             assert one(conn, "SELECT lease_set_data(%s, %s, '{}')", (resource, token)) is False
+        # A release finds the lease ended: false, and its row goes (announced as expired).
+        resource, token = next(iter(tokens.items()))
+        assert one(conn, "SELECT lease_release(%s, %s)", (resource, token)) is False
+        assert one(conn, "SELECT count(*) FROM lease.leases WHERE resource = %s", (resource,)) == 0
     wait_for(lambda: one(conn, "SELECT count(*) FROM lease.live_lifelines WHERE id = %s", (lifeline,)) == 0,
              what="the worker to end the lifeline")
     for resource in tokens:

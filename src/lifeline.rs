@@ -14,12 +14,13 @@
 //! membership lock shared, and only try it (an acquire never waits in the lock manager: while
 //! the lifeline is ending its attaches are busy); closing it takes that lock exclusive, so that
 //! no lease is attached to a lifeline while it ends, and also the renewal lock, waiting for
-//! renewals in progress. The sweep only confirms a lapse under both (tried) and gives them back:
-//! a lapse is final, and an attach to a lapsed lifeline fails on its own. A close then waits for its leases'
-//! fences, as a release does: a transaction that fenced one of them and then renews the same
-//! lifeline while another closes it deadlocks (40P01), as any two transactions that take two
-//! locks in opposite orders do; everything else takes the lifeline's locks first or only tries
-//! them.
+//! renewals in progress. The sweep only confirms a lapse under both (tried) and gives them
+//! back: a lapse is final, and an attach to a lapsed lifeline fails on its own; it deletes the
+//! lifeline's row under the membership lock, tried again and kept. A close then waits for its
+//! leases' fences, as a release does: a transaction that fenced one of them and then renews the
+//! same lifeline while another closes it deadlocks (40P01), as any two transactions that take
+//! two locks in opposite orders do; everything else takes the lifeline's locks first or only
+//! tries them.
 //!
 //! Uses vocabulary, errors, settings, barrier, store, events, session and waiting.
 

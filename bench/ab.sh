@@ -46,6 +46,9 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 cluster_destroy ab
+# The last round may have ended on the old library.
+as_root rm -f "$LIB"
+as_root install -m 755 "$NEW" "$LIB"
 python3 - "$RAW" <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(lambda: collections.defaultdict(list))

@@ -24,6 +24,17 @@ SELECT lease_check('job:42', :token) AS fence_passes;
 \echo 'a queue worker claims up to 2 of 4 jobs at once; another worker gets the rest:'
 SELECT resource FROM lease_acquire_any(ARRAY['job:1', 'job:2', 'job:3', 'job:4'], 'worker-a', '30 seconds', 2);
 SELECT resource FROM lease_acquire_any(ARRAY['job:1', 'job:2', 'job:3', 'job:4'], 'worker-b', '30 seconds', 4);
+\echo 'one heartbeat for many leases: two leases attached to a lifeline, one renewal keeps both alive:'
+SELECT lease_lifeline_open('worker-c', '30 seconds') AS lifeline \gset
+SELECT resource FROM lease_acquire_any(ARRAY['job:5', 'job:6'], 'worker-c', max_count => 2, lifeline => :lifeline,
+                                       data => '{"host": "demo"}');
+SELECT lease_lifeline_renew(:lifeline) > clock_timestamp() AS renewed;
+SELECT resource, holder, data FROM lease.active WHERE lifeline = :lifeline ORDER BY resource;
+SELECT lease_lifeline_close(:lifeline) AS released;
+\echo 'a minimum hold: released after a short run, the hourly report cannot run again within the hour:'
+SELECT lease_acquire('cron:hourly-report', 'node-a', '10 minutes') AS report \gset
+SELECT lease_release('cron:hourly-report', :report, keep_for => '1 hour') AS released;
+SELECT lease_acquire('cron:hourly-report', 'node-b', '10 minutes') AS refused;
 \echo 'every live lease, as an administrator sees it:'
-SELECT resource, holder, token, session_bound, waiters FROM lease.active ORDER BY resource;
+SELECT resource, holder, token, session_bound, waiters, released_at IS NOT NULL AS kept FROM lease.active ORDER BY resource;
 SELECT count(lease_force_release(resource)) AS revoked FROM lease.active;

@@ -143,6 +143,15 @@ def name(request):
         c.execute("DELETE FROM lease.lifelines WHERE name LIKE %s", (prefix + "%",))
 
 
+def sqlstate_of(conn, sql, params=()):
+    """The SQLSTATE of the error `sql` raises (None if it succeeds); `conn` is autocommit."""
+    try:
+        conn.execute(sql, params)
+    except psycopg.Error as error:
+        return error.sqlstate
+    return None
+
+
 def reload_settings(conn, **settings):
     """ALTER SYSTEM for each setting (None resets it), then reload and wait until it is seen."""
     for name, value in settings.items():

@@ -3,10 +3,9 @@ lease (lease_acquire's data, lease_set_data, lease.notify_data), 0.5.0."""
 
 import datetime
 
-import psycopg
 import pytest
 
-from conftest import Background, connect, is_waiting_for_lease, one, reload_settings, wait_for
+from conftest import Background, connect, is_waiting_for_lease, one, reload_settings, sqlstate_of, wait_for
 
 NAME_PREFIX = "kd"
 
@@ -16,13 +15,6 @@ KEPT_RELEASED_KEYS = PLAIN_RELEASED_KEYS | {"expires_at"}
 ACQUIRED_KEYS = {"seq", "event", "resource", "holder", "token", "expires_at", "at"}
 EXPIRED_KEYS = {"seq", "event", "reason", "resource", "holder", "token", "expires_at", "at"}
 
-
-def sqlstate_of(conn, sql, params=()):
-    try:
-        conn.execute(sql, params)
-    except psycopg.Error as error:
-        return error.sqlstate
-    return None
 
 
 def iso(timestamp):

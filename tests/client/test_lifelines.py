@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from conftest import (Background, connect, dsn, is_waiting_for_lease, is_waiting_on_lock, one,
-                      reload_settings, wait_for, worker_pid)
+                      reload_settings, sqlstate_of, wait_for, worker_pid)
 
 NAME_PREFIX = "ll"
 
@@ -25,14 +25,6 @@ EXPIRED_KEYS = {"seq", "event", "reason", "resource", "holder", "token", "expire
 
 # --- helpers -------------------------------------------------------------------------------
 
-
-def sqlstate_of(conn, sql, params=()):
-    """The SQLSTATE of the error `sql` raises (None if it succeeds); `conn` is autocommit."""
-    try:
-        conn.execute(sql, params)
-    except psycopg.Error as error:
-        return error.sqlstate
-    return None
 
 
 def error_of(conn, sql, params=()):

@@ -150,7 +150,13 @@ fn sweep_all(slot: &DatabaseSlot) -> Option<i64> {
             // the ring is half full, so that a mass expiry (a lifeline with thousands of leases)
             // does not overflow it.
             if slot.ring.counters().pending as usize > RING_CAPACITY / 2 {
-                publish(slot, &mut false);
+                let mut held_back = false;
+                publish(slot, &mut held_back);
+                if held_back {
+                    // The NOTIFY queue is too full to take them: the rest waits (expired leases
+                    // are free to the next acquire meanwhile) rather than overflow the ring.
+                    return Some(clock_now() + NOTIFY_QUEUE_RETRY_MS * 1_000);
+                }
             }
             continue;
         }

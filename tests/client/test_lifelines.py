@@ -891,3 +891,20 @@ def test_a_lapse_is_seen_inside_an_old_repeatable_read_snapshot(conn, name):
         assert one(tx, "SELECT lease_check(%s, %s)", (resource, token)) is False
         assert sqlstate_of(tx, "SELECT lease_lifeline_renew(%s)", (lifeline,)) == "55000"
         tx.rollback()
+
+
+def test_a_replaced_key_of_the_lifeline_table_is_served_through_sql(conn, name):
+    """The direct read of a lifeline serves only the table as created: with its primary key
+    replaced (by one on (name, id)), every call answers as before, through SQL."""
+    lifeline = one(conn, "SELECT lease_lifeline_open(%s, '1 min')", (name + "ll",))
+    token = one(conn, "SELECT lease_acquire(%s, 'h', lifeline => %s)", (name + "r", lifeline))
+    conn.execute("ALTER TABLE lease.lifelines DROP CONSTRAINT lifelines_pkey, ADD PRIMARY KEY (name, id)")
+    try:
+        with connect() as c:
+            assert one(c, "SELECT lease_check(%s, %s)", (name + "r", token)) is True
+            assert one(c, "SELECT lease_lifeline_renew(%s) > now()", (lifeline,)) is True
+            assert one(c, "SELECT lease_acquire(%s, 'other', '1 min')", (name + "r",)) is None
+            assert one(c, "SELECT lease_lifeline_close(%s)", (lifeline,)) == 1
+            assert sqlstate_of(c, "SELECT lease_lifeline_renew(%s)", (lifeline,)) == "55000"
+    finally:
+        conn.execute("ALTER TABLE lease.lifelines DROP CONSTRAINT lifelines_pkey, ADD PRIMARY KEY (id)")

@@ -158,15 +158,9 @@ fn serialization_failure(id: i64) -> LeaseError {
 /// lifeline, live and usable by the caller; None while busy; 55000 or 42501.
 pub fn use_for_attach(store: &Store, id: i64, patient: bool) -> LeaseResult<Option<(Taken, Lifeline)>> {
     ensure_current_shape(store)?;
-    let mut taken = barrier::lock_lifeline(id, LifelineMode::Attach, true);
-    for _ in 0..if patient { 10 } else { 0 } {
-        if taken.is_some() {
-            break;
-        }
-        waiting::sleep(1);
-        taken = barrier::lock_lifeline(id, LifelineMode::Attach, true);
-    }
-    let Some(taken) = taken else { return Ok(None) };
+    let tries = if patient { 10 } else { 0 };
+    let attach = || barrier::lock_lifeline(id, LifelineMode::Attach, true);
+    let Some(taken) = waiting::try_briefly(tries, attach) else { return Ok(None) };
     match live(store, id, clock_now()) {
         Ok(lifeline) => Ok(Some((taken, lifeline))),
         Err(error) => {

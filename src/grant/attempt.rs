@@ -170,15 +170,9 @@ pub(super) fn attempt_while_busy(
         return Attempt::Busy;
     }
     let mode = if ours { Mode::Extend } else { Mode::Change };
-    let mut taken = barrier::try_lock(request.resource, mode);
-    for _ in 0..BUSY_RETRIES {
-        if taken.is_some() {
-            break;
-        }
-        waiting::sleep(1);
-        taken = barrier::try_lock(request.resource, mode);
-    }
-    let Some(taken) = taken else { return Attempt::Busy };
+    let Some(taken) = waiting::try_briefly(BUSY_RETRIES, || barrier::try_lock(request.resource, mode)) else {
+        return Attempt::Busy;
+    };
     if mode == Mode::Change {
         return attempt_holding(taken, store, request, ticket);
     }

@@ -17,8 +17,8 @@
 //! Statements run as the owner of `lease.leases` (ordinary roles have no rights on it), inside
 //! a [`Store`] that switches the user and restores it when dropped.
 //!
-//! Uses vocabulary, errors, shmem (the token blocks), barrier (the token reservation lock) and
-//! subtransaction.
+//! Uses vocabulary, errors, settings (whether events carry data), shmem (the token blocks),
+//! barrier (the token reservation lock) and subtransaction.
 
 use std::cell::{Cell, RefCell};
 

@@ -247,14 +247,13 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
                 types(&[TEXT, TSTZ]),
             ),
             Shape::Current => (
-                "SELECT l.holder, l.token, l.owner, l.owner::pg_catalog.text, l.acquired_at, l.renewed_at,
-                        e.expires_at, l.session_pid, l.application_name, l.lifeline, l.data, l.released_at
-                  FROM lease.leases AS l
-                  LEFT JOIN lease.lifelines AS f ON f.id OPERATOR(pg_catalog.=) l.lifeline
-                  CROSS JOIN LATERAL (SELECT CASE WHEN l.lifeline IS NULL THEN l.expires_at
-                                                  ELSE f.expires_at END) AS e(expires_at)
-                  WHERE l.resource OPERATOR(pg_catalog.=) $1 AND e.expires_at OPERATOR(pg_catalog.>) $2"
-                    .into(),
+                format!(
+                    "SELECT l.holder, l.token, l.owner, l.owner::pg_catalog.text, l.acquired_at, l.renewed_at,
+                            e.expires_at, l.session_pid, l.application_name, l.lifeline, l.data, l.released_at
+                      FROM lease.leases AS l CROSS JOIN LATERAL (SELECT {expiry}) AS e(expires_at)
+                      WHERE l.resource OPERATOR(pg_catalog.=) $1 AND e.expires_at OPERATOR(pg_catalog.>) $2",
+                    expiry = lease_expiry(shape)
+                ),
                 types(&[TEXT, TSTZ]),
             ),
         },

@@ -1,11 +1,12 @@
 //! Reading the results of the store's statements (`plans`).
 //!
-//! Uses the row types (`row`).
+//! Uses the row types (`row`) and settings.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::row::{Attachment, Lease, Shape};
+use crate::settings;
 
 /// Column `number` (1-based) of row `row` (0-based) of the last statement's result.
 ///
@@ -47,7 +48,11 @@ pub(super) unsafe fn lease(row: usize, shape: Shape) -> Lease {
         } else {
             None
         },
-        data: if current { nullable_column::<pgrx::JsonB>(row, 8).map(|data| data.0) } else { None },
+        // Only events carry a lease's data: it is converted only when they will.
+        data: match current && settings::notify_data() {
+            true => nullable_column::<pgrx::JsonB>(row, 8).map(|data| data.0),
+            false => None,
+        },
         released: current && column::<bool>(row, 9),
     }
 }

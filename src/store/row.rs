@@ -90,6 +90,7 @@ pub struct Lease {
     pub lifeline: Option<Attachment>,
     /// Released with a minimum hold: nobody holds it, nobody may take it until `expires_at`.
     pub released: bool,
+    /// Its data, read only while `lease.notify_data` is on (events are all that use it).
     pub data: Option<serde_json::Value>,
 }
 

@@ -183,6 +183,20 @@ fn waiter_counts() -> TableIterator<'static, (name!(resource_key, i64), name!(wa
 }
 
 /// Whether calls can wait here (the waiter table exists: the library was preloaded).
+/// Calls `attempt` until it gives something, at most `tries` more times a millisecond apart
+/// (a lock another transaction holds for a moment): None if it never did.
+pub fn try_briefly<T>(tries: usize, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    let mut outcome = attempt();
+    for _ in 0..tries {
+        if outcome.is_some() {
+            break;
+        }
+        sleep(1);
+        outcome = attempt();
+    }
+    outcome
+}
+
 pub fn can_wait() -> bool {
     table().is_some()
 }

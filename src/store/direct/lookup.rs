@@ -1,9 +1,11 @@
 //! Reading leases by resource through the primary key, and the history of a resource's row.
 //!
-//! Uses the column map (`row`).
+//! Uses the column map (`row`) and settings.
 
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
+
+use crate::settings;
 
 use crate::store::row::{
     Attachment, Lease, Shape, ACQUIRED_AT, DATA, EXPIRES_AT, HOLDER, LIFELINE, OWNER, RELEASED_AT, RESOURCE,
@@ -71,7 +73,11 @@ impl Lookup {
             };
             let (holder, holder_null) = column(HOLDER);
             let (owner, owner_null) = column(OWNER);
-            let (data, data_null) = if current { column(DATA) } else { (pg_sys::Datum::from(0), true) };
+            // Only events carry a lease's data: it is converted only when they will.
+            let (data, data_null) = match current && settings::notify_data() {
+                true => column(DATA),
+                false => (pg_sys::Datum::from(0), true),
+            };
             let lifeline =
                 if current { i64::from_datum(values[LIFELINE - 1], nulls[LIFELINE - 1]) } else { None };
             Some(Found {

@@ -48,6 +48,8 @@ pub enum LeaseError {
     LifelineLapsed { id: i64 },
     /// The caller is not a member of the role that opened the lifeline (42501).
     NotLifelineOwner { id: i64, owner: String },
+    /// A waiting `lease_acquire_all` names more resources than a waiter can queue for (54000).
+    TooManyToWait { count: usize, limit: usize },
 }
 
 pub type LeaseResult<T> = Result<T, LeaseError>;
@@ -80,6 +82,7 @@ impl LeaseError {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             LeaseError::NotLifelineOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            LeaseError::TooManyToWait { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         }
     }
 
@@ -131,6 +134,9 @@ impl LeaseError {
             LeaseError::NotLifelineOwner { id, owner } => {
                 format!("permission denied for lifeline {id} opened by role \"{owner}\"")
             }
+            LeaseError::TooManyToWait { count, limit } => {
+                format!("lease_acquire_all can wait for at most {limit} resources, not {count}")
+            }
         }
     }
 
@@ -160,6 +166,9 @@ impl LeaseError {
             ),
             LeaseError::NotLifelineOwner { .. } => {
                 Some("Only members of the role that opened a lifeline may renew, close or attach to it.")
+            }
+            LeaseError::TooManyToWait { .. } => {
+                Some("Call it without wait (it then takes any number at once), or split the claim.")
             }
             LeaseError::BoundElsewhere { .. } => Some(
                 "A session-bound lease belongs to the session that bound it; re-acquire it from that session or without session_bound.",

@@ -1,6 +1,7 @@
-//! The SQL entry points of `lease_acquire_any`, in the signature of each version.
+//! The SQL entry points of the acquires of several resources: `lease_acquire_any`, in the
+//! signature of each version, and `lease_acquire_all`.
 //!
-//! Uses errors, grant and the argument checks.
+//! Uses errors, grant, waiting and the argument checks.
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -9,6 +10,7 @@ use pgrx::JsonB;
 use super::arguments::{self, ensure_primary};
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::grant;
+use crate::waiting;
 
 /// `lease_acquire_any` as versions 0.3.0 and 0.4.0 declare it (six arguments).
 #[pg_extern(sql = false)]
@@ -57,12 +59,7 @@ fn acquire_any(
     lifeline: Option<i64>,
     data: Option<&JsonB>,
 ) -> LeaseResult<Vec<(String, i64)>> {
-    let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
-    // Every element is checked before anything is granted: bad input changes nothing.
-    let candidates = resources
-        .iter()
-        .map(|resource| arguments::resource(resource, "resources element"))
-        .collect::<LeaseResult<Vec<&str>>>()?;
+    let candidates = resource_list(resources.as_ref().map(Array::iter))?;
     let mut request = arguments::request("", holder, ttl, session_bound, lifeline, data)?;
     request.only_if_free = snapshot_consistent.unwrap_or(false);
     let max_count = arguments::count(max_count, "max_count", 1)?;
@@ -71,4 +68,55 @@ fn acquire_any(
         return Ok(Vec::new());
     }
     grant::acquire_any(&candidates, &request, max_count)
+}
+
+/// Every element of `resources`, checked before anything is granted: bad input changes nothing.
+fn resource_list<'a>(resources: Option<impl Iterator<Item = Option<&'a str>>>) -> LeaseResult<Vec<&'a str>> {
+    let resources = resources.ok_or(LeaseError::NullArgument("resources"))?;
+    resources.map(|resource| arguments::resource(resource, "resources element")).collect()
+}
+
+/// Grants every one of `resources` to `holder` for `ttl`, each with its own fencing token, or
+/// none of them: returns each resource with its token, in the order given (a name listed twice
+/// is taken once), or no rows when some are held by others (or owed to queued waiters). With
+/// `wait` > 0 it queues once, first come first served in the queue of every resource it names,
+/// until it is granted all of them together or the wait runs out; it never holds some while it
+/// waits for the rest, so claims cannot deadlock whatever the order of their lists. A resource
+/// the caller already holds is kept and its lease extended. `session_bound`, `lifeline` and
+/// `data` are as for `lease_acquire`.
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn lease_acquire_all(
+    resources: Option<Array<&str>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+    session_bound: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<JsonB>,
+) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
+    (|| {
+        let listed = resource_list(resources.as_ref().map(Array::iter))?;
+        let mut distinct = Vec::with_capacity(listed.len());
+        for resource in listed {
+            if !distinct.contains(&resource) {
+                distinct.push(resource);
+            }
+        }
+        if distinct.is_empty() {
+            return Err(LeaseError::invalid("resources", "must name at least one resource"));
+        }
+        let request = arguments::request("", holder, ttl, session_bound, lifeline, data.as_ref())?;
+        let wait = arguments::wait(wait)?;
+        if wait > 0 && distinct.len() > waiting::MAX_KEYS {
+            return Err(LeaseError::TooManyToWait { count: distinct.len(), limit: waiting::MAX_KEYS });
+        }
+        if wait > 0 && !waiting::can_wait() {
+            return Err(LeaseError::NeedsPreload("waiting for a lease"));
+        }
+        ensure_primary()?;
+        Ok(grant::acquire_all(&distinct, &request, wait)?.unwrap_or_default())
+    })()
+    .map(TableIterator::new)
+    .or_raise()
 }

@@ -127,6 +127,49 @@ pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>,
     outcome
 }
 
+/// What [`attempt_each`] holds after an attempt that got every resource: each with its token,
+/// in the order asked, and whether any of them was a new grant (not only the caller's own
+/// lease extended).
+pub(super) struct HeldAll {
+    pub tokens: Vec<(String, i64)>,
+    pub granted: bool,
+}
+
+/// One attempt at every one of `resources` (distinct) for `claim` (its resource unused), in
+/// order, the lifeline taken for use once: what it holds, or the outcome of the first resource
+/// it did not get, at which it stops. The caller runs it in a subtransaction that it rolls back
+/// unless every resource was got, so that nothing is held of a claim that failed.
+pub(super) fn attempt_each(
+    store: &Store,
+    resources: &[&str],
+    claim: &Request,
+    ticket: Option<u64>,
+    patient: bool,
+) -> Result<HeldAll, Attempt> {
+    if let Some((id, expires_at)) = &claim.lifeline {
+        // Kept with the grants (the subtransaction's rollback gives it back otherwise).
+        let Some((_taken, found)) = lifeline::use_for_attach(store, *id, patient).or_raise() else {
+            return Err(Attempt::Busy);
+        };
+        expires_at.set(found.expires_at);
+    }
+    let mut held = HeldAll { tokens: Vec::with_capacity(resources.len()), granted: false };
+    for &resource in resources {
+        // A pending cancel or timeout ends a long claim here; the rollback gives back its locks.
+        pgrx::pg_sys::check_for_interrupts!();
+        let request = Request { resource, ..claim.clone() };
+        match attempt_resource(store, &request, ticket, patient) {
+            Attempt::Granted(token) => {
+                held.granted = true;
+                held.tokens.push((resource.to_owned(), token));
+            }
+            Attempt::Extended(token) => held.tokens.push((resource.to_owned(), token)),
+            not_held => return Err(not_held),
+        }
+    }
+    Ok(held)
+}
+
 fn attempt_resource(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
     // While anyone waits, a call that cannot win must not take the lock even for a moment: a
     // waiter at the head of its queue that found it busy would sleep again. (Without waiters the

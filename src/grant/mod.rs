@@ -1,4 +1,5 @@
-//! Acquiring leases: `lease_acquire` (with waiting) and `lease_acquire_any`.
+//! Acquiring leases: `lease_acquire` (with waiting), `lease_acquire_any` and
+//! `lease_acquire_all` (all or nothing, with waiting).
 //!
 //! Every attempt takes the resource's barrier lock ([`crate::barrier`]) before it decides,
 //! reads the clock after the lock, and decides on the row as it is once locked ([`decision`],
@@ -16,13 +17,15 @@ use crate::errors::LeaseResult;
 use crate::lifeline;
 use crate::stats::{self, Counter};
 use crate::store::Store;
+use crate::subtransaction;
 use crate::vocabulary::{clock_now, Timestamp};
 
 mod attempt;
 pub mod decision;
 mod wait;
 
-use attempt::{attempt_holding, attempt_now, attempt_while_busy, Attempt};
+use attempt::{attempt_each, attempt_holding, attempt_now, attempt_while_busy, Attempt, HeldAll};
+use wait::Waited;
 
 /// What an acquire asks for, validated.
 pub struct Request<'a> {
@@ -51,7 +54,11 @@ pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
         // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
         match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None, false)).token() {
             Some(token) => Some(token),
-            None => wait::wait_for(request, wait)?,
+            None => wait::wait_for(&[request.resource], wait, |ticket| {
+                Waited::of(wait::in_subtransaction(|| {
+                    attempt_now(&Store::open(), request, Some(ticket), false)
+                }))
+            })?,
         }
     };
     if token.is_none() {
@@ -117,6 +124,38 @@ pub fn acquire_any(
         taken.release_if_unused_before();
     }
     Ok(granted)
+}
+
+/// `lease_acquire_all`: every one of `resources` (distinct, at most [`crate::waiting::MAX_KEYS`]
+/// when it may wait) for the claim's holder, as `claim` asks (its resource unused), each with
+/// its token in the order given; or None, holding none of them, when some are held by others
+/// (or owed to waiters) and `wait` microseconds passed. Each attempt takes all of them in one
+/// subtransaction, kept only when it got every one, so a claim never holds some while it waits
+/// for the rest, and since it only ever tries locks, claims cannot deadlock whatever the order
+/// of their lists. A waiting claim queues once, in the queue of every resource it names.
+pub fn acquire_all(
+    resources: &[&str],
+    claim: &Request,
+    wait: i64,
+) -> LeaseResult<Option<Vec<(String, i64)>>> {
+    let attempt = |ticket: Option<u64>, patient: bool| {
+        subtransaction::in_subtransaction(
+            || attempt_each(&Store::open(), resources, claim, ticket, patient),
+            Result::is_ok,
+        )
+    };
+    let held = match attempt(None, wait == 0) {
+        Ok(HeldAll { tokens, .. }) => Some(tokens),
+        Err(_) if wait == 0 => None,
+        Err(_) => wait::wait_for(resources, wait, |ticket| match attempt(Some(ticket), false) {
+            Ok(HeldAll { tokens, granted }) => Waited::Held { value: tokens, handover: granted },
+            Err(not_held) => Waited::again(&not_held),
+        })?,
+    };
+    if held.is_none() {
+        stats::add(Counter::Conflicts, 1);
+    }
+    Ok(held)
 }
 
 impl Clone for Request<'_> {

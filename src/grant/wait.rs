@@ -1,14 +1,12 @@
-//! Waiting for a lease: a queued acquire, first come first served ([`crate::waiting`]).
+//! Waiting for leases: a queued acquire, first come first served ([`crate::waiting`]).
 //!
-//! Uses `attempt`, waiting, subtransaction, store and stats.
+//! Uses `attempt`, waiting, subtransaction and stats.
 
 use pgrx::pg_sys;
 
-use super::attempt::{attempt_now, Attempt};
-use super::Request;
+use super::attempt::Attempt;
 use crate::errors::{LeaseError, LeaseResult};
 use crate::stats::{self, Counter};
-use crate::store::Store;
 use crate::subtransaction;
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::waiting;
@@ -26,14 +24,50 @@ impl Drop for WaitClock {
     }
 }
 
-/// Queues for the lease until it is granted (its token), `wait` microseconds pass (None), or
-/// `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise 57014.
-/// Whatever other transactions do, it returns within `wait` plus the time one attempt takes:
-/// it never waits in the lock manager, only on its latch, which commits and aborts that free
-/// the resource set, and which it sets itself every [`BUSY_RETRY_MS`] while another
-/// transaction holds the resource's lock.
-pub(super) fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
-    let ticket = waiting::enqueue(request.resource).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
+/// What one attempt of a waiter gave.
+pub(super) enum Waited<T> {
+    /// Granted (`handover`: a grant, not only the caller's own lease extended).
+    Held { value: T, handover: bool },
+    /// Not yet: look again by this time (None: when woken or at the deadline).
+    Again(Option<Timestamp>),
+}
+
+impl<T> Waited<T> {
+    /// When to look again after an attempt that did not get a lease.
+    pub(super) fn again(outcome: &Attempt) -> Self {
+        match *outcome {
+            Attempt::Refused(expires_at) => Waited::Again(Some(expires_at)),
+            Attempt::Busy => Waited::Again(Some(clock_now() + BUSY_RETRY_MS * 1_000)),
+            _ => Waited::Again(None),
+        }
+    }
+}
+
+impl Waited<i64> {
+    /// What an attempt of `lease_acquire` gave a waiter.
+    pub(super) fn of(outcome: Attempt) -> Self {
+        match outcome {
+            Attempt::Granted(token) => Waited::Held { value: token, handover: true },
+            Attempt::Extended(token) => Waited::Held { value: token, handover: false },
+            not_held => Waited::again(&not_held),
+        }
+    }
+}
+
+/// Queues for `resources` (one ticket in each of their queues) until `attempt`, made only while
+/// this waiter is the head of all of them, gives what it asked for, `wait` microseconds pass
+/// (None), or `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise
+/// 57014. Whatever other transactions do, it returns within `wait` plus the time one attempt
+/// takes: it never waits in the lock manager, only on its latch, which commits and aborts that
+/// free one of the resources set, and which it sets itself every [`BUSY_RETRY_MS`] while
+/// another transaction holds a resource's lock. `attempt` gets the ticket's number, runs in
+/// its own subtransaction, and keeps it only when it gives something.
+pub(super) fn wait_for<T>(
+    resources: &[&str],
+    wait: i64,
+    mut attempt: impl FnMut(u64) -> Waited<T>,
+) -> LeaseResult<Option<T>> {
+    let ticket = waiting::enqueue(resources).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
     let start = clock_now();
     stats::add(Counter::Waits, 1);
     let _clock = WaitClock(start);
@@ -46,28 +80,26 @@ pub(super) fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>>
     loop {
         let mut sleep_until = deadline.min(lock_deadline);
         if ticket.is_head() {
-            // The attempt of a waiter at the head of its queue: decided as a call without
-            // `wait` decides, with its ticket. While another holder holds the lease it sleeps
+            // The attempt of a waiter at the head of its queues: decided as a call without
+            // `wait` decides, with its ticket. While another holder holds a lease it sleeps
             // without taking any lock, and it never queues in the lock manager, where an
             // exclusive request would hold up the holder's renewals and every fence behind it.
             // SAFETY: the context lives until the end of this function, and is reset only after
             // the attempt, whose outcome holds no pointer into it.
             let outcome = unsafe {
-                let outcome = attempts.switch_to(|_| {
-                    in_subtransaction(|| attempt_now(&Store::open(), request, Some(ticket.number()), false))
-                });
+                let outcome = attempts.switch_to(|_| attempt(ticket.number()));
                 attempts.reset();
                 outcome
             };
             match outcome {
-                Attempt::Granted(token) => {
-                    stats::add(Counter::Handovers, 1);
-                    return Ok(Some(token));
+                Waited::Held { value, handover } => {
+                    if handover {
+                        stats::add(Counter::Handovers, 1);
+                    }
+                    return Ok(Some(value));
                 }
-                Attempt::Extended(token) => return Ok(Some(token)),
-                Attempt::Refused(expires_at) => sleep_until = sleep_until.min(expires_at),
-                Attempt::Busy => sleep_until = sleep_until.min(clock_now() + BUSY_RETRY_MS * 1_000),
-                Attempt::Yielded => {}
+                Waited::Again(Some(until)) => sleep_until = sleep_until.min(until),
+                Waited::Again(None) => {}
             }
         }
         let now = clock_now();
@@ -75,7 +107,7 @@ pub(super) fn wait_for(request: &Request, wait: i64) -> LeaseResult<Option<i64>>
             return Ok(None);
         }
         if now >= lock_deadline {
-            return Err(LeaseError::LockTimeout { resource: request.resource.into() });
+            return Err(LeaseError::LockTimeout { resource: resources.join("\", \"") });
         }
         waiting::sleep((sleep_until - now + 999) / 1_000);
     }

@@ -2,6 +2,10 @@
 //!
 //! A call with `wait` > 0 takes a ticket and a slot in the shared waiter table ([`table`]).
 //! Only the head of a resource's queue (its waiter with the smallest ticket) tries to acquire;
+//! a `lease_acquire_all` waits in the queue of every resource it names with one ticket, and
+//! tries only when it is the head of all of them (tickets are one sequence, so two such
+//! waiters are in the same order in every queue they share, and none waits for another in a
+//! circle);
 //! the others sleep on their latch. The head tries in a subtransaction that is rolled back when
 //! the lease is still held, so that while it sleeps it holds no lock on the lease table and no
 //! barrier lock. It sleeps until the lease's expiry or its own deadline, whichever is first,
@@ -40,35 +44,49 @@ fn my_slot() -> usize {
     unsafe { (*pg_sys::MyProc).pgprocno as usize }
 }
 
-/// A place in a resource's queue; leaving the queue (drop) wakes the next waiter.
+pub use table::MAX_KEYS;
+
+/// A place in the queues of one or more resources; leaving them (drop) wakes the next waiters.
 pub struct Ticket {
     table: &'static WaiterTable,
-    key: u64,
+    keys: Vec<u64>,
     number: u64,
 }
 
-/// Joins the queue of `resource`. None without shared memory.
-pub fn enqueue(resource: &str) -> Option<Ticket> {
+/// Joins the queues of `resources` (at most [`MAX_KEYS`]) with one ticket. None without shared
+/// memory.
+pub fn enqueue(resources: &[&str]) -> Option<Ticket> {
     let table = table()?;
-    let key = resource_key(resource);
+    let keys: Vec<u64> = resources.iter().map(|resource| resource_key(resource)).collect();
+    assert!(!keys.is_empty() && keys.len() <= MAX_KEYS, "a wait names 1 to {MAX_KEYS} resources");
+    let mut slot_keys = [0; MAX_KEYS];
+    slot_keys[..keys.len()].copy_from_slice(&keys);
     let mut locked = table.lock();
     let number = locked.take_ticket();
     // SAFETY: MyLatch is this process's latch, valid for the life of the process.
     let latch = unsafe { pg_sys::MyLatch };
-    locked.slots()[my_slot()] =
-        WaiterSlot { active: true, database: my_database().to_u32(), key, ticket: number, latch };
+    locked.slots()[my_slot()] = WaiterSlot {
+        active: true,
+        database: my_database().to_u32(),
+        key_count: keys.len() as u32,
+        keys: slot_keys,
+        ticket: number,
+        latch,
+    };
     locked.count_waiting(1);
     drop(locked);
     WAIT_LEVEL.with(|level| level.set(Some(nesting_level())));
-    Some(Ticket { table, key, number })
+    Some(Ticket { table, keys, number })
 }
 
 impl Ticket {
-    /// Whether this waiter is the head of its queue.
+    /// Whether this waiter is the head of every queue it is in.
     pub fn is_head(&self) -> bool {
         let database = my_database().to_u32();
         let mut locked = self.table.lock();
-        !locked.slots().iter().any(|slot| slot.waits_for(database, self.key) && slot.ticket < self.number)
+        !locked.slots().iter().any(|slot| {
+            slot.ticket < self.number && self.keys.iter().any(|&key| slot.waits_for(database, key))
+        })
     }
 
     pub fn number(&self) -> u64 {
@@ -103,9 +121,11 @@ fn leave(table: &WaiterTable) {
         return;
     }
     slot.active = false;
-    let (database, key) = (slot.database, slot.key);
+    let left = *slot;
     locked.count_waiting(-1);
-    locked.wake_head(database, key);
+    for &key in left.keys() {
+        locked.wake_head(left.database, key);
+    }
 }
 
 /// Whether any backend waits for any lease (a hint: the count may change at once).
@@ -173,9 +193,11 @@ fn waiter_counts() -> TableIterator<'static, (name!(resource_key, i64), name!(wa
         let database = my_database().to_u32();
         let mut locked = table.lock();
         for slot in locked.slots().iter().filter(|slot| slot.active && slot.database == database) {
-            match counts.iter_mut().find(|(key, _)| *key == slot.key as i64) {
-                Some((_, count)) => *count += 1,
-                None => counts.push((slot.key as i64, 1)),
+            for &key in slot.keys() {
+                match counts.iter_mut().find(|(counted, _)| *counted == key as i64) {
+                    Some((_, count)) => *count += 1,
+                    None => counts.push((key as i64, 1)),
+                }
             }
         }
     }

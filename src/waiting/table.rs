@@ -1,6 +1,8 @@
-//! The waiter table: one slot per backend (indexed by `pgprocno`), saying which resource of
-//! which database it waits for and with which ticket. Tickets are handed out in order, so the
-//! waiter of a resource with the smallest ticket is the head of its queue.
+//! The waiter table: one slot per backend (indexed by `pgprocno`), saying which resources of
+//! which database it waits for (one, or up to [`MAX_KEYS`] for `lease_acquire_all`) and with
+//! which ticket. Tickets are handed out in order, so the waiter of a resource with the smallest
+//! ticket is the head of its queue; a waiter for several resources has one ticket, its place in
+//! every one of their queues.
 //!
 //! Locking: the waiter lock (the one LWLock of the part "lease waiters") guards the slots and
 //! the ticket counter; it is held only to read or write slots and to set latches, never across
@@ -16,23 +18,33 @@ use pgrx::pg_sys;
 
 use crate::shmem::{self, Attached, Exclusive};
 
+/// The most resources one backend waits for at once.
+pub const MAX_KEYS: usize = 16;
+
 /// One backend's wait.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(super) struct WaiterSlot {
     pub active: bool,
-    /// The database of the resource (resource names are per database).
+    /// The database of the resources (resource names are per database).
     pub database: u32,
-    /// The resource's lock key.
-    pub key: u64,
+    /// How many of `keys` are used.
+    pub key_count: u32,
+    /// The resources' lock keys.
+    pub keys: [u64; MAX_KEYS],
     pub ticket: u64,
     pub latch: *mut pg_sys::Latch,
 }
 
 impl WaiterSlot {
+    /// The lock keys of the resources this slot waits for.
+    pub fn keys(&self) -> &[u64] {
+        &self.keys[..(self.key_count as usize).min(MAX_KEYS)]
+    }
+
     /// Whether the slot waits for the resource with lock key `key` in database `database`.
     pub fn waits_for(&self, database: u32, key: u64) -> bool {
-        self.active && self.database == database && self.key == key
+        self.active && self.database == database && self.keys().contains(&key)
     }
 }
 

@@ -1,14 +1,21 @@
 //! The per-resource barrier between fences, extensions and grants.
 //!
-//! Every resource has one transaction-scoped advisory lock in PostgreSQL's lock manager, taken
-//! in one of three modes:
+//! Every row of `lease.leases` has one transaction-scoped advisory lock in PostgreSQL's lock
+//! manager: the resource's lock for its exclusive lease (slot 0), and a slot lock for each
+//! shared lease or permit (slots 1 and up). Each is taken in one of these modes:
 //! - [`Mode::Change`] (`ExclusiveLock`): a grant, a takeover, a release, a revocation, the
 //!   sweep's removal. Conflicts with every mode.
 //! - [`Mode::Extend`] (`ShareUpdateExclusiveLock`): a renewal, or the holder's re-acquire of its
 //!   live lease. Conflicts with changes and other extensions, not with fences: a fence keeps
 //!   other holders out, it never keeps the lease from living longer.
-//! - [`Mode::Fence`] (`RowShareLock`): `lease_check`, `lease_assert`, the `lease_fence` trigger.
-//!   Conflicts only with changes, so fences never block each other or a renewal.
+//! - [`Mode::Fence`] (`RowExclusiveLock`): `lease_check`, `lease_assert`, the `lease_fence`
+//!   trigger. Conflicts with changes (and on the resource's lock with joins), so fences never
+//!   block each other or a renewal.
+//! - [`Mode::Join`] (`ShareLock`, the resource's lock only): the grant of a shared lease or a
+//!   permit, which must keep the exclusive lease's grants and fences out (and be kept out by
+//!   them), but not other shared grants or permits, nor their fences, which lock their own
+//!   slots. Shared leases and permits keep out each other through the resource's kind lock
+//!   ([`lock_kind`]).
 //!
 //! The locks cost no row writes, are released at commit or abort (or with the savepoint that
 //! took them), and a wait for one honours `lock_timeout`, `statement_timeout`, cancellation and
@@ -39,6 +46,7 @@ pub enum Mode {
     Change,
     Extend,
     Fence,
+    Join,
 }
 
 impl Mode {
@@ -46,9 +54,70 @@ impl Mode {
         (match self {
             Mode::Change => pg_sys::ExclusiveLock,
             Mode::Extend => pg_sys::ShareUpdateExclusiveLock,
-            Mode::Fence => pg_sys::RowShareLock,
+            Mode::Fence => pg_sys::RowExclusiveLock,
+            Mode::Join => pg_sys::ShareLock,
         }) as pg_sys::LOCKMODE
     }
+}
+
+/// `locktag_field4` of slot locks (a shared lease's or a permit's row).
+const SLOT_SPACE: u16 = 0x4C53;
+/// `locktag_field4` of a resource's kind lock: shared leases against permits.
+const KIND_SPACE: u16 = 0x4C4B;
+
+/// The lock of the row at `slot` of `resource`: the resource's own lock for slot 0 (its
+/// exclusive lease), a slot lock of its own for the others.
+fn slot_tag(resource: &str, slot: i32) -> pg_sys::LOCKTAG {
+    match slot {
+        0 => advisory_tag(LOCK_SPACE, resource_key(resource)),
+        // Mixed so that the slots of one resource spread over the lock manager's partitions;
+        // two rows sharing a key only share a queue.
+        slot => advisory_tag(
+            SLOT_SPACE,
+            resource_key(resource) ^ (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ),
+    }
+}
+
+/// As [`lock`], for the row at `slot` of `resource`.
+pub fn lock_slot(resource: &str, slot: i32, mode: Mode) -> Taken {
+    take(slot_tag(resource, slot), mode.lock_mode(), false).expect("a waiting lock is granted")
+}
+
+/// As [`try_lock`], for the row at `slot` of `resource`.
+pub fn try_lock_slot(resource: &str, slot: i32, mode: Mode) -> Option<Taken> {
+    take(slot_tag(resource, slot), mode.lock_mode(), true)
+}
+
+/// What kind of non-exclusive grant a call makes of a resource: shared leases and permits never
+/// hold one resource at once, so their grants keep each other out through the resource's kind
+/// lock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// A shared lease's grant (`ShareLock`): other shared grants go on.
+    Shared,
+    /// A permit's grant (`RowExclusiveLock`): other permits' grants go on.
+    Permit,
+    /// A permit's grant that must count alone (`ExclusiveLock`): while the capacity is being
+    /// declared, or permits above it are still live after it was lowered.
+    PermitAlone,
+}
+
+/// Tries the kind lock of `resource` for `kind`, until the end of the (sub)transaction.
+pub fn try_lock_kind(resource: &str, kind: Kind) -> Option<Taken> {
+    let mode = match kind {
+        Kind::Shared => pg_sys::ShareLock,
+        Kind::Permit => pg_sys::RowExclusiveLock,
+        Kind::PermitAlone => pg_sys::ExclusiveLock,
+    };
+    take(advisory_tag(KIND_SPACE, resource_key(resource)), mode as pg_sys::LOCKMODE, true)
+}
+
+/// Takes the kind lock of `resource` exclusively, waiting: a change of its capacity waits for
+/// the permit grants in progress.
+pub fn lock_kind_alone(resource: &str) -> Taken {
+    let tag = advisory_tag(KIND_SPACE, resource_key(resource));
+    take(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false).expect("a waiting lock is granted")
 }
 
 /// A barrier lock this transaction took: it can be given back early when the call that took

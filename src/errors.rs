@@ -42,12 +42,16 @@ pub enum LeaseError {
     SerializationFailure { resource: String },
     /// A re-acquire asked to bind a lease that another live session holds bound (55006).
     BoundElsewhere { resource: String },
-    /// What needs the objects of a newer version of the extension than the database has (55000).
-    NeedsUpdate(&'static str),
+    /// What needs the objects of a newer version of the extension than the database has
+    /// (55000): what, and the version.
+    NeedsUpdate(&'static str, &'static str),
     /// The lifeline does not exist, was closed, or lapsed (55000).
     LifelineLapsed { id: i64 },
     /// The caller is not a member of the role that opened the lifeline (42501).
     NotLifelineOwner { id: i64, owner: String },
+    /// A permit asked for without a capacity, of a resource whose capacity is not declared
+    /// (55000).
+    NoCapacity { resource: String },
     /// A waiting `lease_acquire_all` names more resources than a waiter can queue for (54000).
     TooManyToWait { count: usize, limit: usize },
 }
@@ -78,11 +82,12 @@ impl LeaseError {
             LeaseError::ColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             LeaseError::SerializationFailure { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             LeaseError::BoundElsewhere { .. } => ERRCODE_OBJECT_IN_USE,
-            LeaseError::LifelineLapsed { .. } | LeaseError::NeedsUpdate(_) => {
+            LeaseError::LifelineLapsed { .. } | LeaseError::NeedsUpdate(..) => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             LeaseError::NotLifelineOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             LeaseError::TooManyToWait { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            LeaseError::NoCapacity { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
 
@@ -125,14 +130,17 @@ impl LeaseError {
             LeaseError::BoundElsewhere { resource } => {
                 format!("lease on resource \"{resource}\" is bound to another session")
             }
-            LeaseError::NeedsUpdate(what) => {
-                format!("{what} need the lease extension's version 0.5.0 objects")
+            LeaseError::NeedsUpdate(what, version) => {
+                format!("{what} need the lease extension's version {version} objects")
             }
             LeaseError::LifelineLapsed { id } => {
                 format!("lifeline {id} has lapsed, was closed, or never existed")
             }
             LeaseError::NotLifelineOwner { id, owner } => {
                 format!("permission denied for lifeline {id} opened by role \"{owner}\"")
+            }
+            LeaseError::NoCapacity { resource } => {
+                format!("resource \"{resource}\" has no declared capacity")
             }
             LeaseError::TooManyToWait { count, limit } => {
                 format!("lease_acquire_all can wait for at most {limit} resources, not {count}")
@@ -160,12 +168,15 @@ impl LeaseError {
             LeaseError::SerializationFailure { .. } => {
                 Some("The lease changed after this transaction's snapshot was taken; retry the transaction.")
             }
-            LeaseError::NeedsUpdate(_) => Some("Run ALTER EXTENSION lease UPDATE in this database."),
+            LeaseError::NeedsUpdate(..) => Some("Run ALTER EXTENSION lease UPDATE in this database."),
             LeaseError::LifelineLapsed { .. } => Some(
                 "The leases attached to it have ended; stop the protected work and open a new lifeline.",
             ),
             LeaseError::NotLifelineOwner { .. } => {
                 Some("Only members of the role that opened a lifeline may renew, close or attach to it.")
+            }
+            LeaseError::NoCapacity { .. } => {
+                Some("State the capacity with capacity => N, or declare it with lease_set_capacity.")
             }
             LeaseError::TooManyToWait { .. } => {
                 Some("Call it without wait (it then takes any number at once), or split the claim.")

@@ -12,7 +12,7 @@
 use crate::barrier::{self, LifelineMode};
 use crate::events::{self, Event, Kind, Reason};
 use crate::lifeline;
-use crate::store::{Shape, Store};
+use crate::store::Store;
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::{session, settings};
 
@@ -39,8 +39,8 @@ pub fn sweep(limit: i64) -> Sweep {
     let store = Store::open();
     let candidates = store.expired_candidates(clock_now(), limit);
     let mut outcome = Sweep { found: candidates.len() as i64, ..Sweep::default() };
-    for (resource, token) in candidates {
-        let Some(held) = barrier::try_lock(&resource, barrier::Mode::Change) else {
+    for (resource, token, slot) in candidates {
+        let Some(held) = barrier::try_lock_slot(&resource, slot, barrier::Mode::Change) else {
             outcome.busy += 1;
             continue;
         };
@@ -57,7 +57,7 @@ pub fn sweep(limit: i64) -> Sweep {
             None => held.release_if_unused_before(),
         }
     }
-    if store.shape() == Shape::Current && outcome.found < limit {
+    if store.shape().has_lifelines() && outcome.found < limit {
         for id in store.lapsed_lifelines(clock_now(), limit - outcome.found) {
             let budget = limit - outcome.found;
             if budget <= 0 {
@@ -104,8 +104,8 @@ fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
     let attached = store.attached(id, budget.saturating_add(1));
     let left = attached.len() as i64 - budget;
     outcome.found = budget.min(attached.len() as i64).max(1);
-    for (resource, token) in attached.into_iter().take(budget as usize) {
-        let Some(lock) = barrier::try_lock(&resource, barrier::Mode::Change) else {
+    for (resource, token, slot) in attached.into_iter().take(budget as usize) {
+        let Some(lock) = barrier::try_lock_slot(&resource, slot, barrier::Mode::Change) else {
             outcome.busy += 1;
             continue;
         };
@@ -144,19 +144,19 @@ fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
 pub fn sweep_ended_sessions() -> Sweep {
     let store = Store::open();
     let mut outcome = Sweep::default();
-    if store.shape() == Shape::Current {
+    if store.shape().has_lifelines() {
         for id in store.session_bound_lifelines() {
             if session::lifeline_holder_is_gone(id) {
                 outcome.add(end_lifeline(&store, id, settings::expire_batch()));
             }
         }
     }
-    for (resource, token) in store.session_bound() {
+    for (resource, token, slot) in store.session_bound() {
         if !session::holder_is_gone(token) {
             continue;
         }
         outcome.found += 1;
-        let Some(held) = barrier::try_lock(&resource, barrier::Mode::Change) else {
+        let Some(held) = barrier::try_lock_slot(&resource, slot, barrier::Mode::Change) else {
             outcome.busy += 1;
             continue;
         };

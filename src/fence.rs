@@ -178,11 +178,13 @@ unsafe fn read_row(
     (resource, i64::from_datum(datum, is_null))
 }
 
-/// Passes if `token` holds `resource` for the writer, as `lease_check` decides (which also
-/// records the proof and keeps other grants out until the transaction ends).
+/// Passes if `token` holds `resource`'s exclusive lease for the writer, as `lease_check` decides
+/// (which also records the proof and keeps other grants out until the transaction ends). A
+/// shared lease's or a permit's token does not pass: it proves nothing (see
+/// [`crate::barrier::prove`]).
 fn holds(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
     match (resource, token) {
-        (Some(_), Some(_)) if api::check(resource, token)? => Ok(()),
+        (Some(name), Some(_)) if api::check(resource, token)? && barrier::proven(name) => Ok(()),
         _ => Err(LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token }),
     }
 }

@@ -12,7 +12,7 @@ use crate::barrier::{self, Mode, Taken};
 use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Event, Kind, Reason};
 use crate::session;
-use crate::store::{Lease, Store};
+use crate::store::{Lease, LeaseMode, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 
 /// `lease_renew`: moves the expiry of a held lease to now + `ttl`; false if `token` no longer
@@ -27,7 +27,7 @@ pub fn renew(resource: &str, token: i64, ttl: i64) -> LeaseResult<bool> {
         let attached = holds(&store, resource, token, now).filter(|lease| lease.lifeline.is_some());
         if let Some(lease) = attached {
             ensure_member(&store, resource, lease.owner)?;
-            barrier::prove(resource);
+            prove(resource, &lease);
             return Ok(true);
         }
         drop(store);
@@ -35,7 +35,7 @@ pub fn renew(resource: &str, token: i64, ttl: i64) -> LeaseResult<bool> {
         return Ok(false);
     };
     ensure_member(&store, resource, lease.owner)?;
-    barrier::prove(resource);
+    prove(resource, &lease);
     events::record_change(Kind::Renewed, resource, &lease, Some(expires_at), now);
     Ok(true)
 }
@@ -82,7 +82,7 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
         events::record(event);
         return Ok(false);
     }
-    barrier::prove(resource);
+    prove(resource, &lease);
     events::record_change(Kind::Released, resource, &lease, kept_until, now);
     Ok(true)
 }
@@ -99,39 +99,23 @@ pub fn set_data(resource: &str, token: i64, data: Option<&serde_json::Value>) ->
     };
     ensure_member(&store, resource, lease.owner)?;
     store.set_data(resource, token, data);
-    barrier::prove(resource);
+    prove(resource, &lease);
     Ok(true)
 }
 
-/// For a renewal or a release: takes the resource's lock in `mode`, but queues for it only if
-/// `token` holds the lease as last committed and the caller is a member of its owner role, so
-/// that a call that cannot succeed never queues in the lock manager (where it would hold up the
-/// requests behind it, the holder's own renewals among them); returns the lock and the store,
-/// or None (the answer is false), or 42501. Under the lock the statement decides again. Under a
-/// transaction-wide snapshot, a lease that changed since the snapshot is 40001: the statement
-/// that would write it cannot see it.
+/// For a renewal or a release: takes the lock of the row `token` holds (the resource's lock
+/// for its exclusive lease, a slot lock for a shared lease or a permit) in `mode`, but queues
+/// for it only if `token` holds the lease as last committed and the caller is a member of its
+/// owner role, so that a call that cannot succeed never queues in the lock manager (where it
+/// would hold up the requests behind it, the holder's own renewals among them); returns the
+/// lock and the store, or None (the answer is false), or 42501. Under the lock the statement
+/// decides again. Under a transaction-wide snapshot, a lease that changed since the snapshot is
+/// 40001: the statement that would write it cannot see it.
 fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(Taken, Store)>> {
-    let holds = |store: &Store| -> LeaseResult<bool> {
-        match store.current(resource) {
-            Some(lease) if lease.held_by(token, clock_now()) => {
-                ensure_member(store, resource, lease.owner).map(|()| true)
-            }
-            _ => Ok(false),
-        }
-    };
     let store = Store::open();
-    let taken = match barrier::try_lock(resource, mode) {
-        Some(taken) => taken,
-        None => {
-            // Another transaction holds a conflicting lock: queue only if this call can succeed.
-            if !holds(&store)? {
-                return Ok(None);
-            }
-            barrier::lock(resource, mode)
-        }
-    };
+    let Some(taken) = lock_row(&store, resource, token, mode)? else { return Ok(None) };
     if store.transaction_snapshot() {
-        if !holds(&store)? {
+        if held_as_member(&store, resource, token)?.is_none() {
             drop(store);
             taken.release_if_unused_before();
             return Ok(None);
@@ -141,25 +125,80 @@ fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(T
     Ok(Some((taken, store)))
 }
 
+/// The lease `token` holds on `resource` as last committed, if it holds and the caller is a
+/// member of its owner role (42501 if not a member).
+fn held_as_member(store: &Store, resource: &str, token: i64) -> LeaseResult<Option<Lease>> {
+    match store.row_of(resource, token) {
+        Some(lease) if lease.held_by(token, clock_now()) => {
+            ensure_member(store, resource, lease.owner).map(|()| Some(lease))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Takes the lock of the row of `token` on `resource` in `mode`: the resource's lock is tried
+/// first (most leases are exclusive, and then the row is read once, under it); for a shared
+/// lease or a permit, or while the resource's lock is busy, the row is read first to find its
+/// slot, and its lock is queued for only if the call can succeed (see [`lock_if_held`]).
+/// None when it cannot.
+fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<Taken>> {
+    let slot = match barrier::try_lock(resource, mode) {
+        Some(taken) => match store.row_of(resource, token) {
+            Some(lease) if lease.slot != 0 => {
+                taken.release_if_unused_before();
+                lease.slot
+            }
+            // The exclusive lease's row, or none: decided under this lock.
+            _ => return Ok(Some(taken)),
+        },
+        // Another transaction holds a conflicting lock: queue only if this call can succeed.
+        None => match held_as_member(store, resource, token)? {
+            Some(lease) => lease.slot,
+            None => return Ok(None),
+        },
+    };
+    match barrier::try_lock_slot(resource, slot, mode) {
+        Some(taken) => Ok(Some(taken)),
+        None if held_as_member(store, resource, token)?.is_some() => {
+            Ok(Some(barrier::lock_slot(resource, slot, mode)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Whether `token` holds `resource` for the caller: it holds the lease now and the caller is a
-/// member of the lease's owner role. If so, no other holder can be granted the resource until
-/// this transaction ends, and the transaction has proved the resource. `Err(NotLeaseOwner)`
-/// when the token holds but the caller is not a member; `lease_check` answers false for it.
+/// member of the lease's owner role. If so, the lease cannot be taken over until this
+/// transaction ends (for an exclusive lease, no other holder can be granted the resource; for
+/// a shared lease, no exclusive one; for a permit, its slot), and for an exclusive lease the
+/// transaction has proved the resource. `Err(NotLeaseOwner)` when the token holds but the
+/// caller is not a member; `lease_check` answers false for it.
 pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
-    let taken = barrier::lock(resource, Mode::Fence);
-    let now = clock_now();
     let store = Store::open();
+    // A caller that is not a member learns it without a lock: it protects nothing.
+    let Some(taken) = lock_row(&store, resource, token, Mode::Fence)? else {
+        return Ok(false);
+    };
+    let now = clock_now();
     let outcome = match holds(&store, resource, token, now) {
-        None => Ok(false),
-        Some(lease) => ensure_member(&store, resource, lease.owner).map(|()| true),
+        None => Ok(None),
+        Some(lease) => ensure_member(&store, resource, lease.owner).map(|()| Some(lease)),
     };
     drop(store);
     match outcome {
-        Ok(true) => barrier::prove(resource),
+        Ok(Some(lease)) => {
+            prove(resource, &lease);
+            Ok(true)
+        }
         // A failed fence protects nothing: it must not hold up the lease's owner.
-        _ => taken.release_if_unused_before(),
+        Ok(None) => {
+            taken.release_if_unused_before();
+            Ok(false)
+        }
+        Err(error) => {
+            taken.release_if_unused_before();
+            Err(error)
+        }
     }
-    outcome
 }
 
 /// `lease_check`: as [`check_as_member`], with false for a caller who is not a member.
@@ -179,28 +218,52 @@ pub fn assert_held(resource: &str, token: i64) -> LeaseResult<()> {
     }
 }
 
-/// `lease_force_release`: ends the live lease on `resource` whatever its holder, announcing
-/// `revoked`; true if there was one.
+/// `lease_force_release`: ends the live leases on `resource` whatever their holders (its
+/// exclusive lease, or all its shared leases or permits), announcing each as `revoked`; true if
+/// there was one. The resource's lock, taken in change mode, keeps new grants of any mode out
+/// until the transaction ends.
 pub fn force_release(resource: &str) -> bool {
     // A revocation that finds nothing to revoke does not queue for the lock.
     let store = Store::open();
-    if store.current(resource).is_none_or(|lease| lease.expires_at <= clock_now()) {
+    let live = |store: &Store| {
+        let now = clock_now();
+        store.rows(resource).into_iter().filter(move |lease| lease.expires_at > now)
+    };
+    if live(&store).next().is_none() {
         return false;
     }
     let taken = barrier::lock(resource, Mode::Change);
-    let now = clock_now();
-    let revoked = store.current(resource).filter(|lease| lease.expires_at > now).and_then(|current| {
-        store.ensure_snapshot_current(resource);
-        store.delete_grant(resource, current.token)
-    });
+    let mut revoked_any = false;
+    for lease in live(&store).collect::<Vec<_>>() {
+        let row = (lease.slot != 0).then(|| barrier::lock_slot(resource, lease.slot, Mode::Change));
+        let now = clock_now();
+        let revoked =
+            store.row_of(resource, lease.token).filter(|lease| lease.expires_at > now).and_then(|current| {
+                store.ensure_snapshot_current(resource);
+                store.delete_grant(resource, current.token)
+            });
+        let Some(revoked) = revoked else {
+            row.into_iter().for_each(Taken::release_if_unused_before);
+            continue;
+        };
+        session::unbind_at_commit(revoked.token);
+        let revoked = Lease { capacity: lease.capacity, ..revoked };
+        events::record_change(Kind::Revoked, resource, &revoked, None, now);
+        revoked_any = true;
+    }
     drop(store);
-    let Some(lease) = revoked else {
+    if !revoked_any {
         taken.release_if_unused_before();
-        return false;
-    };
-    session::unbind_at_commit(lease.token);
-    events::record_change(Kind::Revoked, resource, &lease, None, now);
-    true
+    }
+    revoked_any
+}
+
+/// An exclusive lease's call with its token proves the resource for `lease_fence`; a shared
+/// lease's or a permit's does not (writes under `lease_fence` need the exclusive lease).
+fn prove(resource: &str, lease: &Lease) {
+    if lease.mode == LeaseMode::Exclusive {
+        barrier::prove(resource);
+    }
 }
 
 /// The lease `token` holds on `resource` at `now`, if it does: as the store finds it, and not

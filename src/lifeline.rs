@@ -28,7 +28,7 @@ use crate::barrier::{self, LifelineMode, Mode, Taken};
 use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Kind};
 use crate::session;
-use crate::store::{Lifeline, Shape, Store};
+use crate::store::{LeaseMode, Lifeline, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::{settings, waiting};
 
@@ -48,9 +48,9 @@ fn live(store: &Store, id: i64, now: Timestamp) -> LeaseResult<Lifeline> {
 }
 
 fn ensure_current_shape(store: &Store) -> LeaseResult<()> {
-    match store.shape() {
-        Shape::Current => Ok(()),
-        Shape::Classic => Err(LeaseError::NeedsUpdate("lifelines")),
+    match store.shape().has_lifelines() {
+        true => Ok(()),
+        false => Err(LeaseError::NeedsUpdate("lifelines", "0.5.0")),
     }
 }
 
@@ -112,19 +112,17 @@ pub fn close(id: i64) -> LeaseResult<i64> {
     barrier::lock_lifeline(id, LifelineMode::Lapse, false);
     live(&store, id, clock_now())?;
     let mut released = 0;
-    for (resource, token) in store.attached(id, i64::MAX) {
+    for (resource, token, slot) in store.attached(id, i64::MAX) {
         // Queued for only while the lease is still this lifeline's (as a release queues only
         // when it can succeed): it may have been re-acquired, kept or taken since it was listed.
         let attached = |store: &Store| {
-            store.current(&resource).is_some_and(|lease| {
-                lease.token == token
-                    && !lease.released
-                    && lease.lifeline.is_some_and(|lifeline| lifeline.id == id)
+            store.row_of(&resource, token).is_some_and(|lease| {
+                !lease.released && lease.lifeline.is_some_and(|lifeline| lifeline.id == id)
             })
         };
-        let taken = match barrier::try_lock(&resource, Mode::Change) {
+        let taken = match barrier::try_lock_slot(&resource, slot, Mode::Change) {
             Some(taken) => taken,
-            None if attached(&store) => barrier::lock(&resource, Mode::Change),
+            None if attached(&store) => barrier::lock_slot(&resource, slot, Mode::Change),
             None => continue,
         };
         store.ensure_snapshot_current(&resource);
@@ -132,7 +130,9 @@ pub fn close(id: i64) -> LeaseResult<i64> {
             taken.release_if_unused_before();
             continue;
         };
-        barrier::prove(&resource);
+        if lease.mode == LeaseMode::Exclusive {
+            barrier::prove(&resource);
+        }
         events::record_change(Kind::Released, &resource, &lease, None, clock_now());
         released += 1;
     }

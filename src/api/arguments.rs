@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::grant::Request;
 use crate::settings;
+use crate::store::LeaseMode;
 use crate::vocabulary::{MAX_DATA_BYTES, MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
@@ -110,7 +111,31 @@ pub fn request<'a>(
         only_if_free: false,
         lifeline: lifeline.map(|id| (id, std::cell::Cell::new(0))),
         data: self::data(data)?,
+        mode: LeaseMode::Exclusive,
+        capacity: None,
     })
+}
+
+/// How an acquire asks to hold: `mode` (`exclusive`, `shared` or `permit`) and `capacity`. A
+/// capacity asks for a permit (whatever the mode but shared); a permit without one uses the
+/// resource's declared capacity.
+pub fn mode(mode: Option<&str>, capacity: Option<i32>) -> LeaseResult<(LeaseMode, Option<i32>)> {
+    let mode = mode.ok_or(LeaseError::NullArgument("mode"))?;
+    if let Some(capacity) = capacity.filter(|capacity| *capacity < 1) {
+        return Err(LeaseError::invalid("capacity", format_args!("must be at least 1, not {capacity}")));
+    }
+    match (LeaseMode::named(mode), capacity) {
+        (Some(LeaseMode::Shared), Some(_)) => Err(LeaseError::invalid(
+            "capacity",
+            "must be NULL for a shared lease (a permit is asked for with capacity alone)",
+        )),
+        (Some(LeaseMode::Exclusive), Some(capacity)) => Ok((LeaseMode::Permit, Some(capacity))),
+        (Some(mode), capacity) => Ok((mode, capacity)),
+        (None, _) => Err(LeaseError::invalid(
+            "mode",
+            format_args!("must be exclusive, shared or permit, not \"{}\"", mode.escape_default()),
+        )),
+    }
 }
 
 /// A lifeline id: not NULL, positive.
@@ -209,6 +234,24 @@ mod tests {
         );
         assert_eq!(holder(None), Err(LeaseError::NullArgument("holder")));
         assert_eq!(holder(Some(" \t")), Err(LeaseError::invalid("holder", "must not be empty or blank")));
+    }
+
+    #[test]
+    fn a_capacity_asks_for_a_permit_and_never_goes_with_shared() {
+        assert_eq!(mode(Some("exclusive"), None), Ok((LeaseMode::Exclusive, None)));
+        assert_eq!(mode(Some("exclusive"), Some(4)), Ok((LeaseMode::Permit, Some(4))));
+        assert_eq!(mode(Some("permit"), None), Ok((LeaseMode::Permit, None)));
+        assert_eq!(mode(Some("shared"), None), Ok((LeaseMode::Shared, None)));
+        assert!(mode(Some("shared"), Some(2)).is_err());
+        assert_eq!(mode(None, None), Err(LeaseError::NullArgument("mode")));
+        assert_eq!(
+            mode(Some("permit"), Some(0)),
+            Err(LeaseError::invalid("capacity", "must be at least 1, not 0"))
+        );
+        assert_eq!(
+            mode(Some("Shared"), None),
+            Err(LeaseError::invalid("mode", "must be exclusive, shared or permit, not \"Shared\""))
+        );
     }
 
     #[test]

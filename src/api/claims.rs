@@ -10,6 +10,7 @@ use pgrx::JsonB;
 use super::arguments::{self, ensure_primary};
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::grant;
+use crate::store::LeaseMode;
 use crate::waiting;
 
 /// `lease_acquire_any` as versions 0.3.0 and 0.4.0 declare it (six arguments).
@@ -23,7 +24,8 @@ fn lease_acquire_any(
     snapshot_consistent: Option<bool>,
 ) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
     let options = (max_count, session_bound, snapshot_consistent);
-    TableIterator::new(acquire_any(resources, holder, ttl, options, None, None).or_raise())
+    let exclusive = (LeaseMode::Exclusive, None);
+    TableIterator::new(acquire_any(resources, holder, ttl, options, None, None, exclusive).or_raise())
 }
 
 /// Takes up to `max_count` of `resources` that are free (or expired), in the order given, and
@@ -46,7 +48,35 @@ fn lease_acquire_any_with(
     data: Option<JsonB>,
 ) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
     let options = (max_count, session_bound, snapshot_consistent);
-    TableIterator::new(acquire_any(resources, holder, ttl, options, lifeline, data.as_ref()).or_raise())
+    let exclusive = (LeaseMode::Exclusive, None);
+    TableIterator::new(
+        acquire_any(resources, holder, ttl, options, lifeline, data.as_ref(), exclusive).or_raise(),
+    )
+}
+
+/// As [`lease_acquire_any_with`], in `mode` and with `capacity` as for `lease_acquire`: shared
+/// leases, or a permit of each resource taken.
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn lease_acquire_any_in_mode(
+    resources: Option<Array<&str>>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    max_count: Option<i32>,
+    session_bound: Option<bool>,
+    snapshot_consistent: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<JsonB>,
+    mode: Option<&str>,
+    capacity: Option<i32>,
+) -> TableIterator<'static, (name!(resource, String), name!(token, i64))> {
+    let options = (max_count, session_bound, snapshot_consistent);
+    (|| {
+        let mode = arguments::mode(mode, capacity)?;
+        acquire_any(resources, holder, ttl, options, lifeline, data.as_ref(), mode)
+    })()
+    .map(TableIterator::new)
+    .or_raise()
 }
 
 /// `lease_acquire_any` with its argument checks; `options` are max_count, session_bound and
@@ -58,12 +88,15 @@ fn acquire_any(
     (max_count, session_bound, snapshot_consistent): (Option<i32>, Option<bool>, Option<bool>),
     lifeline: Option<i64>,
     data: Option<&JsonB>,
+    (mode, capacity): (LeaseMode, Option<i32>),
 ) -> LeaseResult<Vec<(String, i64)>> {
     let candidates = resource_list(resources.as_ref().map(Array::iter))?;
     let mut request = arguments::request("", holder, ttl, session_bound, lifeline, data)?;
     request.only_if_free = snapshot_consistent.unwrap_or(false);
+    (request.mode, request.capacity) = (mode, capacity);
     let max_count = arguments::count(max_count, "max_count", 1)?;
     ensure_primary()?;
+    super::modes::ensure_served(&request)?;
     if candidates.is_empty() {
         return Ok(Vec::new());
     }

@@ -19,11 +19,13 @@ use pgrx::JsonB;
 
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::grant;
+use crate::store::LeaseMode;
 use crate::{expiry, holding, settings, waiting};
 
 pub mod arguments;
 mod claims;
 mod lifelines;
+mod modes;
 
 use arguments::ensure_primary;
 
@@ -60,6 +62,30 @@ fn lease_acquire_with(
     acquire(resource, holder, ttl, wait, session_bound, lifeline, data.as_ref()).or_raise()
 }
 
+/// Grants `resource` to `holder` for `ttl` and returns a fencing token, or NULL when it cannot
+/// be had: as [`lease_acquire_with`], in `mode` (`exclusive`, `shared`, or `permit`) and, for a
+/// permit of a counting semaphore, with `capacity` (which the resource's declared capacity
+/// overrides; the first permit request declares it).
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn lease_acquire_in_mode(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+    wait: Option<Interval>,
+    session_bound: Option<bool>,
+    lifeline: Option<i64>,
+    data: Option<JsonB>,
+    mode: Option<&str>,
+    capacity: Option<i32>,
+) -> Option<i64> {
+    (|| {
+        let mode = arguments::mode(mode, capacity)?;
+        acquire_in(resource, holder, (ttl, wait, session_bound), lifeline, data.as_ref(), mode)
+    })()
+    .or_raise()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn acquire(
     resource: Option<&str>,
@@ -70,13 +96,27 @@ fn acquire(
     lifeline: Option<i64>,
     data: Option<&JsonB>,
 ) -> LeaseResult<Option<i64>> {
+    acquire_in(resource, holder, (ttl, wait, session_bound), lifeline, data, (LeaseMode::Exclusive, None))
+}
+
+/// `lease_acquire` with its argument checks, in a mode.
+fn acquire_in(
+    resource: Option<&str>,
+    holder: Option<&str>,
+    (ttl, wait, session_bound): (Option<Interval>, Option<Interval>, Option<bool>),
+    lifeline: Option<i64>,
+    data: Option<&JsonB>,
+    (mode, capacity): (LeaseMode, Option<i32>),
+) -> LeaseResult<Option<i64>> {
     let resource = arguments::resource(resource, "resource")?;
-    let request = arguments::request(resource, holder, ttl, session_bound, lifeline, data)?;
+    let mut request = arguments::request(resource, holder, ttl, session_bound, lifeline, data)?;
+    (request.mode, request.capacity) = (mode, capacity);
     let wait = arguments::wait(wait)?;
     if wait > 0 && !waiting::can_wait() {
         return Err(LeaseError::NeedsPreload("waiting for a lease"));
     }
     ensure_primary()?;
+    modes::ensure_served(&request)?;
     grant::acquire(&request, wait)
 }
 

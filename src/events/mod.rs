@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::barrier::resource_key;
 use crate::settings;
 use crate::stats::{self, Counter};
-use crate::store::Lease;
+use crate::store::{Lease, LeaseMode};
 use crate::vocabulary::{nesting_level, Timestamp, MAX_DATA_BYTES};
 
 pub mod database;
@@ -98,6 +98,10 @@ pub struct Event {
     pub lifeline: Option<i64>,
     /// The lease's data as compact JSON, when `lease.notify_data` is on.
     pub data: Option<String>,
+    /// How the lease holds its resource.
+    pub mode: LeaseMode,
+    /// A permit's resource's capacity, when known.
+    pub capacity: Option<i32>,
 }
 
 impl Event {
@@ -126,6 +130,8 @@ impl Event {
                 .filter(|_| settings::notify_data())
                 .map(|data| data.to_string())
                 .filter(|data| data.len() <= MAX_DATA_BYTES),
+            mode: lease.mode,
+            capacity: lease.capacity,
         }
     }
 
@@ -158,8 +164,12 @@ pub fn expiry_at_commit(at: Timestamp) {
     EXPIRIES.with(|expiries| expiries.borrow_mut().push((level, at)));
 }
 
-/// Records an event of the current transaction.
-pub fn record(event: Event) {
+/// Records an event of the current transaction. A permit's event names its resource's capacity,
+/// read here if the call that made it did not know it.
+pub fn record(mut event: Event) {
+    if event.mode == LeaseMode::Permit && event.capacity.is_none() {
+        event.capacity = crate::store::Store::open().capacity(&event.resource);
+    }
     let announce = settings::notify_enabled() && (event.kind != Kind::Renewed || settings::notify_renewals());
     let level = nesting_level();
     PENDING.with(|pending| pending.borrow_mut().push(Pending { level, announce, event }));

@@ -1,8 +1,10 @@
 //! The JSON payload of an event, as `NOTIFY` sends it:
 //! `{"seq":N,"event":"expired","reason":"ttl","resource":"...","holder":"...","token":N,
-//!   "expires_at":"2026-01-02T03:04:05.123456Z","at":"...","lifeline":N,"data":{...}}`. `seq` is
-//! present when the event went through the ring; `reason` only on `expired`; `expires_at` where
-//! it applies; `lifeline` for a lease attached to one; `data` when the lease has data and
+//!   "mode":"permit","capacity":N,"expires_at":"2026-01-02T03:04:05.123456Z","at":"...",
+//!   "lifeline":N,"data":{...}}`. `seq` is present when the event went through the ring; `reason`
+//! only on `expired`; `mode` for a shared lease or a permit (never for an exclusive lease), and
+//! `capacity` for a permit; `expires_at` where it applies; `lifeline` for a lease attached to
+//! one; `data` when the lease has data and
 //! `lease.notify_data` is on. Times are UTC with microseconds, dated by PostgreSQL's own
 //! calendar. The longest payload (names of the longest, every byte escaped, the longest data)
 //! stays under NOTIFY's 8000-byte limit.
@@ -16,6 +18,7 @@ use serde::{Serialize, Serializer};
 use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 
 use super::{Event, Kind, Reason};
+use crate::store::LeaseMode;
 use crate::vocabulary::Timestamp;
 
 #[derive(Serialize)]
@@ -28,6 +31,10 @@ struct Payload<'a> {
     resource: &'a str,
     holder: &'a str,
     token: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "iso8601_or_none")]
     expires_at: Option<Timestamp>,
     #[serde(serialize_with = "iso8601")]
@@ -47,6 +54,9 @@ pub fn payload(event: &Event, seq: Option<u64>) -> String {
         resource: &event.resource,
         holder: &event.holder,
         token: event.token,
+        // An exclusive lease's payload is as it always was.
+        mode: (event.mode != LeaseMode::Exclusive).then(|| event.mode.name()),
+        capacity: event.capacity.filter(|_| event.mode == LeaseMode::Permit),
         expires_at: event.expires_at,
         at: event.at,
         lifeline: event.lifeline,
@@ -168,6 +178,8 @@ mod tests {
             at: 1,
             lifeline: None,
             data: None,
+            mode: LeaseMode::Exclusive,
+            capacity: None,
         };
         assert_eq!(
             payload(&event, Some(3)),
@@ -196,6 +208,8 @@ mod tests {
             at: 0,
             lifeline: None,
             data: None,
+            mode: LeaseMode::Exclusive,
+            capacity: None,
         };
         assert_eq!(
             payload(&event, None),
@@ -216,6 +230,8 @@ mod tests {
             at: 0,
             lifeline: None,
             data: None,
+            mode: LeaseMode::Exclusive,
+            capacity: None,
         };
         assert_eq!(
             payload(&event, None),
@@ -237,10 +253,13 @@ mod tests {
             at: 0,
             lifeline: Some(i64::MAX),
             data: Some(data.clone()),
+            mode: LeaseMode::Permit,
+            capacity: Some(i32::MAX),
         };
         let text = payload(&event, Some(u64::MAX));
         assert!(text.len() < 8000, "{} bytes", text.len());
         assert!(text.contains(&format!("\"lifeline\":{},\"data\":{data}}}", i64::MAX)), "{text}");
+        assert!(text.contains(&format!("\"mode\":\"permit\",\"capacity\":{},", i32::MAX)), "{text}");
         let lifeline: i64 = Spi::get_one(&format!(
             "SELECT ({}::jsonb ->> 'lifeline')::bigint",
             pgrx::spi::quote_literal(&text)

@@ -17,6 +17,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Event, Kind, Reason};
+use crate::store::LeaseMode;
 use crate::vocabulary::{MAX_DATA_BYTES, MAX_HOLDER_BYTES, MAX_RESOURCE_BYTES};
 
 /// Number of events each database's ring holds (about 5.4 MB of shared memory).
@@ -44,6 +45,10 @@ pub struct EventSlot {
     holder_len: u16,
     /// Length of `data`, or [`NO_DATA`].
     data_len: u16,
+    /// The lease's mode: 0 exclusive, 1 shared, 2 permit.
+    mode: u8,
+    /// A permit's capacity; 0 for none.
+    capacity: i32,
     token: i64,
     /// 0: not attached to a lifeline (lifeline ids, like tokens, are positive).
     lifeline: i64,
@@ -171,6 +176,12 @@ impl EventSlot {
         self.resource_len = copy_name(&mut self.resource, &event.resource);
         self.holder_len = copy_name(&mut self.holder, &event.holder);
         self.lifeline = event.lifeline.unwrap_or(0);
+        self.mode = match event.mode {
+            LeaseMode::Exclusive => 0,
+            LeaseMode::Shared => 1,
+            LeaseMode::Permit => 2,
+        };
+        self.capacity = event.capacity.unwrap_or(0);
         // Data the functions accept always fits; cut JSON would not be JSON.
         self.data_len = match &event.data {
             Some(data) if data.len() <= MAX_DATA_BYTES => {
@@ -200,6 +211,12 @@ impl EventSlot {
             at: self.at,
             lifeline: (self.lifeline != 0).then_some(self.lifeline),
             data: (self.data_len != NO_DATA).then(|| text(&self.data[..self.data_len as usize])),
+            mode: match self.mode {
+                1 => LeaseMode::Shared,
+                2 => LeaseMode::Permit,
+                _ => LeaseMode::Exclusive,
+            },
+            capacity: (self.capacity != 0).then_some(self.capacity),
         };
         Some((self.seq, event))
     }
@@ -242,7 +259,8 @@ mod tests {
             (Some(Reason::SessionEnded), Some(-5), None, None),
             (Some(Reason::LifelineExpired), Some(3), Some(12), Some("{\"a\":[1,\"é\"]}".to_owned())),
         ];
-        for (reason, expires_at, lifeline, data) in cases {
+        let modes = [(LeaseMode::Exclusive, None), (LeaseMode::Shared, None), (LeaseMode::Permit, Some(4))];
+        for ((reason, expires_at, lifeline, data), (mode, capacity)) in cases.into_iter().zip(modes) {
             let event = Event {
                 kind: Kind::Expired,
                 reason,
@@ -253,6 +271,8 @@ mod tests {
                 at: 7,
                 lifeline,
                 data,
+                mode,
+                capacity,
             };
             slot.fill(42, &event);
             assert_eq!(slot.event(), Some((42, event)));

@@ -4,22 +4,22 @@
 //! Uses the decision, and barrier, store, session, waiting, events and stats to apply it.
 
 use crate::barrier::{self, LifelineMode, Mode, Taken};
-use crate::errors::{LeaseError, OrRaise};
-use crate::events::{self, Event, Kind, Reason};
+use crate::errors::OrRaise;
+use crate::events::Reason;
 use crate::lifeline;
 use crate::session;
-use crate::stats::{self, Counter};
-use crate::store::{Attachment, Lease, NewGrant, Shape, Store};
+use crate::store::{Attachment, Lease, LeaseMode, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::waiting;
 
 use super::decision::{decide, Asking, Decision, Found};
+use super::write::{extend, grant_at, remove_ended};
 use super::Request;
 
 /// How many times (a millisecond apart) an acquire tries again for a lock that another
 /// transaction holds, unless the lease is another holder's: long enough for a sweep's removal or
 /// another acquirer's refused attempt, short enough to answer at once for a long fence.
-const BUSY_RETRIES: usize = 10;
+pub(super) const BUSY_RETRIES: usize = 10;
 
 /// The outcome of one attempt to acquire.
 pub(super) enum Attempt {
@@ -72,13 +72,15 @@ fn facts<'a>(lease: &'a Lease, now: Timestamp, request: &Request) -> Found<'a> {
 /// before. A confirmed lapse is final, so the lock is given back at once (it would keep the
 /// lifeline's renewals waiting). Returns the lease as found then, or None when the lock is
 /// busy.
-fn confirm_lapse(
+pub(super) fn confirm_lapse(
     store: &Store,
     request: &Request,
     lease: Option<Lease>,
     now: Timestamp,
 ) -> Option<Option<Lease>> {
-    let Some(Attachment { id, .. }) = lease.as_ref().and_then(|lease| lease.lifeline) else {
+    let Some((slot, Attachment { id, .. })) =
+        lease.as_ref().and_then(|lease| Some((lease.slot, lease.lifeline?)))
+    else {
         return Some(lease);
     };
     let found = lease.as_ref().map(|lease| facts(lease, now, request));
@@ -88,17 +90,39 @@ fn confirm_lapse(
         return Some(lease);
     }
     let lapse = barrier::lock_lifeline(id, LifelineMode::Lapse, true)?;
-    let lease = store.current(request.resource);
+    let lease = store.rows(request.resource).into_iter().find(|lease| lease.slot == slot);
     lapse.release_if_unused_before();
     Some(lease)
+}
+
+/// Why `lease` no longer holds its resource at `now` (None: it holds, or is kept after a
+/// release until its expiry), as far as the row and the session locks tell.
+pub(super) fn ended(lease: &Lease, now: Timestamp, request: &Request) -> Option<Reason> {
+    let found = facts(lease, now, request);
+    if found.expires_at <= now || found.lifeline_ended {
+        return Some(if found.attached { Reason::LifelineExpired } else { Reason::Ttl });
+    }
+    found.session_ended.then_some(Reason::SessionEnded)
+}
+
+/// For an exclusive request: the earliest expiry of the shared leases or permits (slots 1 and
+/// up) that still hold among `rows`, if any does; a free resource would have no row at all.
+fn others_hold(rows: &[Lease], now: Timestamp, request: &Request) -> Option<Timestamp> {
+    let others = rows.iter().filter(|lease| lease.slot != 0);
+    let holding = others.filter(|lease| request.only_if_free || ended(lease, now, request).is_none());
+    holding.map(|lease| lease.expires_at).min()
 }
 
 /// What a read without the resource's lock shows of its lease: a hint (never [`Decision::Yield`]),
 /// decided again under the lock.
 fn look(store: &Store, request: &Request) -> Decision {
-    let lease = store.current(request.resource);
+    let rows = store.rows(request.resource);
     let now = clock_now();
-    let found = lease.as_ref().map(|lease| facts(lease, now, request));
+    if let Some(until) = others_hold(&rows, now, request) {
+        return Decision::Refuse { until };
+    }
+    let lease = rows.iter().find(|lease| lease.slot == 0);
+    let found = lease.map(|lease| facts(lease, now, request));
     decide(found.as_ref(), now, &request.asking(store), false)
 }
 
@@ -171,6 +195,9 @@ pub(super) fn attempt_each(
 }
 
 fn attempt_resource(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
+    if request.mode != LeaseMode::Exclusive {
+        return super::join::attempt(store, request, ticket, patient);
+    }
     // While anyone waits, a call that cannot win must not take the lock even for a moment: a
     // waiter at the head of its queue that found it busy would sleep again. (Without waiters the
     // lock is tried first, which saves a free grant a second read.)
@@ -178,7 +205,7 @@ fn attempt_resource(store: &Store, request: &Request, ticket: Option<u64>, patie
     match hint {
         Some(Decision::Refuse { until }) => return Attempt::Refused(until),
         Some(Decision::Insert | Decision::TakeOver(_))
-            if ticket.is_none() && waiting::must_yield(request.resource, None) =>
+            if ticket.is_none() && waiting::must_yield(request.resource, None, false) =>
         {
             return Attempt::Yielded
         }
@@ -240,14 +267,27 @@ pub(super) fn attempt_holding(
     request: &Request,
     ticket: Option<u64>,
 ) -> Attempt {
-    let waiters_first = waiting::must_yield(request.resource, ticket);
+    let waiters_first = waiting::must_yield(request.resource, ticket, false);
     let now = clock_now();
-    let Some(lease) = confirm_lapse(store, request, store.current(request.resource), now) else {
+    let rows = store.rows(request.resource);
+    // Shared leases or permits that still hold keep an exclusive lease out.
+    if let Some(until) = others_hold(&rows, now, request) {
+        taken.release_if_unused_before();
+        return Attempt::Refused(until);
+    }
+    let (exclusive, others): (Vec<Lease>, Vec<Lease>) = rows.into_iter().partition(|lease| lease.slot == 0);
+    let Some(lease) = confirm_lapse(store, request, exclusive.into_iter().next(), now) else {
         taken.release_if_unused_before();
         return Attempt::Busy;
     };
     let found = lease.as_ref().map(|lease| facts(lease, now, request));
     let decision = decide(found.as_ref(), now, &request.asking(store), waiters_first);
+    // A grant also ends the shared leases or permits that ended but are still there.
+    let granting = matches!(decision, Decision::Insert | Decision::TakeOver(_));
+    if granting && !remove_ended(store, request, others, now) {
+        taken.release_if_unused_before();
+        return Attempt::Busy;
+    }
     let outcome = apply(store, request, decision, lease.as_ref(), now);
     match outcome {
         Attempt::Granted(_) => {}
@@ -267,7 +307,6 @@ fn apply(
     lease: Option<&Lease>,
     now: Timestamp,
 ) -> Attempt {
-    let resource = request.resource;
     let ended = match (decision, lease) {
         (Decision::Refuse { until }, _) => return Attempt::Refused(until),
         (Decision::Yield, _) => return Attempt::Yielded,
@@ -277,80 +316,5 @@ fn apply(
         (Decision::TakeOver(reason), Some(lease)) => Some((reason, lease)),
         _ => None, // Insert
     };
-    store.ensure_snapshot_current(resource);
-    // A token is taken only now, so a refused call uses up no token number.
-    let token = store.next_token();
-    let application_name = if request.session_bound { session::application_name() } else { String::new() };
-    let (own_expiry, expires_at) = expiries(request, now);
-    let grant = NewGrant {
-        resource,
-        holder: request.holder,
-        token,
-        owner: store.caller(),
-        at: now,
-        expires_at: own_expiry,
-        binding: request.session_bound.then(|| session::this_session(&application_name)),
-        lifeline: request.lifeline.as_ref().map(|(id, _)| *id),
-        data: request.data,
-    };
-    let written = match ended {
-        None => store.insert(&grant),
-        Some((_, lease)) => store.take_over(lease.token, &grant),
-    };
-    if !written {
-        // Under our lock a row can appear (or change) only to an older snapshot, and then the
-        // statement has raised a serialization failure already.
-        return Attempt::Refused(now);
-    }
-    if let Some((reason, lease)) = ended {
-        // Not swept yet: announce the old token's end before the new grant.
-        // A lifeline bound to a session that ended, before its expiry, ended when that was seen.
-        let ended_at =
-            if reason == Reason::LifelineExpired { lease.expires_at.min(now) } else { lease.expires_at };
-        events::record(Event::of(Kind::Expired, resource, lease, Some(ended_at), now).because(reason));
-    }
-    if request.session_bound && !session::bind(store, token) {
-        // A new token's session lock is nobody's but ours.
-        pgrx::error!("lease: could not take the session lock of a new lease");
-    }
-    barrier::prove(resource);
-    events::record_change(Kind::Acquired, resource, &grant.lease(), Some(expires_at), now);
-    Attempt::Granted(token)
-}
-
-/// The expiry a lease granted or extended at `now` gets in its row (the end of time when it is
-/// attached to a lifeline, whose expiry it shares) and the one it has.
-fn expiries(request: &Request, now: Timestamp) -> (Timestamp, Timestamp) {
-    match &request.lifeline {
-        Some((_, lifeline_expires_at)) => (Timestamp::MAX, lifeline_expires_at.get()),
-        None => (now + request.ttl, now + request.ttl),
-    }
-}
-
-/// The caller's re-acquire of its own live `lease`: moves the expiry to `now` + ttl and keeps
-/// the token; None if the statement finds the lease no longer the caller's. The caller holds
-/// the resource's lock in [`Mode::Change`] or [`Mode::Extend`]. With `session_bound`, a lease
-/// not bound yet is bound to this session; one bound to another live session raises 55006.
-fn extend(store: &Store, request: &Request, lease: &Lease, now: Timestamp) -> Option<Attempt> {
-    let resource = request.resource;
-    store.ensure_snapshot_current(resource);
-    let (own_expiry, expires_at) = expiries(request, now);
-    let extended = match store.shape() {
-        Shape::Classic => store.extend(resource, lease.token, now, own_expiry)?,
-        Shape::Current => {
-            let lifeline = request.lifeline.as_ref().map(|(id, _)| *id);
-            store.reacquire(resource, lease.token, now, own_expiry, lifeline, request.data)?
-        }
-    };
-    if request.session_bound && !session::is_bound_here(lease.token) {
-        if !session::bind(store, lease.token) {
-            LeaseError::BoundElsewhere { resource: resource.into() }.raise();
-        }
-        let application_name = session::application_name();
-        store.bind(resource, lease.token, session::this_session(&application_name));
-    }
-    barrier::prove(resource);
-    stats::add(Counter::Reacquired, 1);
-    events::record_change(Kind::Renewed, resource, &extended, Some(expires_at), now);
-    Some(Attempt::Extended(lease.token))
+    grant_at(store, request, 0, ended, now)
 }

@@ -16,13 +16,15 @@ use crate::barrier::{self, Mode};
 use crate::errors::LeaseResult;
 use crate::lifeline;
 use crate::stats::{self, Counter};
-use crate::store::Store;
+use crate::store::{LeaseMode, Store};
 use crate::subtransaction;
 use crate::vocabulary::{clock_now, Timestamp};
 
 mod attempt;
 pub mod decision;
+mod join;
 mod wait;
+mod write;
 
 use attempt::{attempt_each, attempt_holding, attempt_now, attempt_while_busy, Attempt, HeldAll};
 use wait::Waited;
@@ -41,6 +43,10 @@ pub struct Request<'a> {
     /// ([`crate::lifeline::use_for_attach`], set by the attempt).
     pub lifeline: Option<(i64, Cell<Timestamp>)>,
     pub data: Option<&'a serde_json::Value>,
+    /// Exclusive, shared, or a permit.
+    pub mode: LeaseMode,
+    /// For a permit: the capacity the call states (the resource's declared capacity governs).
+    pub capacity: Option<i32>,
 }
 
 /// `lease_acquire`: the token, or None when another holder has the lease (or waiters are owed
@@ -54,7 +60,7 @@ pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
         // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
         match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None, false)).token() {
             Some(token) => Some(token),
-            None => wait::wait_for(&[request.resource], wait, |ticket| {
+            None => wait::wait_for(&[request.resource], request.mode == LeaseMode::Shared, wait, |ticket| {
                 Waited::of(wait::in_subtransaction(|| {
                     attempt_now(&Store::open(), request, Some(ticket), false)
                 }))
@@ -90,8 +96,13 @@ pub fn acquire_any(
     }
     let holder = claim.holder;
     // Candidates someone else holds are skipped without taking their lock. The test is a hint;
-    // each grant is decided under the lock.
-    let mut leased_to_others = store.leased_to_others(candidates, holder, clock_now());
+    // each grant is decided under the lock. (A resource with other holders may still take a
+    // shared lease or a permit: those are all tried.)
+    let exclusive = claim.mode == LeaseMode::Exclusive;
+    let mut leased_to_others: Box<dyn FnMut(&str) -> bool> = match exclusive {
+        true => store.leased_to_others(candidates, holder, clock_now()),
+        false => Box::new(|_| false),
+    };
     // Duplicates are taken once: a name is looked at only the first time it comes.
     let mut seen = std::collections::HashSet::new();
     let mut granted = Vec::new();
@@ -102,16 +113,20 @@ pub fn acquire_any(
             continue;
         }
         let request = Request { resource, ..claim.clone() };
-        let outcome = match barrier::try_lock(resource, Mode::Change) {
-            Some(taken) if claim.only_if_free && store.changed_since_snapshot(resource) => {
-                taken.release_if_unused_before();
-                continue;
+        let outcome = if !exclusive {
+            join::attempt(&store, &request, None, false)
+        } else {
+            match barrier::try_lock(resource, Mode::Change) {
+                Some(taken) if claim.only_if_free && store.changed_since_snapshot(resource) => {
+                    taken.release_if_unused_before();
+                    continue;
+                }
+                Some(taken) => attempt_holding(taken, &store, &request, None),
+                // Being changed or fenced by another transaction right now (most likely another
+                // claimer): skipped, unless it is the caller's own live lease and only fences
+                // stand in the way, as for lease_acquire.
+                None => attempt_while_busy(&store, &request, None, None, false),
             }
-            Some(taken) => attempt_holding(taken, &store, &request, None),
-            // Being changed or fenced by another transaction right now (most likely another
-            // claimer): skipped, unless it is the caller's own live lease and only fences
-            // stand in the way, as for lease_acquire.
-            None => attempt_while_busy(&store, &request, None, None, false),
         };
         if let Some(token) = outcome.token() {
             granted.push((resource.to_owned(), token));
@@ -147,15 +162,39 @@ pub fn acquire_all(
     let held = match attempt(None, wait == 0) {
         Ok(HeldAll { tokens, .. }) => Some(tokens),
         Err(_) if wait == 0 => None,
-        Err(_) => wait::wait_for(resources, wait, |ticket| match attempt(Some(ticket), false) {
-            Ok(HeldAll { tokens, granted }) => Waited::Held { value: tokens, handover: granted },
-            Err(not_held) => Waited::again(&not_held),
+        Err(_) => wait::wait_for(&to_queue_for(resources, claim), false, wait, |ticket| {
+            match attempt(Some(ticket), false) {
+                Ok(HeldAll { tokens, granted }) => Waited::Held { value: tokens, handover: granted },
+                Err(not_held) => Waited::again(&not_held),
+            }
         })?,
     };
     if held.is_none() {
         stats::add(Counter::Conflicts, 1);
     }
     Ok(held)
+}
+
+/// The resources a waiting claim queues for: not the ones whose live lease the caller holds
+/// already (its attempts extend those whatever waits, as a re-acquire does, and their waiters
+/// wait for the caller), unless it holds them all.
+fn to_queue_for<'a>(resources: &[&'a str], claim: &Request) -> Vec<&'a str> {
+    let store = Store::open();
+    let now = clock_now();
+    let own = |resource: &str| {
+        store.current(resource).is_some_and(|lease| {
+            lease.holder == claim.holder
+                && lease.owner == store.caller()
+                && !lease.released
+                && lease.expires_at > now
+        })
+    };
+    let others: Vec<&str> = resources.iter().copied().filter(|resource| !own(resource)).collect();
+    if others.is_empty() {
+        resources.to_vec()
+    } else {
+        others
+    }
 }
 
 impl Clone for Request<'_> {

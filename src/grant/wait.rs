@@ -54,7 +54,8 @@ impl Waited<i64> {
     }
 }
 
-/// Queues for `resources` (one ticket in each of their queues) until `attempt`, made only while
+/// Queues for `resources` (one ticket in each of their queues; for a shared lease, `shared`)
+/// until `attempt`, made only while
 /// this waiter is the head of all of them, gives what it asked for, `wait` microseconds pass
 /// (None), or `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise
 /// 57014. Whatever other transactions do, it returns within `wait` plus the time one attempt
@@ -64,10 +65,12 @@ impl Waited<i64> {
 /// its own subtransaction, and keeps it only when it gives something.
 pub(super) fn wait_for<T>(
     resources: &[&str],
+    shared: bool,
     wait: i64,
     mut attempt: impl FnMut(u64) -> Waited<T>,
 ) -> LeaseResult<Option<T>> {
-    let ticket = waiting::enqueue(resources).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
+    let ticket =
+        waiting::enqueue(resources, shared).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
     let start = clock_now();
     stats::add(Counter::Waits, 1);
     let _clock = WaitClock(start);

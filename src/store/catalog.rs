@@ -48,9 +48,12 @@ impl Catalog {
             let primary_key = pg_sys::RelationGetPrimaryKeyIndex(relation);
             pg_sys::RelationClose(relation);
             let lifelines = pg_sys::get_relname_relid(c"lifelines".as_ptr(), namespace);
-            let current =
-                lifelines != Oid::INVALID && pg_sys::get_attnum(table, c"released_at".as_ptr()) != 0;
-            let shape = if current { Shape::Current } else { Shape::Classic };
+            let has = |column: &std::ffi::CStr| pg_sys::get_attnum(table, column.as_ptr()) != 0;
+            let shape = match (lifelines != Oid::INVALID && has(c"released_at"), has(c"slot")) {
+                (true, true) => Shape::Slotted,
+                (true, false) => Shape::Lifelines,
+                _ => Shape::Classic,
+            };
             Catalog { table, token_sequence, table_owner, primary_key, shape, lifelines }
         };
         CATALOG.with(|cell| cell.set(Some(catalog)));

@@ -12,17 +12,30 @@ use super::{direct, Store};
 use crate::vocabulary::Timestamp;
 
 impl Store {
-    /// The resource's row, expired or not, as last committed (and as changed by this
-    /// transaction), with its lifeline's expiry in place.
-    pub fn current(&self, resource: &str) -> Option<Lease> {
+    /// The resource's rows (one per slot, in slot order), expired or not, as last committed
+    /// (and as changed by this transaction), with their lifelines' expiry in place.
+    pub fn rows(&self, resource: &str) -> Vec<Lease> {
         if let Some(found) = self.find(resource) {
-            return found.map(|found| found.lease);
+            return found.into_iter().map(|found| found.lease).collect();
         }
         let latest = self.transaction_snapshot;
-        // SAFETY: the statement returns a lease's columns.
-        let lease = (self.execute(Statement::Current, &[resource.into_datum()], latest, 1) == 1)
-            .then(|| unsafe { plans::lease(0, self.shape()) });
-        lease.map(|lease| self.resolve(lease))
+        let count = self.execute(Statement::Current, &[resource.into_datum()], latest, 0);
+        // SAFETY: the statement returns `count` rows of a lease's columns.
+        let leases: Vec<Lease> =
+            (0..count as usize).map(|row| unsafe { plans::lease(row, self.shape()) }).collect();
+        leases.into_iter().map(|lease| self.resolve(lease)).collect()
+    }
+
+    /// The resource's exclusive lease (its row at slot 0), expired or not, as [`Store::rows`]
+    /// reads it.
+    pub fn current(&self, resource: &str) -> Option<Lease> {
+        self.rows(resource).into_iter().find(|lease| lease.slot == 0)
+    }
+
+    /// The resource's row of `token` (whatever its slot), expired or not, as [`Store::rows`]
+    /// reads it.
+    pub fn row_of(&self, resource: &str, token: i64) -> Option<Lease> {
+        self.rows(resource).into_iter().find(|lease| lease.token == token)
     }
 
     /// A lease attached to a lifeline ends with it: its expiry is the lifeline's, and a lifeline
@@ -117,7 +130,7 @@ impl Store {
     /// hold it.
     pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
         if let Some(found) = self.find(resource) {
-            let found = found.filter(|found| found.lease.held_by(token, now))?;
+            let found = found.into_iter().find(|found| found.lease.held_by(token, now))?;
             // SAFETY: the row was just found under the resource's lock.
             if unsafe { direct::delete(self.catalog.table, self.shape(), &found) } {
                 return Some(found.lease);
@@ -144,7 +157,7 @@ impl Store {
     /// snapshot the row is read as last committed: a REPEATABLE READ transaction must not be
     /// told that a superseded token still holds.
     pub fn holds(&self, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
-        self.current(resource).filter(|lease| lease.held_by(token, now))
+        self.row_of(resource, token).filter(|lease| lease.held_by(token, now))
     }
 
     /// Binds the lease with `token` to a session, as shown to administrators.
@@ -158,28 +171,58 @@ impl Store {
         self.execute(Statement::Bind, &args, false, 1) == 1
     }
 
-    /// The live lease on `resource` at `now`, every column (read through SQL, so also on a hot
-    /// standby).
-    pub(super) fn info(&self, resource: &str, now: Timestamp) -> Option<LeaseInfo> {
-        if self.execute(Statement::Info, &[resource.into_datum(), now.into_datum()], false, 1) == 0 {
+    /// The live leases on `resource` at `now` (one per holder, in slot order), every column
+    /// (read through SQL, so also on a hot standby).
+    pub(super) fn info(&self, resource: &str, now: Timestamp) -> Vec<LeaseInfo> {
+        let count = self.execute(Statement::Info, &[resource.into_datum(), now.into_datum()], false, 0);
+        // SAFETY: `count` rows of the statement's columns; only those read as nullable may be NULL.
+        (0..count as usize)
+            .map(|row| unsafe {
+                LeaseInfo {
+                    holder: column(row, 1),
+                    token: column(row, 2),
+                    owner: column(row, 3),
+                    owner_name: column(row, 4),
+                    acquired_at: column(row, 5),
+                    renewed_at: column(row, 6),
+                    expires_at: column(row, 7),
+                    session_pid: nullable_column(row, 8),
+                    application_name: nullable_column(row, 9),
+                    lifeline: nullable_column(row, 10),
+                    data: nullable_column(row, 11),
+                    released_at: nullable_column(row, 12),
+                    mode: column(row, 13),
+                    capacity: nullable_column(row, 14),
+                }
+            })
+            .collect()
+    }
+
+    /// The capacity declared for `resource` (`lease.capacities`), if any.
+    pub fn capacity(&self, resource: &str) -> Option<i32> {
+        if self.execute(Statement::CapacityGet, &[resource.into_datum()], false, 1) == 0 {
             return None;
         }
-        // SAFETY: one row of the statement's columns; only the last five may be NULL.
-        unsafe {
-            Some(LeaseInfo {
-                holder: column(0, 1),
-                token: column(0, 2),
-                owner: column(0, 3),
-                owner_name: column(0, 4),
-                acquired_at: column(0, 5),
-                renewed_at: column(0, 6),
-                expires_at: column(0, 7),
-                session_pid: nullable_column(0, 8),
-                application_name: nullable_column(0, 9),
-                lifeline: nullable_column(0, 10),
-                data: nullable_column(0, 11),
-                released_at: nullable_column(0, 12),
-            })
-        }
+        // SAFETY: one row of one int4 column, never NULL.
+        Some(unsafe { column(0, 1) })
+    }
+
+    /// Declares the capacity of `resource` if none is (the caller holds its kind lock
+    /// exclusively, so the insert never waits for another).
+    pub fn declare_capacity(&self, resource: &str, capacity: i32) {
+        self.execute(Statement::CapacityDeclare, &[resource.into_datum(), capacity.into_datum()], false, 0);
+    }
+
+    /// Sets (or with None, removes) the capacity of `resource`.
+    pub fn set_capacity(&self, resource: &str, capacity: Option<i32>) {
+        match capacity {
+            Some(capacity) => self.execute(
+                Statement::CapacitySet,
+                &[resource.into_datum(), capacity.into_datum()],
+                false,
+                0,
+            ),
+            None => self.execute(Statement::CapacityRemove, &[resource.into_datum()], false, 0),
+        };
     }
 }

@@ -87,10 +87,10 @@ impl Store {
     /// Up to `limit` of the leases attached to the lifeline `id`, as (resource, token), in
     /// resource order; read as last committed whatever the isolation level (the caller holds
     /// the lifeline's membership lock, or found it lapsed: either way no attach is in progress).
-    pub fn attached(&self, id: i64, limit: i64) -> Vec<(String, i64)> {
+    pub fn attached(&self, id: i64, limit: i64) -> Vec<(String, i64, i32)> {
         let count = self.execute(Statement::LifelineLeases, &[id.into_datum(), limit.into_datum()], true, 0);
-        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
-        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+        // SAFETY: the statement returned `count` rows of (text, int8, int4), none NULL.
+        (0..count as usize).map(|row| unsafe { (column(row, 1), column(row, 2), column(row, 3)) }).collect()
     }
 
     /// Deletes the lease with `token` on `resource` if it is still attached to the lifeline

@@ -43,7 +43,7 @@ use plans::Statement;
 
 pub use catalog::lease_table;
 pub use lifelines::Lifeline;
-pub use row::{Attachment, Binding, Lease, NewGrant, Shape};
+pub use row::{Attachment, Binding, Lease, LeaseMode, NewGrant, Shape};
 
 /// An open SPI connection running as the owner of `lease.leases`.
 pub struct Store {
@@ -185,12 +185,17 @@ impl Store {
         read(lookup.get_or_insert_with(|| unsafe { direct::Lookup::open(table, primary_key, shape) }))
     }
 
-    /// The resource's row as `direct` finds it, when this call reads directly, with its
-    /// lifeline's expiry in place ([`Store::resolve`]). Exact when the caller holds the
-    /// resource's barrier lock; a hint otherwise.
-    fn find(&self, resource: &str) -> Option<Option<direct::Found>> {
-        let found = self.direct.then(|| self.with_lookup(|lookup| lookup.get(resource)))?;
-        Some(found.map(|found| direct::Found { tid: found.tid, lease: self.resolve(found.lease) }))
+    /// The resource's rows as `direct` finds them (in slot order), when this call reads
+    /// directly, with their lifelines' expiry in place ([`Store::resolve`]). Exact when the
+    /// caller holds the barrier locks of the resource's rows; a hint otherwise.
+    fn find(&self, resource: &str) -> Option<Vec<direct::Found>> {
+        let found = self.direct.then(|| self.with_lookup(|lookup| lookup.all(resource)))?;
+        Some(
+            found
+                .into_iter()
+                .map(|found| direct::Found { tid: found.tid, lease: self.resolve(found.lease) })
+                .collect(),
+        )
     }
 
     /// Runs a kept plan with the given arguments, processing at most `limit` rows (0: all);

@@ -20,7 +20,8 @@ use pgrx::prelude::*;
 pub(super) use super::results::{column, lease, nullable_column};
 use super::row::Shape;
 
-/// The statements. Those after `Info` exist only for the current shape.
+/// The statements. Those after `Info` need the columns of 0.5.0 (lifelines), those after
+/// `DeleteAttached` the slotted table of 0.6.0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Statement {
     Insert,
@@ -48,9 +49,14 @@ pub(super) enum Statement {
     LapsedLifelines,
     SessionBoundLifelines,
     DeleteAttached,
+    CapacityGet,
+    CapacityDeclare,
+    CapacitySet,
+    CapacityRemove,
 }
 
-const STATEMENTS: usize = Statement::DeleteAttached as usize + 1;
+const STATEMENTS: usize = Statement::CapacityRemove as usize + 1;
+const SHAPES: usize = Shape::Slotted as usize + 1;
 
 const TEXT: Oid = pg_sys::TEXTOID;
 const INT4: Oid = pg_sys::INT4OID;
@@ -67,10 +73,22 @@ const TEXT_ARRAY: Oid = pg_sys::TEXTARRAYOID;
 fn lease_columns(shape: Shape) -> &'static str {
     match shape {
         Shape::Classic => "holder, token, owner, acquired_at, expires_at, session_pid IS NOT NULL",
-        Shape::Current => {
+        Shape::Lifelines => {
             "holder, token, owner, acquired_at, expires_at, session_pid IS NOT NULL, lifeline, data,
              released_at IS NOT NULL"
         }
+        Shape::Slotted => {
+            "holder, token, owner, acquired_at, expires_at, session_pid IS NOT NULL, lifeline, data,
+             released_at IS NOT NULL, slot, mode"
+        }
+    }
+}
+
+/// A row's slot (0 in the tables before 0.6.0, which have one row per resource).
+fn slot_column(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Slotted => "slot",
+        _ => "0",
     }
 }
 
@@ -79,7 +97,7 @@ fn lease_columns(shape: Shape) -> &'static str {
 fn lease_expiry(shape: Shape) -> &'static str {
     match shape {
         Shape::Classic => "l.expires_at",
-        Shape::Current => {
+        Shape::Lifelines | Shape::Slotted => {
             "CASE WHEN l.lifeline IS NULL THEN l.expires_at
                   ELSE (SELECT f.expires_at FROM lease.lifelines AS f WHERE f.id OPERATOR(pg_catalog.=) l.lifeline) END"
         }
@@ -91,7 +109,7 @@ fn lease_expiry(shape: Shape) -> &'static str {
 fn not_kept(shape: Shape) -> &'static str {
     match shape {
         Shape::Classic => "",
-        Shape::Current => " AND released_at IS NULL",
+        Shape::Lifelines | Shape::Slotted => " AND released_at IS NULL",
     }
 }
 
@@ -102,9 +120,18 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
     let types = |types: &[Oid]| types.to_vec();
     let lease = lease_columns(shape);
     let not_kept = not_kept(shape);
-    let not_attached = if shape == Shape::Current { " AND lifeline IS NULL" } else { "" };
+    let not_attached = if shape.has_lifelines() { " AND lifeline IS NULL" } else { "" };
+    let slot = slot_column(shape);
+    // Rows in slot order (tables before 0.6.0 have one row per resource).
+    let (by_slot, then_slot) = match shape {
+        Shape::Slotted => (" ORDER BY slot", ", slot"),
+        _ => ("", ""),
+    };
+    let key = if shape == Shape::Slotted { "resource, slot" } else { "resource" };
     use Statement::*;
-    if shape == Shape::Classic && statement as usize > Info as usize {
+    if !shape.has_lifelines() && statement as usize > Info as usize
+        || shape != Shape::Slotted && statement as usize > DeleteAttached as usize
+    {
         return None;
     }
     Some(match statement {
@@ -113,7 +140,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             let parameters: Vec<String> = (1..=columns.len()).map(|n| format!("${n}")).collect();
             (
                 format!(
-                    "INSERT INTO lease.leases ({}) VALUES ({}) ON CONFLICT (resource) DO NOTHING",
+                    "INSERT INTO lease.leases ({}) VALUES ({}) ON CONFLICT ({key}) DO NOTHING",
                     names.join(", "),
                     parameters.join(", ")
                 ),
@@ -121,7 +148,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             )
         }
         Current => (
-            format!("SELECT {lease} FROM lease.leases WHERE resource OPERATOR(pg_catalog.=) $1"),
+            format!("SELECT {lease} FROM lease.leases WHERE resource OPERATOR(pg_catalog.=) $1{by_slot}"),
             types(&[TEXT]),
         ),
         TakeOver => {
@@ -162,9 +189,10 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             types(&[TEXT, INT8, TSTZ]),
         ),
         ExpiredCandidates => (
-            "SELECT resource, token FROM lease.leases
-              WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2"
-                .into(),
+            format!(
+                "SELECT resource, token, {slot} FROM lease.leases
+                  WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2"
+            ),
             types(&[TSTZ, INT8]),
         ),
         DeleteExpired => (
@@ -178,7 +206,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         ),
         NextExpiry => match shape {
             Shape::Classic => ("SELECT pg_catalog.min(expires_at) FROM lease.leases".into(), vec![]),
-            Shape::Current => (
+            Shape::Lifelines | Shape::Slotted => (
                 "SELECT pg_catalog.min(e) FROM (SELECT pg_catalog.min(expires_at) FROM lease.leases
                   UNION ALL SELECT pg_catalog.min(expires_at) FROM lease.lifelines) AS m(e)"
                     .into(),
@@ -186,7 +214,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             ),
         },
         SessionBound => {
-            ("SELECT resource, token FROM lease.leases WHERE session_pid IS NOT NULL".into(), vec![])
+            (format!("SELECT resource, token, {slot} FROM lease.leases WHERE session_pid IS NOT NULL"), vec![])
         }
         DeleteGrant => (
             format!(
@@ -203,7 +231,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
                     .into(),
                 types(&[INT8_ARRAY]),
             ),
-            Shape::Current => (
+            Shape::Lifelines | Shape::Slotted => (
                 "SELECT token FROM lease.leases
                   WHERE token OPERATOR(pg_catalog.=) ANY ($1) AND session_pid IS NOT NULL
                  UNION ALL
@@ -222,7 +250,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
                 expiry = lease_expiry(shape),
                 unbound_lifeline = match shape {
                     Shape::Classic => "",
-                    Shape::Current => {
+                    Shape::Lifelines | Shape::Slotted => {
                         " AND NOT EXISTS (SELECT FROM lease.lifelines AS f
                                            WHERE f.id OPERATOR(pg_catalog.=) l.lifeline AND f.session_pid IS NOT NULL)"
                     }
@@ -240,19 +268,28 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             Shape::Classic => (
                 "SELECT holder, token, owner, owner::pg_catalog.text, acquired_at, renewed_at, expires_at,
                         session_pid, application_name, NULL::pg_catalog.int8, NULL::pg_catalog.jsonb,
-                        NULL::pg_catalog.timestamptz
+                        NULL::pg_catalog.timestamptz, 'exclusive'::pg_catalog.text, NULL::pg_catalog.int4
                   FROM lease.leases
                   WHERE resource OPERATOR(pg_catalog.=) $1 AND expires_at OPERATOR(pg_catalog.>) $2"
                     .into(),
                 types(&[TEXT, TSTZ]),
             ),
-            Shape::Current => (
+            Shape::Lifelines | Shape::Slotted => (
                 format!(
                     "SELECT l.holder, l.token, l.owner, l.owner::pg_catalog.text, l.acquired_at, l.renewed_at,
-                            e.expires_at, l.session_pid, l.application_name, l.lifeline, l.data, l.released_at
+                            e.expires_at, l.session_pid, l.application_name, l.lifeline, l.data, l.released_at,
+                            {mode}, {capacity}
                       FROM lease.leases AS l CROSS JOIN LATERAL (SELECT {expiry}) AS e(expires_at)
-                      WHERE l.resource OPERATOR(pg_catalog.=) $1 AND e.expires_at OPERATOR(pg_catalog.>) $2",
-                    expiry = lease_expiry(shape)
+                      WHERE l.resource OPERATOR(pg_catalog.=) $1 AND e.expires_at OPERATOR(pg_catalog.>) $2
+                      {by_slot}",
+                    expiry = lease_expiry(shape),
+                    mode = if shape == Shape::Slotted { "l.mode" } else { "'exclusive'::pg_catalog.text" },
+                    capacity = if shape == Shape::Slotted {
+                        "CASE WHEN l.mode OPERATOR(pg_catalog.=) 'permit' THEN
+                           (SELECT c.capacity FROM lease.capacities AS c WHERE c.resource OPERATOR(pg_catalog.=) l.resource) END"
+                    } else {
+                        "NULL::pg_catalog.int4"
+                    },
                 ),
                 types(&[TEXT, TSTZ]),
             ),
@@ -309,9 +346,10 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             types(&[INT8]),
         ),
         LifelineLeases => (
-            "SELECT resource, token FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1
-              ORDER BY resource LIMIT $2"
-                .into(),
+            format!(
+                "SELECT resource, token, {slot} FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1
+                  ORDER BY resource{then_slot} LIMIT $2"
+            ),
             types(&[INT8, INT8]),
         ),
         LapsedLifelines => (
@@ -332,13 +370,32 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             ),
             types(&[TEXT, INT8, INT8]),
         ),
+        CapacityGet => (
+            "SELECT capacity FROM lease.capacities WHERE resource OPERATOR(pg_catalog.=) $1".into(),
+            types(&[TEXT]),
+        ),
+        CapacityDeclare => (
+            "INSERT INTO lease.capacities (resource, capacity) VALUES ($1, $2) ON CONFLICT (resource) DO NOTHING"
+                .into(),
+            types(&[TEXT, INT4]),
+        ),
+        CapacitySet => (
+            "INSERT INTO lease.capacities AS c (resource, capacity) VALUES ($1, $2)
+               ON CONFLICT (resource) DO UPDATE SET capacity = EXCLUDED.capacity"
+                .into(),
+            types(&[TEXT, INT4]),
+        ),
+        CapacityRemove => (
+            "DELETE FROM lease.capacities WHERE resource OPERATOR(pg_catalog.=) $1".into(),
+            types(&[TEXT]),
+        ),
     })
 }
 
 thread_local! {
     /// This backend's kept plans, per shape, each prepared on first use.
-    static PLANS: RefCell<[[Option<NonNull<pg_sys::_SPI_plan>>; STATEMENTS]; 2]> =
-        const { RefCell::new([[None; STATEMENTS]; 2]) };
+    static PLANS: RefCell<[[Option<NonNull<pg_sys::_SPI_plan>>; STATEMENTS]; SHAPES]> =
+        const { RefCell::new([[None; STATEMENTS]; SHAPES]) };
 }
 
 /// The kept plan for `statement` on a table of `shape`, prepared on first use. The caller is
@@ -348,7 +405,7 @@ pub(super) fn plan(statement: Statement, shape: Shape) -> NonNull<pg_sys::_SPI_p
         return plan;
     }
     let Some((sql, mut types)) = source(statement, shape) else {
-        error!("this lease call needs the extension's 0.5.0 objects; run ALTER EXTENSION lease UPDATE")
+        error!("this lease call needs the extension's newer objects; run ALTER EXTENSION lease UPDATE")
     };
     let sql = CString::new(sql).expect("statement text has no NUL");
     // SAFETY: called inside an SPI connection with a valid NUL-terminated query and an argument
@@ -376,16 +433,22 @@ mod tests {
         let (insert, types) = source(Statement::Insert, Shape::Classic).unwrap();
         assert!(insert.contains("(resource, holder, token, owner, acquired_at, renewed_at, expires_at, session_pid, application_name)"), "{insert}");
         assert_eq!(types.len(), 9);
-        let (insert, types) = source(Statement::Insert, Shape::Current).unwrap();
+        let (insert, types) = source(Statement::Insert, Shape::Lifelines).unwrap();
         assert!(insert.contains("application_name, lifeline, data, released_at) VALUES ($1, "), "{insert}");
+        assert!(insert.ends_with("ON CONFLICT (resource) DO NOTHING"), "{insert}");
         assert_eq!(types[10], JSONB);
-        let (take_over, types) = source(Statement::TakeOver, Shape::Current).unwrap();
+        let (insert, types) = source(Statement::Insert, Shape::Slotted).unwrap();
+        assert!(insert.contains("released_at, slot, mode) VALUES ($1, "), "{insert}");
+        assert!(insert.ends_with("ON CONFLICT (resource, slot) DO NOTHING"), "{insert}");
+        assert_eq!(types.len(), 14);
+        let (take_over, types) = source(Statement::TakeOver, Shape::Slotted).unwrap();
         for (position, (name, _, _)) in COLUMNS.iter().enumerate().skip(1) {
             assert!(take_over.contains(&format!("{name} = ${}", position + 1)), "{name} in {take_over}");
         }
         assert_eq!(types.len(), COLUMNS.len() + 1);
-        assert!(take_over.ends_with("token OPERATOR(pg_catalog.=) $13"), "{take_over}");
+        assert!(take_over.ends_with("token OPERATOR(pg_catalog.=) $15"), "{take_over}");
         assert!(source(Statement::Keep, Shape::Classic).is_none());
+        assert!(source(Statement::CapacityGet, Shape::Lifelines).is_none());
         assert!(!source(Statement::Delete, Shape::Classic).unwrap().0.contains("released_at"));
     }
 }

@@ -5,7 +5,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::row::{Attachment, Lease, Shape};
+use super::row::{Attachment, Lease, LeaseMode, Shape};
 use crate::settings;
 
 /// Column `number` (1-based) of row `row` (0-based) of the last statement's result.
@@ -35,7 +35,8 @@ pub(super) unsafe fn nullable_column<T: FromDatum>(row: usize, number: i32) -> O
 /// # Safety
 /// As for [`column`], for such a statement.
 pub(super) unsafe fn lease(row: usize, shape: Shape) -> Lease {
-    let current = shape == Shape::Current;
+    let current = shape.has_lifelines();
+    let slotted = shape == Shape::Slotted;
     Lease {
         holder: column(row, 1),
         token: column(row, 2),
@@ -54,5 +55,11 @@ pub(super) unsafe fn lease(row: usize, shape: Shape) -> Lease {
             false => None,
         },
         released: current && column::<bool>(row, 9),
+        slot: if slotted { column(row, 10) } else { 0 },
+        mode: match slotted {
+            true => LeaseMode::named(&column::<String>(row, 11)).unwrap_or(LeaseMode::Exclusive),
+            false => LeaseMode::Exclusive,
+        },
+        capacity: None,
     }
 }

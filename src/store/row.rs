@@ -11,7 +11,7 @@ use crate::vocabulary::Timestamp;
 /// The columns of `lease.leases` in table order: name, type, NOT NULL. The one column map:
 /// the direct path checks the table against it and reads and writes by these positions, and
 /// the INSERT and takeover statements are written from it.
-pub(super) const COLUMNS: [(&str, Oid, bool); 12] = [
+pub(super) const COLUMNS: [(&str, Oid, bool); 14] = [
     ("resource", pg_sys::TEXTOID, true),
     ("holder", pg_sys::TEXTOID, true),
     ("token", pg_sys::INT8OID, true),
@@ -25,6 +25,9 @@ pub(super) const COLUMNS: [(&str, Oid, bool); 12] = [
     ("lifeline", pg_sys::INT8OID, false),
     ("data", pg_sys::JSONBOID, false),
     ("released_at", pg_sys::TIMESTAMPTZOID, false),
+    // Since 0.6.0.
+    ("slot", pg_sys::INT4OID, true),
+    ("mode", pg_sys::TEXTOID, true),
 ];
 
 /// The columns of `lease.lifelines` (0.5.0 on) in table order, as [`COLUMNS`] lists those of
@@ -49,7 +52,9 @@ pub enum Shape {
     /// 0.1.0 to 0.4.0: the first nine columns.
     Classic = 0,
     /// 0.5.0: lifelines, data and minimum holds.
-    Current = 1,
+    Lifelines = 1,
+    /// 0.6.0: several rows per resource (shared leases and permits), keyed by (resource, slot).
+    Slotted = 2,
 }
 
 impl Shape {
@@ -57,8 +62,55 @@ impl Shape {
     pub(super) fn columns(self) -> &'static [(&'static str, Oid, bool)] {
         match self {
             Shape::Classic => &COLUMNS[..9],
-            Shape::Current => &COLUMNS,
+            Shape::Lifelines => &COLUMNS[..12],
+            Shape::Slotted => &COLUMNS,
         }
+    }
+
+    /// Whether the table has the columns of 0.5.0 (lifelines, data, minimum holds).
+    pub fn has_lifelines(self) -> bool {
+        self >= Shape::Lifelines
+    }
+}
+
+impl PartialOrd for Shape {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Shape {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+/// How a lease holds its resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseMode {
+    /// The one holder: row slot 0.
+    Exclusive,
+    /// One of any number of shared holders, none exclusive: row slots 1 and up.
+    Shared,
+    /// One of at most the resource's capacity of permits: row slots 1 to the capacity.
+    Permit,
+}
+
+impl LeaseMode {
+    /// Its name, in the table, the SQL API and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeaseMode::Exclusive => "exclusive",
+            LeaseMode::Shared => "shared",
+            LeaseMode::Permit => "permit",
+        }
+    }
+
+    /// The mode named `name` (as stored).
+    pub fn named(name: &str) -> Option<LeaseMode> {
+        [LeaseMode::Exclusive, LeaseMode::Shared, LeaseMode::Permit]
+            .into_iter()
+            .find(|mode| mode.name() == name)
     }
 }
 
@@ -73,6 +125,8 @@ pub(super) const SESSION_PID: usize = 8;
 pub(super) const LIFELINE: usize = 10;
 pub(super) const DATA: usize = 11;
 pub(super) const RELEASED_AT: usize = 12;
+pub(super) const SLOT: usize = 13;
+pub(super) const MODE: usize = 14;
 
 /// A lease as stored: the fields a decision needs, and its data.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +146,11 @@ pub struct Lease {
     pub released: bool,
     /// Its data, read only while `lease.notify_data` is on (events are all that use it).
     pub data: Option<serde_json::Value>,
+    /// Its row's slot: 0 for an exclusive lease, 1 and up for shared leases and permits.
+    pub slot: i32,
+    pub mode: LeaseMode,
+    /// For a permit: its resource's capacity (as declared when the row was read).
+    pub capacity: Option<i32>,
 }
 
 /// A lease's lifeline as found when the lease was read.
@@ -124,6 +183,9 @@ pub struct NewGrant<'a> {
     pub binding: Option<Binding<'a>>,
     pub lifeline: Option<i64>,
     pub data: Option<&'a serde_json::Value>,
+    pub slot: i32,
+    pub mode: LeaseMode,
+    pub capacity: Option<i32>,
 }
 
 impl NewGrant<'_> {
@@ -139,6 +201,9 @@ impl NewGrant<'_> {
             lifeline: self.lifeline.map(|id| Attachment { id, session_bound: false }),
             released: false,
             data: self.data.cloned(),
+            slot: self.slot,
+            mode: self.mode,
+            capacity: self.capacity,
         }
     }
 
@@ -155,10 +220,14 @@ impl NewGrant<'_> {
             self.binding.map(|binding| binding.pid).into_datum(),
             self.binding.map(|binding| binding.application_name).into_datum(),
         ];
-        if shape == Shape::Current {
+        if shape.has_lifelines() {
             values.push(self.lifeline.into_datum());
             values.push(self.data.and_then(|data| JsonB(data.clone()).into_datum()));
             values.push(None);
+        }
+        if shape == Shape::Slotted {
+            values.push(self.slot.into_datum());
+            values.push(self.mode.name().into_datum());
         }
         values
     }
@@ -185,4 +254,6 @@ pub struct LeaseInfo {
     pub lifeline: Option<i64>,
     pub data: Option<JsonB>,
     pub released_at: Option<pgrx::datum::TimestampWithTimeZone>,
+    pub mode: String,
+    pub capacity: Option<i32>,
 }

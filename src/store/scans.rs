@@ -13,12 +13,12 @@ use super::Store;
 use crate::vocabulary::Timestamp;
 
 impl Store {
-    /// Up to `limit` leases expired at `now`, earliest expiry first, as (resource, token).
-    pub fn expired_candidates(&self, now: Timestamp, limit: i64) -> Vec<(String, i64)> {
+    /// Up to `limit` leases expired at `now`, earliest expiry first, as (resource, token, slot).
+    pub fn expired_candidates(&self, now: Timestamp, limit: i64) -> Vec<(String, i64, i32)> {
         let count =
             self.execute(Statement::ExpiredCandidates, &[now.into_datum(), limit.into_datum()], false, 0);
-        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
-        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+        // SAFETY: the statement returned `count` rows of (text, int8, int4), none NULL.
+        (0..count as usize).map(|row| unsafe { (column(row, 1), column(row, 2), column(row, 3)) }).collect()
     }
 
     /// Deletes the lease with `token` if it expired at `now` (by its own expiry); returns it.
@@ -36,11 +36,11 @@ impl Store {
         unsafe { nullable_column::<i64>(0, 1) }
     }
 
-    /// Every session-bound lease, as (resource, token).
-    pub fn session_bound(&self) -> Vec<(String, i64)> {
+    /// Every session-bound lease, as (resource, token, slot).
+    pub fn session_bound(&self) -> Vec<(String, i64, i32)> {
         let count = self.execute(Statement::SessionBound, &[], false, 0);
-        // SAFETY: the statement returned `count` rows of (text, int8), none NULL.
-        (0..count as usize).map(|row| unsafe { (column::<String>(row, 1), column::<i64>(row, 2)) }).collect()
+        // SAFETY: the statement returned `count` rows of (text, int8, int4), none NULL.
+        (0..count as usize).map(|row| unsafe { (column(row, 1), column(row, 2), column(row, 3)) }).collect()
     }
 
     /// Deletes the lease with `token`, whatever its expiry; returns it (with the expiry of its
@@ -73,7 +73,7 @@ impl Store {
         let caller = self.caller;
         if self.direct {
             return Box::new(move |resource| {
-                self.find(resource).flatten().is_some_and(|found| {
+                self.find(resource).unwrap_or_default().into_iter().any(|found| {
                     let lease = found.lease;
                     // Leases whose (lifeline's) session may have ended are decided under the lock.
                     let ours = lease.holder == holder && lease.owner == caller && !lease.released;

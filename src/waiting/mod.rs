@@ -51,11 +51,12 @@ pub struct Ticket {
     table: &'static WaiterTable,
     keys: Vec<u64>,
     number: u64,
+    shared: bool,
 }
 
-/// Joins the queues of `resources` (at most [`MAX_KEYS`]) with one ticket. None without shared
-/// memory.
-pub fn enqueue(resources: &[&str]) -> Option<Ticket> {
+/// Joins the queues of `resources` (at most [`MAX_KEYS`]) with one ticket, for a shared lease
+/// or not. None without shared memory.
+pub fn enqueue(resources: &[&str], shared: bool) -> Option<Ticket> {
     let table = table()?;
     let keys: Vec<u64> = resources.iter().map(|resource| resource_key(resource)).collect();
     assert!(!keys.is_empty() && keys.len() <= MAX_KEYS, "a wait names 1 to {MAX_KEYS} resources");
@@ -68,7 +69,8 @@ pub fn enqueue(resources: &[&str]) -> Option<Ticket> {
     locked.slots()[my_slot()] = WaiterSlot {
         active: true,
         database: my_database().to_u32(),
-        key_count: keys.len() as u32,
+        key_count: keys.len() as u16,
+        shared,
         keys: slot_keys,
         ticket: number,
         latch,
@@ -76,16 +78,19 @@ pub fn enqueue(resources: &[&str]) -> Option<Ticket> {
     locked.count_waiting(1);
     drop(locked);
     WAIT_LEVEL.with(|level| level.set(Some(nesting_level())));
-    Some(Ticket { table, keys, number })
+    Some(Ticket { table, keys, number, shared })
 }
 
 impl Ticket {
-    /// Whether this waiter is the head of every queue it is in.
+    /// Whether this waiter is at the head of every queue it is in: no waiter came before it,
+    /// or for a shared lease, only other shared waiters did.
     pub fn is_head(&self) -> bool {
         let database = my_database().to_u32();
         let mut locked = self.table.lock();
         !locked.slots().iter().any(|slot| {
-            slot.ticket < self.number && self.keys.iter().any(|&key| slot.waits_for(database, key))
+            slot.ticket < self.number
+                && !(self.shared && slot.shared)
+                && self.keys.iter().any(|&key| slot.waits_for(database, key))
         })
     }
 
@@ -134,15 +139,18 @@ pub fn anyone_waits() -> bool {
 }
 
 /// Whether a grant of `resource` must be left to a queued waiter: true when someone waits for
-/// it and `ticket` (the caller's, if it waits) is not the head.
-pub fn must_yield(resource: &str, ticket: Option<u64>) -> bool {
+/// it ahead of `ticket` (the caller's, if it waits; a call that does not wait comes after every
+/// waiter). A grant of a shared lease (`shared`) gives way only to waiters for an exclusive
+/// lease or a permit: shared waiters are served together.
+pub fn must_yield(resource: &str, ticket: Option<u64>, shared: bool) -> bool {
     let Some(table) = table().filter(|table| table.anyone_waits()) else { return false };
     let (database, key) = (my_database().to_u32(), resource_key(resource));
     let mut locked = table.lock();
-    locked
-        .slots()
-        .iter()
-        .any(|slot| slot.waits_for(database, key) && ticket.is_none_or(|mine| slot.ticket < mine))
+    locked.slots().iter().any(|slot| {
+        slot.waits_for(database, key)
+            && ticket.is_none_or(|mine| slot.ticket < mine)
+            && !(shared && slot.shared)
+    })
 }
 
 /// Wakes the heads of the queues of these resources (by lock key) once the ending

@@ -29,7 +29,10 @@ pub(super) struct WaiterSlot {
     /// The database of the resources (resource names are per database).
     pub database: u32,
     /// How many of `keys` are used.
-    pub key_count: u32,
+    pub key_count: u16,
+    /// Waits for a shared lease: shared waiters next to each other in a queue are served
+    /// together, and none passes a waiter for an exclusive lease or a permit.
+    pub shared: bool,
     /// The resources' lock keys.
     pub keys: [u64; MAX_KEYS],
     pub ticket: u64,
@@ -139,14 +142,22 @@ impl Locked<'_> {
         };
     }
 
-    /// Sets the latch of the head of the queue for `key` in `database`, if anyone waits.
+    /// Sets the latches of the head of the queue for `key` in `database`, if anyone waits: its
+    /// first waiter, and when that one waits for a shared lease, every shared waiter after it up
+    /// to the first that does not.
     pub fn wake_head(&mut self, database: u32, key: u64) {
-        let head =
-            self.slots().iter().filter(|slot| slot.waits_for(database, key)).min_by_key(|slot| slot.ticket);
-        if let Some(head) = head {
+        let mut queue: Vec<&WaiterSlot> =
+            self.slots().iter().filter(|slot| slot.waits_for(database, key)).collect();
+        queue.sort_unstable_by_key(|slot| slot.ticket);
+        let group = match queue.first() {
+            Some(first) if first.shared => queue.iter().take_while(|slot| slot.shared).count(),
+            Some(_) => 1,
+            None => 0,
+        };
+        for waiter in &queue[..group] {
             // SAFETY: the latch belongs to a live backend (its slot is active; a backend leaves
             // the table before it exits).
-            unsafe { pg_sys::SetLatch(head.latch) };
+            unsafe { pg_sys::SetLatch(waiter.latch) };
         }
     }
 }

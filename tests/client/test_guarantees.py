@@ -388,8 +388,8 @@ def test_a_check_constraint_rejects_the_grant_and_leaves_nothing(conn, isolation
 def test_a_foreign_key_referencing_the_table_restricts_release(conn, isolation):
     resource = f"g:fk:{isolation}:referenced"
     conn.execute("DROP TABLE IF EXISTS public.g_fk_ref")
-    conn.execute('CREATE TABLE public.g_fk_ref (resource text COLLATE "C" NOT NULL '
-                 'REFERENCES lease.leases (resource) ON DELETE RESTRICT)')
+    conn.execute('CREATE TABLE public.g_fk_ref (resource text COLLATE "C" NOT NULL, slot integer NOT NULL DEFAULT 0, '
+                 'FOREIGN KEY (resource, slot) REFERENCES lease.leases (resource, slot) ON DELETE RESTRICT)')
     try:
         with caller(isolation) as c:
             token = one(c, "SELECT lease_acquire(%s, 'h', '1 min')", (resource,))

@@ -8,7 +8,7 @@ import pytest
 from conftest import connect, one, wait_for
 
 # Every earlier version: 0.1.0 is installed from its own script, each later one from it and the steps.
-OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0")
+OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0")
 
 # Every object of the extension, with what an upgrade must get right: signatures, results,
 # volatility, security, settings, ACLs, comments, view definitions, columns, indexes.
@@ -65,8 +65,12 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         if old_version < "0.4.0":
             with pytest.raises(psycopg.errors.UndefinedColumn):
                 conn.execute("SELECT events_dropped FROM lease.stats")
-        with pytest.raises(psycopg.errors.UndefinedFunction):
-            conn.execute("SELECT lease_lifeline_open('x')")
+        if old_version < "0.5.0":
+            with pytest.raises(psycopg.errors.UndefinedFunction):
+                conn.execute("SELECT lease_lifeline_open('x')")
+        for call in ("lease_acquire_all(ARRAY['x'], 'h')", "lease_acquire('x', 'h', mode => 'shared')"):
+            with pytest.raises(psycopg.errors.UndefinedFunction):
+                conn.execute(f"SELECT * FROM {call}")
         # Until the update, this library serves the old table with the old calls: grants,
         # renewals, releases, fences, expiry and the sweep.
         gone = one(conn, "SELECT lease_acquire('upgrade:gone', 'old-holder', '1 hour')")
@@ -113,9 +117,20 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         lifeline = one(conn, "SELECT lease_lifeline_open('upgraded')")
         assert one(conn, "SELECT lease_acquire('upgrade:fenced', 'old-holder', lifeline => %s)", (lifeline,)) == fenced
         assert one(conn, "SELECT lease_lifeline_close(%s)", (lifeline,)) == 1
+        # A shared lease or a permit is refused on a resource whose exclusive lease was taken
+        # before the update, and granted on others.
+        assert one(conn, "SELECT lease_acquire('upgrade:held', 'reader', mode => 'shared')") is None
+        assert one(conn, "SELECT lease_acquire('upgrade:held', 'worker', capacity => 2)") is None
+        assert one(conn, "SELECT lease_acquire('upgrade:shared', 'reader', mode => 'shared')") > fenced
+        assert one(conn, "SELECT lease_acquire('upgrade:permits', 'worker', capacity => 2)") > fenced
+        assert [r for r, in conn.execute(
+            "SELECT resource FROM lease_acquire_all(ARRAY['upgrade:held', 'upgrade:all'], 'old-holder')"
+        )] == ["upgrade:held", "upgrade:all"]
+        conn.execute("DELETE FROM lease.leases WHERE resource IN ('upgrade:shared', 'upgrade:permits', 'upgrade:all')")
         assert one(conn, "SELECT lease_release('upgrade:held', %s, keep_for => '1 hour')", (held,)) is True
         assert one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder')") is None
         conn.execute("DELETE FROM lease.leases WHERE resource = 'upgrade:held'")
+        conn.execute("DELETE FROM lease.capacities")
         conn.execute("DROP TABLE protected")
         upgraded = [row[0] for row in conn.execute(CATALOG).fetchall()]
         # The leases and the token sequence are part of a dump after the update.
@@ -123,7 +138,7 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
             conn.execute(
                 "SELECT array_agg(c::regclass::text) FROM pg_extension, unnest(extconfig) AS c WHERE extname = 'lease'"
             ).fetchone()[0]
-        ) == ["lease.leases", "lease.lifelines", "lease.token_seq"]
+        ) == ["lease.capacities", "lease.leases", "lease.lifelines", "lease.token_seq"]
 
     with connect(dbname=fresh_db) as conn:
         conn.execute("CREATE EXTENSION lease")

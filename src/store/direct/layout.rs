@@ -4,7 +4,7 @@
 
 use pgrx::pg_sys::{self, Oid};
 
-use crate::store::row::{Shape, RESOURCE};
+use crate::store::row::{Shape, RESOURCE, SLOT};
 
 /// The shape of `lease.leases` that the direct path is equivalent to SQL on.
 pub(in crate::store) struct Layout;
@@ -47,7 +47,7 @@ impl Layout {
                     && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
             })
             && attributes[RESOURCE - 1].attcollation == pg_sys::C_COLLATION_OID;
-        columns_match && primary_key_is_resource(relation)
+        columns_match && primary_key_matches(relation, shape)
     }
 
     /// Opens `table` with `lock` (which also takes in the invalidations of concurrent DDL that
@@ -64,21 +64,29 @@ impl Layout {
     }
 }
 
-/// Whether the table's primary key is on `resource` alone, the column lookups scan it by.
+/// Whether the table's primary key is the one lookups scan: on `resource` alone, or for the
+/// slotted shape on (`resource`, `slot`) in that order (lookups scan its first column).
 ///
 /// # Safety
 /// `relation` must be open (and locked) in the current transaction.
-unsafe fn primary_key_is_resource(relation: pg_sys::Relation) -> bool {
-    // The relation cache keeps the set (a copy is returned); it opens the indexes only when the
-    // cache entry was rebuilt.
-    let columns = pg_sys::RelationGetIndexAttrBitmap(
-        relation,
-        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
-    );
-    let on_resource = pg_sys::bms_num_members(columns) == 1
-        && pg_sys::bms_is_member(RESOURCE as i32 - pg_sys::FirstLowInvalidHeapAttributeNumber, columns);
-    pg_sys::bms_free(columns);
-    on_resource
+unsafe fn primary_key_matches(relation: pg_sys::Relation, shape: Shape) -> bool {
+    let expected: &[usize] = if shape == Shape::Slotted { &[RESOURCE, SLOT] } else { &[RESOURCE] };
+    let index = pg_sys::RelationGetPrimaryKeyIndex(relation);
+    if index == pg_sys::InvalidOid {
+        return false;
+    }
+    // The relation cache keeps the index's entry; it is only pinned here.
+    let index = pg_sys::RelationIdGetRelation(index);
+    if index.is_null() {
+        return false;
+    }
+    let form = &*(*index).rd_index;
+    let keys = form.indkey.values.as_slice(form.indnkeyatts as usize);
+    let matches = form.indnatts == form.indnkeyatts
+        && keys.len() == expected.len()
+        && keys.iter().zip(expected).all(|(&key, &column)| key as usize == column);
+    pg_sys::RelationClose(index);
+    matches
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -94,7 +102,9 @@ mod tests {
         // SAFETY: inside a transaction, with the lease table's OID.
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         // SAFETY: as above.
-        assert!(unsafe { super::Layout::check(table, Shape::Current, lock) });
+        assert!(unsafe { super::Layout::check(table, Shape::Slotted, lock) });
+        // SAFETY: as above.
+        assert!(!unsafe { super::Layout::check(table, Shape::Lifelines, lock) });
         // SAFETY: as above.
         assert!(!unsafe { super::Layout::check(table, Shape::Classic, lock) });
     }

@@ -1,4 +1,4 @@
-//! Reading leases by resource through the primary key, and the history of a resource's row.
+//! Reading leases by resource through the primary key, and the history of a resource's rows.
 //!
 //! Uses the column map (`row`) and settings.
 
@@ -8,8 +8,8 @@ use pgrx::prelude::*;
 use crate::settings;
 
 use crate::store::row::{
-    Attachment, Lease, Shape, ACQUIRED_AT, DATA, EXPIRES_AT, HOLDER, LIFELINE, OWNER, RELEASED_AT, RESOURCE,
-    SESSION_PID, TOKEN,
+    Attachment, Lease, LeaseMode, Shape, ACQUIRED_AT, DATA, EXPIRES_AT, HOLDER, LIFELINE, MODE, OWNER,
+    RELEASED_AT, RESOURCE, SESSION_PID, SLOT, TOKEN,
 };
 
 /// A lease as found, with where its row is.
@@ -50,50 +50,84 @@ impl Lookup {
         Lookup { heap, index, scan, history_scan: std::ptr::null_mut(), slot, shape }
     }
 
-    /// The lease on `resource`, expired or not. Exact when the caller holds the resource's
-    /// barrier lock; otherwise a hint that may be outdated by the time it is used.
-    pub fn get(&mut self, resource: &str) -> Option<Found> {
+    /// Every row of `resource` (one per slot, in slot order), expired or not. Exact when the
+    /// caller holds the resource's barrier lock; otherwise a hint that may be outdated by the
+    /// time it is used.
+    pub fn all(&mut self, resource: &str) -> Vec<Found> {
+        let mut found = Vec::new();
         // SAFETY: the scan and slot belong to this open lookup, on the lease table's primary
         // key; the table's columns were checked.
         unsafe {
             rescan(self.scan, resource);
-            let slot = self.slot;
-            if !pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-                return None;
+            while pg_sys::index_getnext_slot(
+                self.scan,
+                pg_sys::ScanDirection::ForwardScanDirection,
+                self.slot,
+            ) {
+                found.push(self.read());
             }
-            let current = self.shape == Shape::Current;
-            let last = if current { RELEASED_AT } else { SESSION_PID };
-            pg_sys::slot_getsomeattrs_int(slot, last as i32);
-            let values = std::slice::from_raw_parts((*slot).tts_values, last);
-            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, last);
-            let column = |number: usize| (values[number - 1], nulls[number - 1]);
-            let read = |number: usize, name: &str| -> i64 {
-                let (datum, null) = column(number);
-                i64::from_datum(datum, null).unwrap_or_else(|| panic!("{name} is not null"))
-            };
-            let (holder, holder_null) = column(HOLDER);
-            let (owner, owner_null) = column(OWNER);
-            // Only events carry a lease's data: it is converted only when they will.
-            let (data, data_null) = match current && settings::notify_data() {
-                true => column(DATA),
-                false => (pg_sys::Datum::from(0), true),
-            };
-            let lifeline =
-                if current { i64::from_datum(values[LIFELINE - 1], nulls[LIFELINE - 1]) } else { None };
-            Some(Found {
-                tid: (*slot).tts_tid,
-                lease: Lease {
-                    holder: String::from_datum(holder, holder_null).expect("holder is not null"),
-                    token: read(TOKEN, "token"),
-                    owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
-                    acquired_at: read(ACQUIRED_AT, "acquired_at"),
-                    expires_at: read(EXPIRES_AT, "expires_at"),
-                    session_bound: !nulls[SESSION_PID - 1],
-                    lifeline: lifeline.map(|id| Attachment { id, session_bound: false }),
-                    data: pgrx::JsonB::from_datum(data, data_null).map(|data| data.0),
-                    released: current && !nulls[RELEASED_AT - 1],
+        }
+        found
+    }
+
+    /// The row in the lookup's slot.
+    ///
+    /// # Safety
+    /// The slot holds a row of the lease table just returned by the scan.
+    unsafe fn read(&self) -> Found {
+        let slot = self.slot;
+        let current = self.shape.has_lifelines();
+        let slotted = self.shape == Shape::Slotted;
+        let last = match self.shape {
+            Shape::Classic => SESSION_PID,
+            Shape::Lifelines => RELEASED_AT,
+            Shape::Slotted => MODE,
+        };
+        pg_sys::slot_getsomeattrs_int(slot, last as i32);
+        let values = std::slice::from_raw_parts((*slot).tts_values, last);
+        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, last);
+        let column = |number: usize| (values[number - 1], nulls[number - 1]);
+        let read = |number: usize, name: &str| -> i64 {
+            let (datum, null) = column(number);
+            i64::from_datum(datum, null).unwrap_or_else(|| panic!("{name} is not null"))
+        };
+        let (holder, holder_null) = column(HOLDER);
+        let (owner, owner_null) = column(OWNER);
+        // Only events carry a lease's data: it is converted only when they will.
+        let (data, data_null) = match current && settings::notify_data() {
+            true => column(DATA),
+            false => (pg_sys::Datum::from(0), true),
+        };
+        let lifeline =
+            if current { i64::from_datum(values[LIFELINE - 1], nulls[LIFELINE - 1]) } else { None };
+        let mode = match slotted {
+            true => {
+                let (mode, mode_null) = column(MODE);
+                let mode = <&str>::from_datum(mode, mode_null).expect("mode is not null");
+                LeaseMode::named(mode).unwrap_or(LeaseMode::Exclusive)
+            }
+            false => LeaseMode::Exclusive,
+        };
+        Found {
+            tid: (*slot).tts_tid,
+            lease: Lease {
+                holder: String::from_datum(holder, holder_null).expect("holder is not null"),
+                token: read(TOKEN, "token"),
+                owner: Oid::from_datum(owner, owner_null).expect("owner is not null"),
+                acquired_at: read(ACQUIRED_AT, "acquired_at"),
+                expires_at: read(EXPIRES_AT, "expires_at"),
+                session_bound: !nulls[SESSION_PID - 1],
+                lifeline: lifeline.map(|id| Attachment { id, session_bound: false }),
+                data: pgrx::JsonB::from_datum(data, data_null).map(|data| data.0),
+                released: current && !nulls[RELEASED_AT - 1],
+                slot: if slotted {
+                    i32::from_datum(values[SLOT - 1], nulls[SLOT - 1]).expect("slot is not null")
+                } else {
+                    0
                 },
-            })
+                mode,
+                capacity: None,
+            },
         }
     }
 

@@ -318,6 +318,7 @@ def test_row_level_security_applies_as_to_sql_when_the_owner_is_an_ordinary_role
         conn.execute("ALTER TABLE lease.leases OWNER TO g_rls_owner")
         # The extension's tables change owner together: the lease statements read lifelines.
         conn.execute("ALTER TABLE lease.lifelines OWNER TO g_rls_owner")
+        conn.execute("ALTER TABLE lease.capacities OWNER TO g_rls_owner")
         conn.execute("ALTER TABLE lease.leases ENABLE ROW LEVEL SECURITY")
         conn.execute("ALTER TABLE lease.leases FORCE ROW LEVEL SECURITY")
         conn.execute("CREATE POLICY g_all ON lease.leases USING (true)")
@@ -341,6 +342,7 @@ def test_row_level_security_applies_as_to_sql_when_the_owner_is_an_ordinary_role
         conn.execute("ALTER TABLE lease.leases DISABLE ROW LEVEL SECURITY")
         conn.execute("ALTER TABLE lease.leases OWNER TO postgres")
         conn.execute("ALTER TABLE lease.lifelines OWNER TO postgres")
+        conn.execute("ALTER TABLE lease.capacities OWNER TO postgres")
         conn.execute("REVOKE ALL ON SEQUENCE lease.token_seq FROM g_rls_owner")
         conn.execute("DROP ROLE IF EXISTS g_rls_owner")
         kept = conn.execute("SELECT holder, token FROM lease_info(%s)", (existing,)).fetchall()

@@ -5,7 +5,9 @@
 # (bench/core/table.sql) at 1 and 8 clients, synchronous_commit off and on. Prints a Markdown
 # table: medians (with the range of the rounds) and each version's ratio to the table that ran
 # next to it. The extension is created at version 0.3.0, whose acquire and release every later
-# library serves. With LEASE_AB_PUBLISH=1, each round also measures the expiry worker's CPU
+# library serves; with LEASE_AB_OLD_VERSION and LEASE_AB_NEW_VERSION set (e.g. 0.5.0 and 0.6.0),
+# each library runs instead on a database created afresh at its own version before each of its
+# runs (so each reads the table of its own version). With LEASE_AB_PUBLISH=1, each round also measures the expiry worker's CPU
 # time per published event (bench/events/publish.py) and a second table compares that. Leaves
 # the NEW library installed.
 source "$(dirname "$0")/../scripts/common.sh"
@@ -25,15 +27,23 @@ run() {  # script clients synchronous_commit -> cycles/s
         -h 127.0.0.1 -p "$PORT" -U postgres -f "$ROOT/bench/core/$1.sql" postgres 2>/dev/null \
         | awk '/^tps/ {printf "%d", $3}'
 }
+psql_ab=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning")
+# fresh_database VERSION: the extension dropped and created again at VERSION, with the baseline.
+fresh_database() {
+    "${psql_ab[@]}" -c "DROP TABLE IF EXISTS bench_leases" -c "DROP EXTENSION IF EXISTS lease" \
+        -c "CREATE EXTENSION lease VERSION '$1'" -f "$ROOT/bench/core/setup.sql" >/dev/null
+}
 cluster_destroy ab
 use "$OLD"
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
-    -c "CREATE EXTENSION IF NOT EXISTS lease VERSION '0.3.0'" -f "$ROOT/bench/core/setup.sql" >/dev/null
+fresh_database "${LEASE_AB_OLD_VERSION:-0.3.0}"
 for round in $(seq 1 "$ROUNDS"); do
     order="old new"
     [ $((round % 2)) = 0 ] && order="new old"
     for version in $order; do
         if [ "$version" = old ]; then use "$OLD"; else use "$NEW"; fi
+        if [ -n "${LEASE_AB_NEW_VERSION:-}" ]; then
+            if [ "$version" = old ]; then fresh_database "$LEASE_AB_OLD_VERSION"; else fresh_database "$LEASE_AB_NEW_VERSION"; fi
+        fi
         "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "TRUNCATE lease.leases, bench_leases"
         for sync in on off; do
             for clients in 1 8; do

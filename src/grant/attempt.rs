@@ -10,7 +10,7 @@ use crate::lifeline;
 use crate::session;
 use crate::store::{Attachment, Lease, LeaseMode, Store};
 use crate::vocabulary::{clock_now, Timestamp};
-use crate::waiting;
+use crate::waiting::{self, Place};
 
 use super::decision::{decide, Asking, Decision, Found};
 use super::write::{extend, grant_at, remove_ended};
@@ -130,7 +130,7 @@ fn look(store: &Store, request: &Request) -> Decision {
 /// decides as usual; while another transaction holds the lock, see [`attempt_while_busy`]
 /// (`patient`: a call that does not wait; a waiting call looks again on its own schedule, so
 /// that it never overruns its wait by more than one quick attempt).
-pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
+pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<Place>, patient: bool) -> Attempt {
     // The lifeline first (lifeline, then resource: see `crate::lifeline`); kept while the lease
     // is attached to it, given back otherwise.
     let lifeline = match &request.lifeline {
@@ -167,7 +167,7 @@ pub(super) fn attempt_each(
     store: &Store,
     resources: &[&str],
     claim: &Request,
-    ticket: Option<u64>,
+    ticket: Option<Place>,
     patient: bool,
 ) -> Result<HeldAll, Attempt> {
     if let Some((id, expires_at)) = &claim.lifeline {
@@ -194,7 +194,7 @@ pub(super) fn attempt_each(
     Ok(held)
 }
 
-fn attempt_resource(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
+fn attempt_resource(store: &Store, request: &Request, ticket: Option<Place>, patient: bool) -> Attempt {
     if request.mode != LeaseMode::Exclusive {
         return super::join::attempt(store, request, ticket, patient);
     }
@@ -229,7 +229,7 @@ pub(super) fn attempt_while_busy(
     store: &Store,
     request: &Request,
     hint: Option<Decision>,
-    ticket: Option<u64>,
+    ticket: Option<Place>,
     patient: bool,
 ) -> Attempt {
     let ours = match hint.unwrap_or_else(|| look(store, request)) {
@@ -265,7 +265,7 @@ pub(super) fn attempt_holding(
     taken: Taken,
     store: &Store,
     request: &Request,
-    ticket: Option<u64>,
+    ticket: Option<Place>,
 ) -> Attempt {
     let waiters_first = waiting::must_yield(request.resource, ticket, false);
     let now = clock_now();

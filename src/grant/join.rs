@@ -22,7 +22,7 @@ use crate::barrier::{self, Kind, Mode};
 use crate::errors::LeaseError;
 use crate::store::{Lease, LeaseMode, Store};
 use crate::vocabulary::{clock_now, Timestamp};
-use crate::waiting;
+use crate::waiting::{self, Place};
 
 use super::attempt::{confirm_lapse, ended, Attempt, BUSY_RETRIES};
 use super::write::{extend, grant_at};
@@ -31,7 +31,7 @@ use super::Request;
 /// One attempt of `request` (a shared lease or a permit); as [`super::attempt::attempt_now`]
 /// for an exclusive one: with `patient`, a lock held by another transaction for a moment is
 /// tried again, a millisecond apart, before the resource is called busy.
-pub(super) fn attempt(store: &Store, request: &Request, ticket: Option<u64>, patient: bool) -> Attempt {
+pub(super) fn attempt(store: &Store, request: &Request, ticket: Option<Place>, patient: bool) -> Attempt {
     let resource = request.resource;
     let shared = request.mode == LeaseMode::Shared;
     // While anyone waits, a call that cannot win must not take the locks even for a moment.
@@ -59,7 +59,7 @@ pub(super) fn attempt(store: &Store, request: &Request, ticket: Option<u64>, pat
 
 /// The rest of [`attempt`], under the resource's lock in join mode: the kind lock, then the
 /// decision.
-fn with_kind(store: &Store, request: &Request, ticket: Option<u64>, tries: usize) -> Attempt {
+fn with_kind(store: &Store, request: &Request, ticket: Option<Place>, tries: usize) -> Attempt {
     let resource = request.resource;
     let kind = match request.mode {
         LeaseMode::Shared => Kind::Shared,
@@ -143,7 +143,7 @@ fn keeps_out<'a>(
 /// Decides under the resource's join and kind locks: refuses, extends the caller's own live
 /// lease of this mode, yields to waiters, or grants a slot. `alone`: the kind lock is held
 /// exclusively (permits above the capacity may be counted without racing other grants).
-fn decide(store: &Store, request: &Request, ticket: Option<u64>, alone: bool) -> Attempt {
+fn decide(store: &Store, request: &Request, ticket: Option<Place>, alone: bool) -> Attempt {
     let resource = request.resource;
     let now = clock_now();
     let rows = store.rows(resource);
@@ -185,7 +185,7 @@ fn decide(store: &Store, request: &Request, ticket: Option<u64>, alone: bool) ->
 fn take_slot(
     store: &Store,
     request: &Request,
-    ticket: Option<u64>,
+    ticket: Option<Place>,
     rows: &[Lease],
     live: usize,
     now: Timestamp,

@@ -19,6 +19,7 @@ use crate::stats::{self, Counter};
 use crate::store::{LeaseMode, Store};
 use crate::subtransaction;
 use crate::vocabulary::{clock_now, Timestamp};
+use crate::waiting::Place;
 
 mod attempt;
 pub mod decision;
@@ -60,11 +61,16 @@ pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
         // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
         match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None, false)).token() {
             Some(token) => Some(token),
-            None => wait::wait_for(&[request.resource], request.mode == LeaseMode::Shared, wait, |ticket| {
-                Waited::of(wait::in_subtransaction(|| {
-                    attempt_now(&Store::open(), request, Some(ticket), false)
-                }))
-            })?,
+            None => wait::wait_for(
+                &[request.resource],
+                (request.mode == LeaseMode::Shared, &[]),
+                wait,
+                |ticket| {
+                    Waited::of(wait::in_subtransaction(|| {
+                        attempt_now(&Store::open(), request, Some(ticket), false)
+                    }))
+                },
+            )?,
         }
     };
     if token.is_none() {
@@ -153,7 +159,7 @@ pub fn acquire_all(
     claim: &Request,
     wait: i64,
 ) -> LeaseResult<Option<Vec<(String, i64)>>> {
-    let attempt = |ticket: Option<u64>, patient: bool| {
+    let attempt = |ticket: Option<Place>, patient: bool| {
         subtransaction::in_subtransaction(
             || attempt_each(&Store::open(), resources, claim, ticket, patient),
             Result::is_ok,
@@ -162,12 +168,14 @@ pub fn acquire_all(
     let held = match attempt(None, wait == 0) {
         Ok(HeldAll { tokens, .. }) => Some(tokens),
         Err(_) if wait == 0 => None,
-        Err(_) => wait::wait_for(&to_queue_for(resources, claim), false, wait, |ticket| {
-            match attempt(Some(ticket), false) {
+        Err(_) => {
+            let (queued, held) = split_held(resources, claim);
+            let held: Vec<u64> = held.iter().map(|resource| barrier::resource_key(resource)).collect();
+            wait::wait_for(&queued, (false, &held), wait, |ticket| match attempt(Some(ticket), false) {
                 Ok(HeldAll { tokens, granted }) => Waited::Held { value: tokens, handover: granted },
                 Err(not_held) => Waited::again(&not_held),
-            }
-        })?,
+            })?
+        }
     };
     if held.is_none() {
         stats::add(Counter::Conflicts, 1);
@@ -175,10 +183,11 @@ pub fn acquire_all(
     Ok(held)
 }
 
-/// The resources a waiting claim queues for: not the ones whose live lease the caller holds
-/// already (its attempts extend those whatever waits, as a re-acquire does, and their waiters
-/// wait for the caller), unless it holds them all.
-fn to_queue_for<'a>(resources: &[&'a str], claim: &Request) -> Vec<&'a str> {
+/// The resources a waiting claim queues for, and those it holds already: it does not queue for
+/// the ones whose live lease the caller holds (its attempts extend those whatever waits, as a
+/// re-acquire does), unless it holds them all; and it does not give way to waiters for them
+/// (they wait for the caller: the two would wait for each other in a circle).
+fn split_held<'a>(resources: &[&'a str], claim: &Request) -> (Vec<&'a str>, Vec<&'a str>) {
     let store = Store::open();
     let now = clock_now();
     let own = |resource: &str| {
@@ -189,11 +198,11 @@ fn to_queue_for<'a>(resources: &[&'a str], claim: &Request) -> Vec<&'a str> {
                 && lease.expires_at > now
         })
     };
-    let others: Vec<&str> = resources.iter().copied().filter(|resource| !own(resource)).collect();
-    if others.is_empty() {
-        resources.to_vec()
-    } else {
-        others
+    let (held, others): (Vec<&str>, Vec<&str>) =
+        resources.iter().copied().partition(|resource| own(resource));
+    match others.is_empty() {
+        true => (resources.to_vec(), held),
+        false => (others, held),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::errors::{LeaseError, LeaseResult};
 use crate::stats::{self, Counter};
 use crate::subtransaction;
 use crate::vocabulary::{clock_now, Timestamp};
-use crate::waiting;
+use crate::waiting::{self, Place};
 
 /// How soon a waiter looks again at a resource whose lock another transaction holds, if no
 /// commit or abort wakes it first.
@@ -54,8 +54,8 @@ impl Waited<i64> {
     }
 }
 
-/// Queues for `resources` (one ticket in each of their queues; for a shared lease, `shared`)
-/// until `attempt`, made only while
+/// Queues for `resources` (one ticket in each of their queues; for a shared lease, `shared`;
+/// `held`: lock keys of leases the caller holds already) until `attempt`, made only while
 /// this waiter is the head of all of them, gives what it asked for, `wait` microseconds pass
 /// (None), or `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise
 /// 57014. Whatever other transactions do, it returns within `wait` plus the time one attempt
@@ -65,12 +65,12 @@ impl Waited<i64> {
 /// its own subtransaction, and keeps it only when it gives something.
 pub(super) fn wait_for<T>(
     resources: &[&str],
-    shared: bool,
+    (shared, held): (bool, &[u64]),
     wait: i64,
-    mut attempt: impl FnMut(u64) -> Waited<T>,
+    mut attempt: impl FnMut(Place) -> Waited<T>,
 ) -> LeaseResult<Option<T>> {
     let ticket =
-        waiting::enqueue(resources, shared).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
+        waiting::enqueue(resources, shared, held).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
     let start = clock_now();
     stats::add(Counter::Waits, 1);
     let _clock = WaitClock(start);
@@ -90,7 +90,7 @@ pub(super) fn wait_for<T>(
             // SAFETY: the context lives until the end of this function, and is reset only after
             // the attempt, whose outcome holds no pointer into it.
             let outcome = unsafe {
-                let outcome = attempts.switch_to(|_| attempt(ticket.number()));
+                let outcome = attempts.switch_to(|_| attempt(ticket.place()));
                 attempts.reset();
                 outcome
             };

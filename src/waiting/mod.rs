@@ -52,11 +52,14 @@ pub struct Ticket {
     keys: Vec<u64>,
     number: u64,
     shared: bool,
+    /// Lock keys of resources the waiter holds already: waiters for them wait for it.
+    held: Vec<u64>,
 }
 
 /// Joins the queues of `resources` (at most [`MAX_KEYS`]) with one ticket, for a shared lease
-/// or not. None without shared memory.
-pub fn enqueue(resources: &[&str], shared: bool) -> Option<Ticket> {
+/// or not, by a waiter that holds the leases of `held` (lock keys) already. None without shared
+/// memory.
+pub fn enqueue(resources: &[&str], shared: bool, held: &[u64]) -> Option<Ticket> {
     let table = table()?;
     let keys: Vec<u64> = resources.iter().map(|resource| resource_key(resource)).collect();
     assert!(!keys.is_empty() && keys.len() <= MAX_KEYS, "a wait names 1 to {MAX_KEYS} resources");
@@ -78,24 +81,27 @@ pub fn enqueue(resources: &[&str], shared: bool) -> Option<Ticket> {
     locked.count_waiting(1);
     drop(locked);
     WAIT_LEVEL.with(|level| level.set(Some(nesting_level())));
-    Some(Ticket { table, keys, number, shared })
+    Some(Ticket { table, keys, number, shared, held: held.to_vec() })
 }
 
 impl Ticket {
     /// Whether this waiter is at the head of every queue it is in: no waiter came before it,
-    /// or for a shared lease, only other shared waiters did.
+    /// or for a shared lease, only other shared waiters did, or only waiters for a lease this
+    /// waiter holds (who wait for it, and would otherwise wait for each other in a circle).
     pub fn is_head(&self) -> bool {
         let database = my_database().to_u32();
         let mut locked = self.table.lock();
         !locked.slots().iter().any(|slot| {
             slot.ticket < self.number
                 && !(self.shared && slot.shared)
+                && !waits_for_any(slot, database, &self.held)
                 && self.keys.iter().any(|&key| slot.waits_for(database, key))
         })
     }
 
-    pub fn number(&self) -> u64 {
-        self.number
+    /// What [`must_yield`] needs of this ticket.
+    pub fn place(&self) -> Place<'_> {
+        Place { number: self.number, held: &self.held }
     }
 }
 
@@ -138,17 +144,30 @@ pub fn anyone_waits() -> bool {
     table().is_some_and(WaiterTable::anyone_waits)
 }
 
+/// A waiter's place: its ticket's number, and the lock keys of the leases it holds already.
+#[derive(Clone, Copy)]
+pub struct Place<'a> {
+    pub number: u64,
+    pub held: &'a [u64],
+}
+
+/// Whether `slot` waits for any of the resources with lock keys `keys`.
+fn waits_for_any(slot: &WaiterSlot, database: u32, keys: &[u64]) -> bool {
+    keys.iter().any(|&key| slot.waits_for(database, key))
+}
+
 /// Whether a grant of `resource` must be left to a queued waiter: true when someone waits for
-/// it ahead of `ticket` (the caller's, if it waits; a call that does not wait comes after every
+/// it ahead of `place` (the caller's, if it waits; a call that does not wait comes after every
 /// waiter). A grant of a shared lease (`shared`) gives way only to waiters for an exclusive
-/// lease or a permit: shared waiters are served together.
-pub fn must_yield(resource: &str, ticket: Option<u64>, shared: bool) -> bool {
+/// lease or a permit: shared waiters are served together. A waiter never gives way to one that
+/// waits for a lease it holds (that one waits for it).
+pub fn must_yield(resource: &str, place: Option<Place>, shared: bool) -> bool {
     let Some(table) = table().filter(|table| table.anyone_waits()) else { return false };
     let (database, key) = (my_database().to_u32(), resource_key(resource));
     let mut locked = table.lock();
     locked.slots().iter().any(|slot| {
         slot.waits_for(database, key)
-            && ticket.is_none_or(|mine| slot.ticket < mine)
+            && place.is_none_or(|mine| slot.ticket < mine.number && !waits_for_any(slot, database, mine.held))
             && !(shared && slot.shared)
     })
 }

@@ -464,6 +464,26 @@ def test_a_claim_is_not_held_up_by_waiters_for_a_lease_it_already_holds(conn, na
             s.result(timeout=PROMPTLY)
 
 
+def test_a_claim_by_a_holder_passes_an_earlier_claim_that_waits_for_its_lease(conn, name):
+    # c holds a; w claims [a, b] with wait and waits for c's a (w is first in b's queue). c then
+    # claims [a, b] too: giving way to w on b would make the two wait for each other until one
+    # wait ran out, so c does not give way to a waiter for a lease it holds. w is served after c.
+    a, b = name + "a", name + "b"
+    own = acquire(conn, a, "c")
+    w = claimer([a, b], "w")
+    wait_until_waiting(conn, w, "the earlier claim to wait")
+    assert acquire(conn, b, "x") is None  # b is owed to w
+    rows = claim(conn, [a, b], "c", wait="30 s")
+    assert [resource for resource, _ in rows] == [a, b]
+    assert dict(rows)[a] == own
+    assert is_waiting_for_lease(conn, w.pid)
+    assert release(conn, a, own) is True
+    assert release(conn, b, dict(rows)[b]) is True
+    granted = w.result(timeout=PROMPTLY)
+    assert [resource for resource, _ in granted] == [a, b]
+    assert min(token for _, token in granted) > dict(rows)[b]
+
+
 # --- many claimers, overlapping lists, any order ------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 //! The lease store: every statement that reads or writes `lease.leases` and
 //! `lease.lifelines`, and the token sequence.
 //!
-//! - [`plans`]: the statements, written for each shape of the table, prepared once per backend,
-//!   schema-qualified; [`results`]: reading what they return;
+//! - [`statements`]: the statements' text, written for each shape of the table,
+//!   schema-qualified; [`plans`]: preparing them once per backend; [`results`]: reading what
+//!   they return;
 //! - [`catalog`]: where the tables, their primary keys and the sequence are, and the shape of
 //!   `lease.leases` (which version of the extension the database has);
 //! - [`row`]: the column maps, the shapes and the row types;
@@ -36,6 +37,7 @@ mod plans;
 mod results;
 mod row;
 mod scans;
+mod statements;
 pub mod tokens;
 
 use catalog::Catalog;

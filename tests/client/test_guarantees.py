@@ -801,6 +801,12 @@ def dumped(tmp_path_factory):
             kept = one(c, "SELECT lease_acquire('g:dump:kept', 'cron', '1 min')")
             assert one(c, "SELECT lease_release('g:dump:kept', %s, keep_for => '1 hour')", (kept,)) is True
             granted += [lifeline, live["g:dump:attached"], kept]
+            # two readers of a shared lease, and two of three permits of a semaphore
+            shared = [one(c, "SELECT lease_acquire('g:dump:shared', %s, '1 hour', mode => 'shared')", (h,))
+                      for h in ("reader-1", "reader-2")]
+            permits = [one(c, "SELECT lease_acquire('g:dump:permits', %s, '1 hour', capacity => 3)", (h,))
+                       for h in ("worker-1", "worker-2")]
+            granted += shared + permits
             c.execute("CREATE TABLE jobs (id int PRIMARY KEY, state text, lease_token bigint)")
             c.execute("CREATE TRIGGER jobs_fence BEFORE UPDATE OR DELETE ON jobs "
                       "FOR EACH ROW EXECUTE FUNCTION lease_fence('id', 'lease_token', 'g:dump:job:')")
@@ -809,11 +815,11 @@ def dumped(tmp_path_factory):
                                 (live["g:dump:job:1"],)).rowcount
             assert updated == 1
             rows = sorted(c.execute("SELECT resource, holder, token FROM lease.leases").fetchall())
-            assert len(rows) == 52
+            assert len(rows) == 56
         done = client("pg_dump", "-Fc", "-f", path, "-d", db)
         assert done.returncode == 0, done.stderr
         yield {"path": path, "rows": rows, "live": live, "released": released, "max_token": max(granted),
-               "lifeline": lifeline}
+               "lifeline": lifeline, "shared": shared, "permits": permits}
     finally:
         with connect() as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -859,6 +865,14 @@ def test_dump_and_restore_keep_the_leases_and_the_tokens(dumped, target):
             assert one(c, "SELECT lease_lifeline_renew(%s) > now()", (dumped["lifeline"],)) is True
             assert one(c, "SELECT lease_acquire('g:dump:kept', 'cron', '1 min')") is None
             assert one(c, "SELECT released_at IS NOT NULL FROM lease_info('g:dump:kept')") is True
+            # the readers and the permits came along, with the declared capacity
+            assert [one(c, "SELECT lease_check('g:dump:shared', %s)", (t,)) for t in dumped["shared"]] == [True, True]
+            assert one(c, "SELECT lease_acquire('g:dump:shared', 'writer', '1 min')") is None
+            assert one(c, "SELECT capacity FROM lease.capacities WHERE resource = 'g:dump:permits'") == 3
+            third = one(c, "SELECT lease_acquire('g:dump:permits', 'worker-3', '1 min', mode => 'permit')")
+            assert third > dumped["max_token"]
+            assert one(c, "SELECT lease_acquire('g:dump:permits', 'worker-4', '1 min', mode => 'permit')") is None
+            assert one(c, "SELECT lease_check('g:dump:permits', %s)", (dumped["permits"][0],)) is True
             # the fenced table: a stale token is rejected, the live one passes
             stale = dumped["released"]["g:dump:released:0"]
             with pytest.raises(psycopg.Error) as raised:

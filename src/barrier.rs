@@ -60,10 +60,23 @@ impl Mode {
     }
 }
 
-/// `locktag_field4` of slot locks (a shared lease's or a permit's row).
-const SLOT_SPACE: u16 = 0x4C53;
+/// `locktag_field4` of slot locks (a shared lease's or a permit's row): "LO" (not the session
+/// locks' "LS").
+const SLOT_SPACE: u16 = 0x4C4F;
 /// `locktag_field4` of a resource's kind lock: shared leases against permits.
 const KIND_SPACE: u16 = 0x4C4B;
+
+/// Every lock space of this module; each must be distinct from the others and from the
+/// session locks' (`crate::session`), or two kinds of lock would share keys.
+#[cfg(test)]
+pub const SPACES: [u16; 6] = [
+    LOCK_SPACE,
+    SLOT_SPACE,
+    KIND_SPACE,
+    LIFELINE_MEMBERS_SPACE,
+    LIFELINE_RENEWAL_SPACE,
+    TOKEN_RESERVATION_SPACE,
+];
 
 /// The lock of the row at `slot` of `resource`: the resource's own lock for slot 0 (its
 /// exclusive lease), a slot lock of its own for the others.

@@ -236,3 +236,18 @@ pub fn application_name() -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_lock_space_is_its_own() {
+        let mut spaces = crate::barrier::SPACES.to_vec();
+        spaces.push(super::SESSION_LOCK_SPACE);
+        let count = spaces.len();
+        spaces.sort_unstable();
+        spaces.dedup();
+        assert_eq!(spaces.len(), count, "a lock space is used twice");
+        // pg_advisory_lock's own keys use 1 and 2.
+        assert!(spaces.iter().all(|&space| space > 2));
+    }
+}

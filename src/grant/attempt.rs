@@ -157,6 +157,8 @@ pub(super) fn attempt_now(store: &Store, request: &Request, ticket: Option<Place
 pub(super) struct HeldAll {
     pub tokens: Vec<(String, i64)>,
     pub granted: bool,
+    /// How many were the caller's own leases, extended.
+    pub extended: u64,
 }
 
 /// One attempt at every one of `resources` (distinct) for `claim` (its resource unused), in
@@ -177,7 +179,7 @@ pub(super) fn attempt_each(
         };
         expires_at.set(found.expires_at);
     }
-    let mut held = HeldAll { tokens: Vec::with_capacity(resources.len()), granted: false };
+    let mut held = HeldAll { tokens: Vec::with_capacity(resources.len()), granted: false, extended: 0 };
     for &resource in resources {
         // A pending cancel or timeout ends a long claim here; the rollback gives back its locks.
         pgrx::pg_sys::check_for_interrupts!();
@@ -187,7 +189,10 @@ pub(super) fn attempt_each(
                 held.granted = true;
                 held.tokens.push((resource.to_owned(), token));
             }
-            Attempt::Extended(token) => held.tokens.push((resource.to_owned(), token)),
+            Attempt::Extended(token) => {
+                held.extended += 1;
+                held.tokens.push((resource.to_owned(), token));
+            }
             not_held => return Err(not_held),
         }
     }

@@ -37,18 +37,19 @@ pub(super) fn attempt(store: &Store, request: &Request, ticket: Option<Place>, p
     // While anyone waits, a call that cannot win must not take the locks even for a moment.
     if waiting::anyone_waits() {
         match look(store, request) {
-            Some(until) => return Attempt::Refused(until),
-            None if ticket.is_none() && waiting::must_yield(resource, None, shared) => {
+            Err(until) => return Attempt::Refused(until),
+            // The holder's re-acquire of its own lease is not a grant: waiters do not stop it.
+            Ok(false) if ticket.is_none() && waiting::must_yield(resource, None, shared) => {
                 return Attempt::Yielded
             }
-            None => {}
+            Ok(_) => {}
         }
     }
     let tries = if patient { BUSY_RETRIES } else { 0 };
     let Some(join) = waiting::try_briefly(tries, || barrier::try_lock(resource, Mode::Join)) else {
         // An exclusive lease is being granted, released, renewed or fenced: one that holds
         // refuses at once.
-        return look(store, request).map_or(Attempt::Busy, Attempt::Refused);
+        return look(store, request).map_or_else(Attempt::Refused, |_| Attempt::Busy);
     };
     let outcome = with_kind(store, request, ticket, tries);
     if !matches!(outcome, Attempt::Granted(_)) {
@@ -70,45 +71,42 @@ fn with_kind(store: &Store, request: &Request, ticket: Option<Place>, tries: usi
     let Some(kind_lock) = waiting::try_briefly(tries, || barrier::try_lock_kind(resource, kind)) else {
         return Attempt::Busy;
     };
-    let capacity = match request.mode {
-        LeaseMode::Shared => None,
-        _ => {
-            let capacity = match store.capacity(resource) {
-                Some(capacity) => capacity,
-                // Under the kind lock taken alone: nobody declares it meanwhile.
-                None if kind == Kind::PermitAlone => {
-                    let Some(capacity) = request.capacity else {
-                        LeaseError::NoCapacity { resource: resource.into() }.raise();
-                    };
-                    store.declare_capacity(resource, capacity);
-                    capacity
-                }
-                // Declared and removed again meanwhile: look again.
-                None => {
-                    kind_lock.release_if_unused_before();
-                    return Attempt::Busy;
-                }
-            };
-            Some(capacity)
+    // The capacity: the declared one, or for the first permit the call's, declared (under the
+    // kind lock taken alone: nobody declares it meanwhile) only if the permit is granted.
+    let (capacity, declare) = match (request.mode, store.capacity(resource)) {
+        (LeaseMode::Shared, _) => (None, false),
+        (_, Some(capacity)) => (Some(capacity), false),
+        (_, None) if kind == Kind::PermitAlone => match request.capacity {
+            Some(capacity) => (Some(capacity), true),
+            None => LeaseError::NoCapacity { resource: resource.into() }.raise(),
+        },
+        // Declared and removed again meanwhile: look again.
+        (_, None) => {
+            kind_lock.release_if_unused_before();
+            return Attempt::Busy;
         }
     };
     let request = Request { capacity, ..request.clone() };
     let outcome = decide(store, &request, ticket, kind == Kind::PermitAlone);
+    if let (Attempt::Granted(_), true, Some(capacity)) = (&outcome, declare, capacity) {
+        store.declare_capacity(resource, capacity);
+    }
     if !matches!(outcome, Attempt::Granted(_)) {
         kind_lock.release_if_unused_before();
     }
     outcome
 }
 
-/// A hint, read without locks: the expiry of what keeps `request` out, if anything does.
-fn look(store: &Store, request: &Request) -> Option<Timestamp> {
+/// A hint, read without locks: whether the caller holds a live lease of this mode on the
+/// resource already, or the expiry of what keeps `request` out.
+fn look(store: &Store, request: &Request) -> Result<bool, Timestamp> {
     let now = clock_now();
     let rows = store.rows(request.resource);
     let capacity = match request.mode {
         LeaseMode::Permit => store.capacity(request.resource).or(request.capacity),
         _ => None,
     };
-    keeps_out(&rows, now, request, capacity, store.caller()).err()
+    keeps_out(&rows, now, request, capacity, store.caller()).map(|(_, mine)| mine.is_some())
 }
 
 /// Whether `request` may join the holders in `rows` at `now`: Ok with the count of live rows
@@ -146,18 +144,20 @@ fn keeps_out<'a>(
 fn decide(store: &Store, request: &Request, ticket: Option<Place>, alone: bool) -> Attempt {
     let resource = request.resource;
     let now = clock_now();
-    let rows = store.rows(resource);
-    // The exclusive lease, if it looks lapsed with its lifeline, is confirmed so.
-    if let Some(exclusive) = rows.iter().find(|lease| lease.slot == 0) {
-        match confirm_lapse(store, request, Some(exclusive.clone()), now) {
+    // What the statement read must be current (snapshot_consistent claims).
+    if request.only_if_free && store.changed_since_snapshot(resource) {
+        return Attempt::Refused(now);
+    }
+    // A row that looks ended with its lifeline counts as ended only once the lapse is confirmed
+    // (a renewal of the lifeline may be committing).
+    let mut rows = Vec::new();
+    for lease in store.rows(resource) {
+        match confirm_lapse(store, request, Some(lease), now) {
             None => return Attempt::Busy,
-            Some(Some(lease)) if ended(&lease, now, request).is_none() => {
-                return Attempt::Refused(lease.expires_at)
-            }
-            Some(_) => {}
+            Some(lease) => rows.extend(lease),
         }
     }
-    let (live, mine) = match keeps_out(&rows, now, request, request.capacity, store.caller()) {
+    let (_, mine) = match keeps_out(&rows, now, request, request.capacity, store.caller()) {
         Ok(found) => found,
         Err(until) => return Attempt::Refused(until),
     };
@@ -173,7 +173,7 @@ fn decide(store: &Store, request: &Request, ticket: Option<Place>, alone: bool) 
             None => return Attempt::Busy,
         }
     }
-    let outcome = take_slot(store, request, ticket, &rows, live, now);
+    let outcome = take_slot(store, request, ticket, &rows, now);
     if let (Some(taken), false) = (counting_alone, matches!(outcome, Attempt::Granted(_))) {
         taken.release_if_unused_before();
     }
@@ -187,7 +187,6 @@ fn take_slot(
     request: &Request,
     ticket: Option<Place>,
     rows: &[Lease],
-    live: usize,
     now: Timestamp,
 ) -> Attempt {
     let resource = request.resource;
@@ -196,8 +195,11 @@ fn take_slot(
     if waiting::must_yield(resource, ticket, shared) {
         return Attempt::Yielded;
     }
-    let last = if shared { rows.len() as i32 + live as i32 + 8 } else { capacity };
+    // A shared lease tries slots until one's lock is free: every slot lock another grant holds
+    // is a lock in the lock table, so the search ends.
+    let last = if shared { i32::MAX } else { capacity };
     for slot in 1..=last {
+        pgrx::pg_sys::check_for_interrupts!();
         if rows.iter().any(|lease| lease.slot == slot && ended(lease, now, request).is_none()) {
             continue;
         }

@@ -56,19 +56,19 @@ pub fn acquire(request: &Request, wait: i64) -> LeaseResult<Option<i64>> {
     // First as a call that does not wait: a holder's re-acquire of its own lease, and a free
     // lease nobody queues for, are answered at once.
     let token = if wait == 0 {
-        attempt_now(&Store::open(), request, None, true).token()
+        counted(attempt_now(&Store::open(), request, None, true)).token()
     } else {
         // In a subtransaction, as every attempt of a wait: a waiter keeps no lock while it sleeps.
-        match wait::in_subtransaction(|| attempt_now(&Store::open(), request, None, false)).token() {
+        match counted(wait::in_subtransaction(|| attempt_now(&Store::open(), request, None, false))).token() {
             Some(token) => Some(token),
             None => wait::wait_for(
                 &[request.resource],
-                (request.mode == LeaseMode::Shared, &[]),
+                (request.mode == LeaseMode::Shared, &Vec::new),
                 wait,
                 |ticket| {
-                    Waited::of(wait::in_subtransaction(|| {
+                    Waited::of(counted(wait::in_subtransaction(|| {
                         attempt_now(&Store::open(), request, Some(ticket), false)
-                    }))
+                    })))
                 },
             )?,
         }
@@ -134,7 +134,7 @@ pub fn acquire_any(
                 None => attempt_while_busy(&store, &request, None, None, false),
             }
         };
-        if let Some(token) = outcome.token() {
+        if let Some(token) = counted(outcome).token() {
             granted.push((resource.to_owned(), token));
             if granted.len() == max_count {
                 break;
@@ -166,13 +166,29 @@ pub fn acquire_all(
         )
     };
     let held = match attempt(None, wait == 0) {
-        Ok(HeldAll { tokens, .. }) => Some(tokens),
+        Ok(HeldAll { tokens, extended, .. }) => {
+            stats::add(Counter::Reacquired, extended);
+            Some(tokens)
+        }
         Err(_) if wait == 0 => None,
         Err(_) => {
             let (queued, held) = split_held(resources, claim);
-            let held: Vec<u64> = held.iter().map(|resource| barrier::resource_key(resource)).collect();
-            wait::wait_for(&queued, (false, &held), wait, |ticket| match attempt(Some(ticket), false) {
-                Ok(HeldAll { tokens, granted }) => Waited::Held { value: tokens, handover: granted },
+            // What the caller holds can only end while it waits (its attempts are rolled back):
+            // asked again before each look, while it holds any.
+            let holds_any = std::cell::Cell::new(!held.is_empty());
+            let held_now = || match holds_any.get() {
+                false => Vec::new(),
+                true => {
+                    let held = split_held(resources, claim).1;
+                    holds_any.set(!held.is_empty());
+                    held.iter().map(|resource| barrier::resource_key(resource)).collect()
+                }
+            };
+            wait::wait_for(&queued, (false, &held_now), wait, |ticket| match attempt(Some(ticket), false) {
+                Ok(HeldAll { tokens, granted, extended }) => {
+                    stats::add(Counter::Reacquired, extended);
+                    Waited::Held { value: tokens, handover: granted }
+                }
                 Err(not_held) => Waited::again(&not_held),
             })?
         }
@@ -213,6 +229,15 @@ impl Clone for Request<'_> {
             ..*self
         }
     }
+}
+
+/// Counts the outcome of an attempt that the call keeps: the caller's own lease extended is a
+/// re-acquire.
+fn counted(outcome: Attempt) -> Attempt {
+    if let Attempt::Extended(_) = outcome {
+        stats::add(Counter::Reacquired, 1);
+    }
+    outcome
 }
 
 impl Attempt {

@@ -55,7 +55,7 @@ impl Waited<i64> {
 }
 
 /// Queues for `resources` (one ticket in each of their queues; for a shared lease, `shared`;
-/// `held`: lock keys of leases the caller holds already) until `attempt`, made only while
+/// `held` tells the lock keys of the leases the caller holds, asked before each look) until `attempt`, made only while
 /// this waiter is the head of all of them, gives what it asked for, `wait` microseconds pass
 /// (None), or `lock_timeout` passes first (55P03). Cancellation and `statement_timeout` raise
 /// 57014. Whatever other transactions do, it returns within `wait` plus the time one attempt
@@ -65,12 +65,12 @@ impl Waited<i64> {
 /// its own subtransaction, and keeps it only when it gives something.
 pub(super) fn wait_for<T>(
     resources: &[&str],
-    (shared, held): (bool, &[u64]),
+    (shared, held): (bool, &dyn Fn() -> Vec<u64>),
     wait: i64,
     mut attempt: impl FnMut(Place) -> Waited<T>,
 ) -> LeaseResult<Option<T>> {
     let ticket =
-        waiting::enqueue(resources, shared, held).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
+        waiting::enqueue(resources, shared).ok_or(LeaseError::NeedsPreload("waiting for a lease"))?;
     let start = clock_now();
     stats::add(Counter::Waits, 1);
     let _clock = WaitClock(start);
@@ -82,7 +82,8 @@ pub(super) fn wait_for<T>(
     let mut attempts = pgrx::PgMemoryContexts::new("lease wait");
     loop {
         let mut sleep_until = deadline.min(lock_deadline);
-        if ticket.is_head() {
+        let held = held();
+        if ticket.is_head(&held) {
             // The attempt of a waiter at the head of its queues: decided as a call without
             // `wait` decides, with its ticket. While another holder holds a lease it sleeps
             // without taking any lock, and it never queues in the lock manager, where an
@@ -90,7 +91,7 @@ pub(super) fn wait_for<T>(
             // SAFETY: the context lives until the end of this function, and is reset only after
             // the attempt, whose outcome holds no pointer into it.
             let outcome = unsafe {
-                let outcome = attempts.switch_to(|_| attempt(ticket.place()));
+                let outcome = attempts.switch_to(|_| attempt(ticket.place(&held)));
                 attempts.reset();
                 outcome
             };

@@ -8,7 +8,6 @@ use crate::barrier::{self, Mode};
 use crate::errors::LeaseError;
 use crate::events::{self, Event, Kind, Reason};
 use crate::session;
-use crate::stats::{self, Counter};
 use crate::store::{Lease, LeaseMode, NewGrant, Shape, Store};
 use crate::vocabulary::Timestamp;
 
@@ -153,7 +152,6 @@ pub(super) fn extend(store: &Store, request: &Request, lease: &Lease, now: Times
         store.bind(resource, lease.token, session::this_session(&application_name));
     }
     prove(request);
-    stats::add(Counter::Reacquired, 1);
     events::record_change(Kind::Renewed, resource, &extended, Some(expires_at), now);
     Some(Attempt::Extended(lease.token))
 }

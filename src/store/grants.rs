@@ -200,7 +200,8 @@ impl Store {
 
     /// The capacity declared for `resource` (`lease.capacities`), if any.
     pub fn capacity(&self, resource: &str) -> Option<i32> {
-        if self.execute(Statement::CapacityGet, &[resource.into_datum()], false, 1) == 0 {
+        // As the rows are read: the latest, also under a transaction-wide snapshot.
+        if self.execute(Statement::CapacityGet, &[resource.into_datum()], self.transaction_snapshot, 1) == 0 {
             return None;
         }
         // SAFETY: one row of one int4 column, never NULL.

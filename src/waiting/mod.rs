@@ -52,14 +52,11 @@ pub struct Ticket {
     keys: Vec<u64>,
     number: u64,
     shared: bool,
-    /// Lock keys of resources the waiter holds already: waiters for them wait for it.
-    held: Vec<u64>,
 }
 
 /// Joins the queues of `resources` (at most [`MAX_KEYS`]) with one ticket, for a shared lease
-/// or not, by a waiter that holds the leases of `held` (lock keys) already. None without shared
-/// memory.
-pub fn enqueue(resources: &[&str], shared: bool, held: &[u64]) -> Option<Ticket> {
+/// or not. None without shared memory.
+pub fn enqueue(resources: &[&str], shared: bool) -> Option<Ticket> {
     let table = table()?;
     let keys: Vec<u64> = resources.iter().map(|resource| resource_key(resource)).collect();
     assert!(!keys.is_empty() && keys.len() <= MAX_KEYS, "a wait names 1 to {MAX_KEYS} resources");
@@ -81,27 +78,29 @@ pub fn enqueue(resources: &[&str], shared: bool, held: &[u64]) -> Option<Ticket>
     locked.count_waiting(1);
     drop(locked);
     WAIT_LEVEL.with(|level| level.set(Some(nesting_level())));
-    Some(Ticket { table, keys, number, shared, held: held.to_vec() })
+    Some(Ticket { table, keys, number, shared })
 }
 
 impl Ticket {
     /// Whether this waiter is at the head of every queue it is in: no waiter came before it,
     /// or for a shared lease, only other shared waiters did, or only waiters for a lease this
-    /// waiter holds (who wait for it, and would otherwise wait for each other in a circle).
-    pub fn is_head(&self) -> bool {
+    /// waiter holds now (lock keys `held`: they wait for it, and the two would otherwise wait for
+    /// each other in a circle).
+    pub fn is_head(&self, held: &[u64]) -> bool {
         let database = my_database().to_u32();
         let mut locked = self.table.lock();
         !locked.slots().iter().any(|slot| {
             slot.ticket < self.number
                 && !(self.shared && slot.shared)
-                && !waits_for_any(slot, database, &self.held)
+                && !waits_for_any(slot, database, held)
                 && self.keys.iter().any(|&key| slot.waits_for(database, key))
         })
     }
 
-    /// What [`must_yield`] needs of this ticket.
-    pub fn place(&self) -> Place<'_> {
-        Place { number: self.number, held: &self.held }
+    /// What [`must_yield`] needs of this ticket, with the lock keys of the leases the waiter
+    /// holds now.
+    pub fn place<'a>(&self, held: &'a [u64]) -> Place<'a> {
+        Place { number: self.number, held }
     }
 }
 

@@ -146,15 +146,20 @@ impl Locked<'_> {
     /// first waiter, and when that one waits for a shared lease, every shared waiter after it up
     /// to the first that does not.
     pub fn wake_head(&mut self, database: u32, key: u64) {
-        let mut queue: Vec<&WaiterSlot> =
-            self.slots().iter().filter(|slot| slot.waits_for(database, key)).collect();
-        queue.sort_unstable_by_key(|slot| slot.ticket);
-        let group = match queue.first() {
-            Some(first) if first.shared => queue.iter().take_while(|slot| slot.shared).count(),
-            Some(_) => 1,
-            None => 0,
+        let waits = |slot: &&WaiterSlot| slot.waits_for(database, key);
+        let Some(first) = self.slots().iter().filter(waits).min_by_key(|slot| slot.ticket).copied() else {
+            return;
         };
-        for waiter in &queue[..group] {
+        // Everyone before the first waiter that is not shared (only the first, if it is not).
+        let before = match first.shared {
+            true => {
+                self.slots().iter().filter(waits).filter(|slot| !slot.shared).map(|slot| slot.ticket).min()
+            }
+            false => Some(first.ticket + 1),
+        };
+        for waiter in
+            self.slots().iter().filter(waits).filter(|slot| before.is_none_or(|before| slot.ticket < before))
+        {
             // SAFETY: the latch belongs to a live backend (its slot is active; a backend leaves
             // the table before it exits).
             unsafe { pg_sys::SetLatch(waiter.latch) };

@@ -48,6 +48,11 @@ SELECT resource FROM lease_acquire_all(ARRAY['all:m', 'all:n'], 'mover', lifelin
 SELECT resource, lifeline = :lifeline AS attached FROM lease.leases
 WHERE resource IN ('all:m', 'all:n') ORDER BY resource;
 SELECT lease_lifeline_close(:lifeline) AS closed;
+-- a waiting claim's attempts that extended the caller's own lease and were rolled back are not
+-- counted as re-acquires
+SELECT reacquired AS reacquired_before FROM lease.stats \gset
+SELECT count(*) AS granted FROM lease_acquire_all(ARRAY['all:a', 'all:held'], 'mover', wait => '30 milliseconds');
+SELECT reacquired - :reacquired_before AS reacquires_counted FROM lease.stats;
 -- waiting: a claim that cannot be granted within its wait returns no rows
 SELECT count(*) AS granted FROM lease_acquire_all(ARRAY['all:held', 'all:o'], 'mover', wait => '20 milliseconds');
 SELECT count(*) AS left_behind FROM lease.leases WHERE resource = 'all:o';

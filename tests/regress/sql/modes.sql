@@ -54,6 +54,13 @@ SELECT token AS p4 FROM lease_info('sem:1') \gset
 SELECT lease_check('sem:1', :p4) AS fenced, lease_check('sem:1', :p1) AS released_token_fails;
 SELECT lease_set_capacity('sem:1', NULL) AS removed;
 SELECT count(*) AS capacities FROM lease.capacities WHERE resource = 'sem:1';
+-- a permit that is refused declares nothing
+SELECT lease_acquire('sem:2', 'writer') AS sem2w \gset
+BEGIN;
+SELECT lease_acquire('sem:2', 'w1', capacity => 3) IS NULL AS refused;
+SELECT count(*) AS declared FROM lease.capacities WHERE resource = 'sem:2';
+COMMIT;
+SELECT lease_release('sem:2', :sem2w);
 -- a permit of a resource with no declared capacity and none stated
 SELECT sqlstate, message FROM attempt($$SELECT lease_acquire('sem:none', 'w', mode => 'permit')$$);
 
@@ -62,7 +69,8 @@ CREATE TABLE protected_rw (resource text, token bigint);
 CREATE TRIGGER fence BEFORE INSERT OR UPDATE OR DELETE ON protected_rw
     FOR EACH ROW EXECUTE FUNCTION lease_fence('resource', 'token');
 SELECT lease_acquire('rw:3', 'reader', mode => 'shared') AS rs \gset
-SELECT sqlstate, message FROM attempt(format($$INSERT INTO protected_rw VALUES ('rw:3', %s) RETURNING 'x'$$, :rs));
+SELECT sqlstate, message = format('row change on table "protected_rw" rejected: lease on resource "rw:3" is not held with token %s', :rs) AS rejected
+FROM attempt(format($$INSERT INTO protected_rw VALUES ('rw:3', %s) RETURNING 'x'$$, :rs));
 SELECT lease_release('rw:3', :rs);
 SELECT lease_acquire('rw:3', 'writer') AS ws \gset
 INSERT INTO protected_rw VALUES ('rw:3', :ws);

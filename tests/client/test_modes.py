@@ -911,3 +911,43 @@ def test_acquire_any_leaves_a_resource_owed_to_a_waiting_writer(conn, name):
     since = time.monotonic()
     assert release(conn, a, r1) is True
     served(writer, since)
+
+
+# --- many readers at once; a lifeline renewal in flight ---------------------------------------
+
+
+def test_a_reader_is_granted_while_many_readers_grants_are_uncommitted(conn, name):
+    # Each uncommitted grant holds its slot's lock: a new reader looks further, however many.
+    resource = name + "many"
+    readers = [connect(autocommit=False) for _ in range(12)]
+    try:
+        tokens = [shared(c, resource, f"reader-{n}") for n, c in enumerate(readers)]
+        assert all(token is not None for token in tokens)
+        late = shared(conn, resource, "late")
+        assert late is not None and late > max(tokens)
+        assert acquire(conn, resource, "writer") is None
+        for c in readers:
+            c.commit()
+        assert len(holders(conn, resource)) == 13
+    finally:
+        for c in readers:
+            c.close()
+
+
+def test_a_permit_waits_for_a_lifeline_renewal_in_flight_of_a_reader(conn, name):
+    # A reader attached to a lifeline that looks lapsed counts as ended only once the lapse is
+    # confirmed: while a renewal of the lifeline is in flight, a permit of the resource (the
+    # other kind) is not granted, and after the renewal commits the reader holds again.
+    resource = name + "renewing"
+    lifeline = one(conn, "SELECT lease_lifeline_open('renewing', '500 ms')")
+    reader = shared(conn, resource, "reader", lifeline=lifeline)
+    expires_at = one(conn, "SELECT expires_at FROM lease.lifelines WHERE id = %s", (lifeline,))
+    with connect(autocommit=False) as renewer:
+        assert one(renewer, "SELECT lease_lifeline_renew(%s, '1 hour') > now()", (lifeline,)) is True
+        wait_for(lambda: one(conn, "SELECT clock_timestamp() > %s", (expires_at,)), what="the old expiry")
+        assert permit(conn, resource, "worker", capacity=2) is None
+        renewer.commit()
+    assert permit(conn, resource, "worker", capacity=2) is None
+    assert check(conn, resource, reader) is True
+    assert one(conn, "SELECT lease_lifeline_close(%s)", (lifeline,)) == 1
+    assert permit(conn, resource, "worker", capacity=2) is not None

@@ -47,7 +47,7 @@ import time
 
 import psycopg
 
-from common import Clients, Table, connect, median, ms, percentile, rotate, tally
+from common import Clients, Table, connect, failure_notes, median, ms, percentile, rotate, tally
 
 PORT = int(sys.argv[1])
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
@@ -312,17 +312,7 @@ def report(runs):
         f" {ROUNDS} rounds of {SECONDS:g} s per variant, alternating; rates and latencies are medians of the"
         f" rounds, counts are totals; synchronous_commit = {os.environ.get('COORD_SYNC', 'on')}.",
     ]
-    errors = {}
-    for v in VARIANTS:
-        for r in runs[v]:
-            for name, count in r["error_names"].items():
-                errors[(v, name)] = errors.get((v, name), 0) + count
-    for (v, name), count in sorted(errors.items()):
-        notes.append(f"Error ({v}): {count} × {name}")
-    for v in VARIANTS:
-        for r in runs[v]:
-            for failure in r["failed"]:
-                notes.append(f"Client stopped ({v}): {failure}")
+    notes += failure_notes(runs, VARIANTS)
     table.write(notes, OUTPUT)
 
 

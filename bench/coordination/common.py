@@ -212,3 +212,17 @@ def handovers(holds, capacity):
             if released is not None and arrived < released:
                 latencies.append((at - released).total_seconds() * 1000)
     return latencies
+
+
+def failure_notes(runs, variants):
+    """The notes under a table: each variant's errors (summed over its rounds) and the clients
+    that stopped."""
+    notes = []
+    for v in variants:
+        errors = {}
+        for r in runs[v]:
+            for name, count in r["error_names"].items():
+                errors[name] = errors.get(name, 0) + count
+            notes += [f"Client stopped ({v}): {failure}" for failure in r["failed"]]
+        notes += [f"Error ({v}): {count} × {name}" for name, count in sorted(errors.items())]
+    return notes

@@ -40,7 +40,8 @@ import time
 
 import psycopg
 
-from common import Clients, Table, connect, median, ms, percentile, probe, require_arguments, rotate, tally
+from common import (Clients, Table, connect, failure_notes, median, ms, percentile, probe, require_arguments,
+                    rotate, tally)
 
 PORT = int(sys.argv[1])
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
@@ -286,15 +287,7 @@ def report(runs):
         f" {ROUNDS} rounds of {SECONDS:g} s per variant, alternating; rates and latencies are medians of the"
         f" rounds, counts are totals; synchronous_commit = {os.environ.get('COORD_SYNC', 'on')}.",
     ]
-    for v in VARIANTS:
-        errors = {}
-        for r in runs[v]:
-            for name, count in r["error_names"].items():
-                errors[name] = errors.get(name, 0) + count
-            for failure in r["failed"]:
-                notes.append(f"Client stopped ({v}): {failure}")
-        for name, count in sorted(errors.items()):
-            notes.append(f"Error ({v}): {count} × {name}")
+    notes += failure_notes(runs, VARIANTS)
     table.write(notes, OUTPUT)
 
 

@@ -55,8 +55,8 @@ import time
 
 import psycopg
 
-from common import (Clients, Table, busy_time, connect, fifo_inversions, handovers, max_overlap, median, ms,
-                    percentile, probe, require_arguments, rotate, tally)
+from common import (Clients, Table, busy_time, connect, failure_notes, fifo_inversions, handovers, max_overlap,
+                    median, ms, percentile, probe, require_arguments, rotate, tally)
 
 PORT = int(sys.argv[1])
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
@@ -301,15 +301,7 @@ def report(runs):
         f" rates and latencies are medians of the rounds, counts are totals;"
         f" synchronous_commit = {os.environ.get('COORD_SYNC', 'on')}.",
     ]
-    for v in VARIANTS:
-        errors = {}
-        for r in runs[v]:
-            for name, count in r["error_names"].items():
-                errors[name] = errors.get(name, 0) + count
-            for failure in r["failed"]:
-                notes.append(f"Client stopped ({v}): {failure}")
-        for name, count in sorted(errors.items()):
-            notes.append(f"Error ({v}): {count} × {name}")
+    notes += failure_notes(runs, VARIANTS)
     table.write(notes, OUTPUT)
 
 

@@ -12,7 +12,7 @@
 use crate::barrier::{self, LifelineMode};
 use crate::events::{self, Event, Kind, Reason};
 use crate::lifeline;
-use crate::store::Store;
+use crate::store::{Listed, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::{session, settings};
 
@@ -39,8 +39,8 @@ pub fn sweep(limit: i64) -> Sweep {
     let store = Store::open();
     let candidates = store.expired_candidates(clock_now(), limit);
     let mut outcome = Sweep { found: candidates.len() as i64, ..Sweep::default() };
-    for (resource, token, slot) in candidates {
-        let Some(held) = barrier::try_lock_slot(&resource, slot, barrier::Mode::Change) else {
+    for Listed { resource, token, slot, mode } in candidates {
+        let Some(held) = barrier::lock_row_change(&resource, slot, mode.kind(), true) else {
             outcome.busy += 1;
             continue;
         };
@@ -104,8 +104,8 @@ fn end_lifeline(store: &Store, id: i64, budget: i64) -> Sweep {
     let attached = store.attached(id, budget.saturating_add(1));
     let left = attached.len() as i64 - budget;
     outcome.found = budget.min(attached.len() as i64).max(1);
-    for (resource, token, slot) in attached.into_iter().take(budget as usize) {
-        let Some(lock) = barrier::try_lock_slot(&resource, slot, barrier::Mode::Change) else {
+    for Listed { resource, token, slot, mode } in attached.into_iter().take(budget as usize) {
+        let Some(lock) = barrier::lock_row_change(&resource, slot, mode.kind(), true) else {
             outcome.busy += 1;
             continue;
         };
@@ -151,12 +151,12 @@ pub fn sweep_ended_sessions() -> Sweep {
             }
         }
     }
-    for (resource, token, slot) in store.session_bound() {
+    for Listed { resource, token, slot, mode } in store.session_bound() {
         if !session::holder_is_gone(token) {
             continue;
         }
         outcome.found += 1;
-        let Some(held) = barrier::try_lock_slot(&resource, slot, barrier::Mode::Change) else {
+        let Some(held) = barrier::lock_row_change(&resource, slot, mode.kind(), true) else {
             outcome.busy += 1;
             continue;
         };

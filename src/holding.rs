@@ -8,7 +8,7 @@
 
 use pgrx::pg_sys;
 
-use crate::barrier::{self, Mode, Taken};
+use crate::barrier::{self, Mode, RowLocks, Taken};
 use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Event, Kind, Reason};
 use crate::session;
@@ -111,16 +111,16 @@ pub fn set_data(resource: &str, token: i64, data: Option<&serde_json::Value>) ->
 /// lock and the store, or None (the answer is false), or 42501. Under the lock the statement
 /// decides again. Under a transaction-wide snapshot, a lease that changed since the snapshot is
 /// 40001: the statement that would write it cannot see it.
-fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(Taken, Store)>> {
+fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(RowLocks, Store)>> {
     let store = Store::open();
-    let Some(taken) = lock_row(&store, resource, token, mode)? else { return Ok(None) };
+    let Some((taken, slot)) = lock_row(&store, resource, token, mode)? else { return Ok(None) };
     if store.transaction_snapshot() {
         if held_as_member(&store, resource, token)?.is_none() {
             drop(store);
             taken.release_if_unused_before();
             return Ok(None);
         }
-        store.ensure_snapshot_current(resource);
+        store.ensure_row_current(resource, slot);
     }
     Ok(Some((taken, store)))
 }
@@ -136,31 +136,39 @@ fn held_as_member(store: &Store, resource: &str, token: i64) -> LeaseResult<Opti
     }
 }
 
-/// Takes the lock of the row of `token` on `resource` in `mode`: the resource's lock is tried
+/// Takes the lock of the row of `token` on `resource` in `mode` (for a change of a shared
+/// lease's or a permit's row, with the locks of its membership first: see
+/// [`barrier::RowLocks`]) and returns them with the row's slot. The resource's lock is tried
 /// first (most leases are exclusive, and then the row is read once, under it); for a shared
 /// lease or a permit, or while the resource's lock is busy, the row is read first to find its
-/// slot, and its lock is queued for only if the call can succeed (see [`lock_if_held`]).
+/// slot, and its locks are queued for only if the call can succeed (see [`lock_if_held`]).
 /// None when it cannot.
-fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<Taken>> {
-    let slot = match barrier::try_lock(resource, mode) {
+fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(RowLocks, i32)>> {
+    let lease = match barrier::try_lock(resource, mode) {
         Some(taken) => match store.row_of(resource, token) {
             Some(lease) if lease.slot != 0 => {
                 taken.release_if_unused_before();
-                lease.slot
+                lease
             }
             // The exclusive lease's row, or none: decided under this lock.
-            _ => return Ok(Some(taken)),
+            _ => return Ok(Some((taken.into(), 0))),
         },
         // Another transaction holds a conflicting lock: queue only if this call can succeed.
         None => match held_as_member(store, resource, token)? {
-            Some(lease) => lease.slot,
+            Some(lease) => lease,
             None => return Ok(None),
         },
     };
-    match barrier::try_lock_slot(resource, slot, mode) {
-        Some(taken) => Ok(Some(taken)),
+    let slot = lease.slot;
+    let take = |dont_wait: bool| match mode {
+        Mode::Change => barrier::lock_row_change(resource, slot, lease.mode.kind(), dont_wait),
+        mode if dont_wait => barrier::try_lock_slot(resource, slot, mode).map(RowLocks::from),
+        mode => Some(barrier::lock_slot(resource, slot, mode).into()),
+    };
+    match take(true) {
+        Some(locks) => Ok(Some((locks, slot))),
         None if held_as_member(store, resource, token)?.is_some() => {
-            Ok(Some(barrier::lock_slot(resource, slot, mode)))
+            Ok(Some((take(false).expect("a waiting lock is granted"), slot)))
         }
         None => Ok(None),
     }
@@ -175,7 +183,7 @@ fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResul
 pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
     let store = Store::open();
     // A caller that is not a member learns it without a lock: it protects nothing.
-    let Some(taken) = lock_row(&store, resource, token, Mode::Fence)? else {
+    let Some((taken, _)) = lock_row(&store, resource, token, Mode::Fence)? else {
         return Ok(false);
     };
     let now = clock_now();

@@ -24,11 +24,11 @@
 //!
 //! Uses vocabulary, errors, settings, barrier, store, events, session and waiting.
 
-use crate::barrier::{self, LifelineMode, Mode, Taken};
+use crate::barrier::{self, LifelineMode, Taken};
 use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Kind};
 use crate::session;
-use crate::store::{LeaseMode, Lifeline, Store};
+use crate::store::{LeaseMode, Lifeline, Listed, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::{settings, waiting};
 
@@ -112,7 +112,7 @@ pub fn close(id: i64) -> LeaseResult<i64> {
     barrier::lock_lifeline(id, LifelineMode::Lapse, false);
     live(&store, id, clock_now())?;
     let mut released = 0;
-    for (resource, token, slot) in store.attached(id, i64::MAX) {
+    for Listed { resource, token, slot, mode } in store.attached(id, i64::MAX) {
         // Queued for only while the lease is still this lifeline's (as a release queues only
         // when it can succeed): it may have been re-acquired, kept or taken since it was listed.
         let attached = |store: &Store| {
@@ -120,9 +120,10 @@ pub fn close(id: i64) -> LeaseResult<i64> {
                 !lease.released && lease.lifeline.is_some_and(|lifeline| lifeline.id == id)
             })
         };
-        let taken = match barrier::try_lock_slot(&resource, slot, Mode::Change) {
+        let taken = match barrier::lock_row_change(&resource, slot, mode.kind(), true) {
             Some(taken) => taken,
-            None if attached(&store) => barrier::lock_slot(&resource, slot, Mode::Change),
+            None if attached(&store) => barrier::lock_row_change(&resource, slot, mode.kind(), false)
+                .expect("a waiting lock is granted"),
             None => continue,
         };
         store.ensure_snapshot_current(&resource);

@@ -180,22 +180,38 @@ pub(super) fn attempt_each(
         expires_at.set(found.expires_at);
     }
     let mut held = HeldAll { tokens: Vec::with_capacity(resources.len()), granted: false, extended: 0 };
-    for &resource in resources {
+    // The leases the caller held when it last looked come first: a waiter does not give way to
+    // waiters for a lease it holds (they wait for it), but only once this attempt has found
+    // that it still does, by extending it.
+    let held_before = ticket.map_or(&[][..], |place| place.held);
+    let (own, others): (Vec<&str>, Vec<&str>) = resources
+        .iter()
+        .copied()
+        .partition(|resource| held_before.contains(&barrier::resource_key(resource)));
+    let mut extended_keys = Vec::new();
+    let mut tokens = std::collections::HashMap::with_capacity(resources.len());
+    for (resource, own) in
+        own.into_iter().map(|resource| (resource, true)).chain(others.into_iter().map(|r| (r, false)))
+    {
         // A pending cancel or timeout ends a long claim here; the rollback gives back its locks.
         pgrx::pg_sys::check_for_interrupts!();
         let request = Request { resource, ..claim.clone() };
-        match attempt_resource(store, &request, ticket, patient) {
+        let place =
+            ticket.map(|place| Place { number: place.number, held: if own { &[] } else { &extended_keys } });
+        match attempt_resource(store, &request, place, patient) {
             Attempt::Granted(token) => {
                 held.granted = true;
-                held.tokens.push((resource.to_owned(), token));
+                tokens.insert(resource, token);
             }
             Attempt::Extended(token) => {
                 held.extended += 1;
-                held.tokens.push((resource.to_owned(), token));
+                extended_keys.push(barrier::resource_key(resource));
+                tokens.insert(resource, token);
             }
             not_held => return Err(not_held),
         }
     }
+    held.tokens = resources.iter().map(|&resource| (resource.to_owned(), tokens[resource])).collect();
     Ok(held)
 }
 

@@ -25,7 +25,7 @@ use crate::vocabulary::{clock_now, Timestamp};
 use crate::waiting::{self, Place};
 
 use super::attempt::{confirm_lapse, ended, Attempt, BUSY_RETRIES};
-use super::write::{extend, grant_at};
+use super::write::{extend, grant_at, remove_ended};
 use super::Request;
 
 /// One attempt of `request` (a shared lease or a permit); as [`super::attempt::attempt_now`]
@@ -194,6 +194,16 @@ fn take_slot(
     let capacity = request.capacity.unwrap_or(i32::MAX);
     if waiting::must_yield(resource, ticket, shared) {
         return Attempt::Yielded;
+    }
+    // The grant relies on the ended exclusive lease, and on the ended rows of the other kind or
+    // above the capacity, having ended: they are removed first (their tokens must fail from now
+    // on, and their end is announced before this grant), or the resource is busy.
+    let relied_on = rows.iter().filter(|lease| {
+        (lease.slot == 0 || lease.mode != request.mode || lease.slot > capacity)
+            && ended(lease, now, request).is_some()
+    });
+    if !remove_ended(store, request, relied_on.cloned().collect(), now) {
+        return Attempt::Busy;
     }
     // A shared lease tries slots until one's lock is free: every slot lock another grant holds
     // is a lock in the lock table, so the search ends.

@@ -172,24 +172,25 @@ pub fn acquire_all(
         }
         Err(_) if wait == 0 => None,
         Err(_) => {
-            let (queued, held) = split_held(resources, claim);
             // What the caller holds can only end while it waits (its attempts are rolled back):
             // asked again before each look, while it holds any.
-            let holds_any = std::cell::Cell::new(!held.is_empty());
+            let holds_any = std::cell::Cell::new(true);
             let held_now = || match holds_any.get() {
                 false => Vec::new(),
                 true => {
-                    let held = split_held(resources, claim).1;
+                    let held = held_by_caller(resources, claim);
                     holds_any.set(!held.is_empty());
-                    held.iter().map(|resource| barrier::resource_key(resource)).collect()
+                    held
                 }
             };
-            wait::wait_for(&queued, (false, &held_now), wait, |ticket| match attempt(Some(ticket), false) {
-                Ok(HeldAll { tokens, granted, extended }) => {
-                    stats::add(Counter::Reacquired, extended);
-                    Waited::Held { value: tokens, handover: granted }
+            wait::wait_for(resources, (false, &held_now), wait, |ticket| {
+                match attempt(Some(ticket), false) {
+                    Ok(HeldAll { tokens, granted, extended }) => {
+                        stats::add(Counter::Reacquired, extended);
+                        Waited::Held { value: tokens, handover: granted }
+                    }
+                    Err(not_held) => Waited::again(&not_held),
                 }
-                Err(not_held) => Waited::again(&not_held),
             })?
         }
     };
@@ -199,11 +200,10 @@ pub fn acquire_all(
     Ok(held)
 }
 
-/// The resources a waiting claim queues for, and those it holds already: it does not queue for
-/// the ones whose live lease the caller holds (its attempts extend those whatever waits, as a
-/// re-acquire does), unless it holds them all; and it does not give way to waiters for them
-/// (they wait for the caller: the two would wait for each other in a circle).
-fn split_held<'a>(resources: &[&'a str], claim: &Request) -> (Vec<&'a str>, Vec<&'a str>) {
+/// The lock keys of `resources` whose live lease the caller holds now (as far as the rows and
+/// the session locks tell): a waiting claim does not give way to waiters for them, who wait for
+/// the caller (the two would otherwise wait for each other until one wait ran out).
+fn held_by_caller(resources: &[&str], claim: &Request) -> Vec<u64> {
     let store = Store::open();
     let now = clock_now();
     let own = |resource: &str| {
@@ -211,15 +211,14 @@ fn split_held<'a>(resources: &[&'a str], claim: &Request) -> (Vec<&'a str>, Vec<
             lease.holder == claim.holder
                 && lease.owner == store.caller()
                 && !lease.released
-                && lease.expires_at > now
+                && attempt::ended(&lease, now, claim).is_none()
         })
     };
-    let (held, others): (Vec<&str>, Vec<&str>) =
-        resources.iter().copied().partition(|resource| own(resource));
-    match others.is_empty() {
-        true => (resources.to_vec(), held),
-        false => (others, held),
-    }
+    resources
+        .iter()
+        .filter(|resource| own(resource))
+        .map(|resource| barrier::resource_key(resource))
+        .collect()
 }
 
 impl Clone for Request<'_> {

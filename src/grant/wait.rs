@@ -82,7 +82,13 @@ pub(super) fn wait_for<T>(
     let mut attempts = pgrx::PgMemoryContexts::new("lease wait");
     loop {
         let mut sleep_until = deadline.min(lock_deadline);
-        let held = held();
+        // SAFETY: as for the attempt below; what `held` allocates there is freed at once (the
+        // keys it returns are Rust's).
+        let held = unsafe {
+            let held = attempts.switch_to(|_| held());
+            attempts.reset();
+            held
+        };
         if ticket.is_head(&held) {
             // The attempt of a waiter at the head of its queues: decided as a call without
             // `wait` decides, with its ticket. While another holder holds a lease it sleeps

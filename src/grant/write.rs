@@ -14,13 +14,21 @@ use crate::vocabulary::Timestamp;
 use super::attempt::{confirm_lapse, ended, Attempt};
 use super::Request;
 
-/// Removes the rows among `others` (shared leases or permits, none holding any more: see
-/// `attempt::others_hold`) for an exclusive grant, each under its own lock (tried: false, nothing more
-/// done, when one is busy, as when a fence of it is in progress), announcing each as expired.
+/// Removes the rows among `others`, none holding any more, that a grant relies on having ended
+/// (for an exclusive grant, every shared lease or permit: see `attempt::others_hold`; for a
+/// shared lease or a permit, the exclusive lease and the rows of the other kind or above the
+/// capacity), each under its own lock (tried: false, nothing more done, when one is busy, as
+/// when a fence of it is in progress), announcing each as expired before the grant.
 pub(super) fn remove_ended(store: &Store, request: &Request, others: Vec<Lease>, now: Timestamp) -> bool {
     let resource = request.resource;
     for other in others {
-        let Some(lock) = barrier::try_lock_slot(resource, other.slot, Mode::Change) else { return false };
+        // An ended exclusive lease (slot 0), removed by a shared or permit grant, which holds the
+        // resource's lock in join mode only: one such grant at a time removes it.
+        let lock = match other.slot {
+            0 => barrier::try_lock_removal(resource),
+            slot => barrier::try_lock_slot(resource, slot, Mode::Change),
+        };
+        let Some(lock) = lock else { return false };
         // Under its lock: it may have been renewed or removed meanwhile.
         let (lease, reason) = match confirm_lapse(store, request, store.row_of(resource, other.token), now) {
             Some(None) => {

@@ -8,6 +8,7 @@ use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 
 use super::plans::{self, column, Statement};
+use super::row::Listed;
 use super::row::{Binding, Lease};
 use super::{direct, Store};
 use crate::vocabulary::Timestamp;
@@ -87,10 +88,9 @@ impl Store {
     /// Up to `limit` of the leases attached to the lifeline `id`, as (resource, token), in
     /// resource order; read as last committed whatever the isolation level (the caller holds
     /// the lifeline's membership lock, or found it lapsed: either way no attach is in progress).
-    pub fn attached(&self, id: i64, limit: i64) -> Vec<(String, i64, i32)> {
+    pub fn attached(&self, id: i64, limit: i64) -> Vec<Listed> {
         let count = self.execute(Statement::LifelineLeases, &[id.into_datum(), limit.into_datum()], true, 0);
-        // SAFETY: the statement returned `count` rows of (text, int8, int4), none NULL.
-        (0..count as usize).map(|row| unsafe { (column(row, 1), column(row, 2), column(row, 3)) }).collect()
+        super::scans::listed(count)
     }
 
     /// Deletes the lease with `token` on `resource` if it is still attached to the lifeline

@@ -45,7 +45,7 @@ use plans::Statement;
 
 pub use catalog::lease_table;
 pub use lifelines::Lifeline;
-pub use row::{Attachment, Binding, Lease, LeaseMode, NewGrant, Shape};
+pub use row::{Attachment, Binding, Lease, LeaseMode, Listed, NewGrant, Shape};
 
 /// An open SPI connection running as the owner of `lease.leases`.
 pub struct Store {
@@ -170,9 +170,25 @@ impl Store {
     /// Whether the resource's lease changed after the snapshot of the calling statement was
     /// taken (`direct::Lookup::changed_since`). The caller holds the resource's barrier lock.
     pub fn changed_since_snapshot(&self, resource: &str) -> bool {
+        self.row_changed_since_snapshot(resource, None)
+    }
+
+    /// As [`Store::ensure_snapshot_current`], for a call on one row (the one at `slot`) of the
+    /// resource: only a change of that row counts. The caller holds the row's barrier lock.
+    pub fn ensure_row_current(&self, resource: &str, slot: i32) {
+        if self.transaction_snapshot && self.row_changed_since_snapshot(resource, Some(slot)) {
+            LeaseError::SerializationFailure { resource: resource.into() }.raise();
+        }
+    }
+
+    /// Whether a row of the resource (any, or the one at `slot`) changed after the calling
+    /// statement's snapshot was taken.
+    fn row_changed_since_snapshot(&self, resource: &str, slot: Option<i32>) -> bool {
         // SAFETY: the active snapshot is the calling statement's (a function always runs with
         // one).
-        self.with_lookup(|lookup| unsafe { lookup.changed_since(resource, pg_sys::GetActiveSnapshot()) })
+        self.with_lookup(|lookup| unsafe {
+            lookup.changed_since(resource, slot, pg_sys::GetActiveSnapshot())
+        })
     }
 
     /// Runs `read` on this store's lookup, opening it on first use.

@@ -1,11 +1,12 @@
 //! The lease table's one column map, its shapes, and the rows the store reads and writes.
 //!
-//! Uses vocabulary.
+//! Uses vocabulary and barrier (the kind lock of a mode).
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
+use crate::barrier::Kind;
 use crate::vocabulary::Timestamp;
 
 /// The columns of `lease.leases` in table order: name, type, NOT NULL. The one column map:
@@ -112,6 +113,25 @@ impl LeaseMode {
             .into_iter()
             .find(|mode| mode.name() == name)
     }
+
+    /// The kind lock mode its grants and removals take (None for an exclusive lease, which has
+    /// the resource's lock).
+    pub fn kind(self) -> Option<Kind> {
+        match self {
+            LeaseMode::Exclusive => None,
+            LeaseMode::Shared => Some(Kind::Shared),
+            LeaseMode::Permit => Some(Kind::Permit),
+        }
+    }
+}
+
+/// A row found by a scan over many leases (the sweeps, a lifeline's leases): where it is and how
+/// it holds, which decides its locks.
+pub struct Listed {
+    pub resource: String,
+    pub token: i64,
+    pub slot: i32,
+    pub mode: LeaseMode,
 }
 
 /// Attribute numbers (1-based) of the columns the direct path reads.

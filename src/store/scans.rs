@@ -8,17 +8,16 @@ use std::collections::HashSet;
 use pgrx::prelude::*;
 
 use super::plans::{self, column, nullable_column, Statement};
-use super::row::Lease;
+use super::row::{Lease, LeaseMode, Listed};
 use super::Store;
 use crate::vocabulary::Timestamp;
 
 impl Store {
-    /// Up to `limit` leases expired at `now`, earliest expiry first, as (resource, token, slot).
-    pub fn expired_candidates(&self, now: Timestamp, limit: i64) -> Vec<(String, i64, i32)> {
+    /// Up to `limit` leases expired at `now`, earliest expiry first.
+    pub fn expired_candidates(&self, now: Timestamp, limit: i64) -> Vec<Listed> {
         let count =
             self.execute(Statement::ExpiredCandidates, &[now.into_datum(), limit.into_datum()], false, 0);
-        // SAFETY: the statement returned `count` rows of (text, int8, int4), none NULL.
-        (0..count as usize).map(|row| unsafe { (column(row, 1), column(row, 2), column(row, 3)) }).collect()
+        listed(count)
     }
 
     /// Deletes the lease with `token` if it expired at `now` (by its own expiry); returns it.
@@ -36,11 +35,10 @@ impl Store {
         unsafe { nullable_column::<i64>(0, 1) }
     }
 
-    /// Every session-bound lease, as (resource, token, slot).
-    pub fn session_bound(&self) -> Vec<(String, i64, i32)> {
+    /// Every session-bound lease.
+    pub fn session_bound(&self) -> Vec<Listed> {
         let count = self.execute(Statement::SessionBound, &[], false, 0);
-        // SAFETY: the statement returned `count` rows of (text, int8, int4), none NULL.
-        (0..count as usize).map(|row| unsafe { (column(row, 1), column(row, 2), column(row, 3)) }).collect()
+        listed(count)
     }
 
     /// Deletes the lease with `token`, whatever its expiry; returns it (with the expiry of its
@@ -91,4 +89,19 @@ impl Store {
             (0..count as usize).map(|row| unsafe { column::<String>(row, 1) }).collect();
         Box::new(move |resource| leased.contains(resource))
     }
+}
+
+/// The `count` rows (resource, token, slot, mode) the last statement listed.
+pub(super) fn listed(count: u64) -> Vec<Listed> {
+    // SAFETY: the statement returned `count` rows of (text, int8, int4, text), none NULL.
+    (0..count as usize)
+        .map(|row| unsafe {
+            Listed {
+                resource: column(row, 1),
+                token: column(row, 2),
+                slot: column(row, 3),
+                mode: LeaseMode::named(&column::<String>(row, 4)).unwrap_or(LeaseMode::Exclusive),
+            }
+        })
+        .collect()
 }

@@ -72,11 +72,12 @@ fn lease_columns(shape: Shape) -> &'static str {
     }
 }
 
-/// A row's slot (0 in the tables before 0.6.0, which have one row per resource).
+/// A row's slot and mode, as a scan lists them (slot 0 and exclusive in the tables before 0.6.0,
+/// which have one row per resource).
 fn slot_column(shape: Shape) -> &'static str {
     match shape {
-        Shape::Slotted => "slot",
-        _ => "0",
+        Shape::Slotted => "slot, mode",
+        _ => "0, 'exclusive'::pg_catalog.text",
     }
 }
 

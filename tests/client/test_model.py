@@ -1,5 +1,6 @@
-"""A randomized, stateful model test of the lease contract (the 0.4.0 contract of issue 13, and
-the lifelines, minimum holds and data of 0.5.0).
+"""A randomized, stateful model test of the lease contract (the 0.4.0 contract of issue 13, the
+lifelines, minimum holds and data of 0.5.0, and the shared leases, permits and all-or-nothing
+claims of 0.6.0).
 
 A reference model of the contract, written here in plain Python, runs side by side with real
 client sessions. Each history drives four sessions on four fresh resources, interleaved at
@@ -9,58 +10,84 @@ statement level, single-threaded and deterministic for a given seed:
   `lease_model_b`, a plain (INHERIT) member of `lease_model_a` that was also granted EXECUTE on
   `lease_force_release`. So s2 may renew, release and check the leases of s1 and s3 but not the
   other way round, nobody but s0 is a member of the superuser's leases, s1 and s3 get 42501 from
-  `lease_force_release`, and `lease_info` hides the token from non-members.
+  `lease_force_release`, everyone but s0 gets 42501 from `lease_set_capacity`, and `lease_info`
+  hides the token from non-members.
 - Every call: `lease_acquire` (long and 1 ms ttls, without and with a 10 ms wait, session-bound
-  or not), `lease_acquire_any` (several candidates, duplicates, max_count, session_bound,
-  snapshot_consistent), `lease_renew`, `lease_release`, `lease_check`, `lease_assert`,
-  `lease_force_release`, `lease_info`, and rejected arguments; with current, stale, foreign and
-  random tokens.
+  or not; exclusive, shared, or a permit), `lease_acquire_any` (several candidates, duplicates,
+  max_count, session_bound, snapshot_consistent; in each mode), `lease_acquire_all` (several
+  resources, duplicates, with and without a wait), `lease_renew`, `lease_release`,
+  `lease_check`, `lease_assert`, `lease_force_release`, `lease_set_capacity`, `lease_info`, and
+  rejected arguments; with current, stale, foreign and random tokens of every mode.
 - Autocommit calls and explicit transactions at READ COMMITTED and REPEATABLE READ, with
   SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT, COMMIT, ROLLBACK, and errors inside
   transactions and subtransactions.
 - A table fenced by the `lease_fence` trigger: INSERT, UPDATE that sets the token, UPDATE that
   does not, UPDATE that moves a row to another resource, DELETE, with and without an earlier
-  proof in the transaction (55000 or success, exactly).
+  proof in the transaction (55000 or success, exactly), with exclusive, shared and permit tokens.
 - Session kills: `pg_terminate_backend` of a session holding session-bound leases (its leases
   must go), then a new connection in its place.
 - Expiry: 1 ms ttls, waited out by polling the server clock (never a blind sleep).
 - Lifelines (0.5.0): `lease_lifeline_open` (1 hour, 1 ms or NULL ttl, session-bound or not),
   `lease_lifeline_renew` (own, 1 hour or 1 ms ttl: a lapse, waited out on the server clock),
-  `lease_lifeline_close`; leases attached by `lease_acquire` and `lease_acquire_any`, re-acquired
-  onto another lifeline or off it; live, lapsed, closed, rolled-back and unknown ids; session
-  kills of session-bound lifelines. The lifeline locks are modelled (USE: renew, attach; END:
-  close, the takeover of a lapsed lifeline's lease), so the driver never issues a call that
-  would wait for them, and the worker's removal of a lapsed lifeline's leases is waited for.
+  `lease_lifeline_close`; leases attached by `lease_acquire`, `lease_acquire_any` and
+  `lease_acquire_all`, re-acquired onto another lifeline or off it; live, lapsed, closed,
+  rolled-back and unknown ids; session kills of session-bound lifelines. The lifeline locks are
+  modelled (USE: renew, attach; END: close, the takeover of a lapsed lifeline's lease), so the
+  driver never issues a call that would wait for them, and the worker's removal of a lapsed
+  lifeline's leases is waited for.
 - Minimum holds: `lease_release(resource, token, keep_for)` with NULL, 0, at most the time
   since the acquire (a plain release), a moment more than that (kept, then waited out) and an
   hour (kept for the rest of the history); keep_for is worked out from server clock reads
   around the acquire. Data: at acquire (replaced or kept on a re-acquire), `lease_set_data`,
   up to the 512-byte limit; `lease_info`'s lifeline, data and released_at columns, and the
   keep_for (expires_at - acquired_at) of a kept lease or the ttl of a lease with its own.
+- Shared leases and permits (0.6.0): any number of shared holders, each with its own token,
+  expiry, renewal, release (keep_for included), fence, binding, lifeline and data, never
+  together with an exclusive holder or a permit; a holder's re-acquire in its own mode returns
+  its token, in the other mode NULL. Permits: `capacity => N` (declares the resource's capacity
+  on its first permit request, then governed by the declared one whatever a call states) and
+  `mode => 'permit'` (55000 with none declared); `lease_set_capacity` raising, lowering
+  (permits granted before stay live) and removing it; at most the capacity of live permits.
+  `lease_info` returns one row per holder with mode and capacity; `lease_force_release` revokes
+  every live holder; `lease_fence` passes only exclusive tokens, and only an exclusive lease's
+  call proves a resource. The final check compares every lease row (slot and mode too) and
+  `lease.capacities`.
 - Every third history runs with a do-nothing trigger on `lease.leases`, which makes the calls
   take the SQL path instead of the direct heap path.
 
 The driver never issues a call that the contract says would block: the model tracks, per open
-transaction and savepoint level, which lock mode (CHANGE, EXTEND, FENCE) it holds on which
-resource, and which table rows it has written. Calls that never block but find a busy lock
-(`lease_acquire` with or without wait, `lease_acquire_any`) are issued and must answer NULL or
-skip. Each answer (value or SQLSTATE) is compared with the model after every step, and at the
-end of each history the live leases in `lease.leases` and the fenced table's rows are compared
-with the model's committed state. The model cannot predict token numbers: a grant's token must be
-larger than every token seen before, a re-acquire must return the held token, and tokens are
-remembered for later calls. Expired leases that the expiry worker may remove are waited for
-before the next step, so every history is deterministic.
+transaction and savepoint level, which lock it holds in which mode: each resource's lock (the
+exclusive lease's row: CHANGE = ExclusiveLock, EXTEND = ShareUpdateExclusiveLock, FENCE =
+RowExclusiveLock, JOIN = ShareLock, taken by a shared or permit grant), each shared lease's or
+permit's slot lock (CHANGE, EXTEND, FENCE), each resource's kind lock (ShareLock for a shared
+grant, RowExclusiveLock for a permit grant, ExclusiveLock for a permit grant that declares the
+capacity or counts permits above a lowered one, and for `lease_set_capacity`), and which table
+rows and capacities it has written; conflicts are PostgreSQL's. Calls that never block but find
+a busy lock (`lease_acquire` with or without wait, `lease_acquire_any`, `lease_acquire_all`) are
+issued and must answer NULL, skip, or no rows; renewals, releases, fences, revocations and
+capacity changes wait, and are issued only when nothing conflicting is held (a call with a token
+that does not hold, or that the caller may not use, never waits). The model predicts the slot
+of each shared lease and permit (the lowest one with no live row whose lock is free, a permit's
+at most the capacity), and the final check compares it. Each answer (value or SQLSTATE) is
+compared with the model after every step, and at the end of each history the live leases in
+`lease.leases`, the capacities and the fenced table's rows are compared with the model's
+committed state. The model cannot predict token numbers: a grant's token must be larger than
+every token seen before, a re-acquire must return the held token, and tokens are remembered for
+later calls. Expired leases that the expiry worker may remove are waited for before the next
+step, so every history is deterministic.
 
 Where the contract leaves a choice, the model assumes (see Model.eval_*):
 - Under REPEATABLE READ, check, assert and the fence trigger decide on the lease as last
   committed and never raise 40001; renew, release and force_release decide on it too (false,
   42501), but one that would renew, release or revoke a lease that another transaction changed
-  since the snapshot raises 40001 (its statement cannot see the lease it would write);
-  lease_info, a plain SQL function, reads the transaction's snapshot.
+  since the snapshot raises 40001 (its statement cannot see the lease it would write), and one
+  whose resource had another of its rows written since then may (a resource's rows are checked
+  together); lease_info, a plain SQL function, reads the transaction's snapshot.
 - lease_acquire_any is "an acquire": under REPEATABLE READ a candidate it would grant or extend
   whose lease changed since the snapshot raises 40001 (with snapshot_consistent it is skipped);
   the caller's own live lease is extended while other transactions only fence it, as with
-  lease_acquire; it raises 55006 as lease_acquire does.
+  lease_acquire; it raises 55006 as lease_acquire does. A grant of a resource any of whose rows
+  changed since the snapshot raises 40001.
 - A lease that another transaction granted and released after the snapshot may or may not
   count as changed (both answers are accepted).
 - An expired lease that no transaction locks is removed by the expiry worker within 10 s (the
@@ -73,7 +100,17 @@ Where the contract leaves a choice, the model assumes (see Model.eval_*):
   close that would release a lease changed since the snapshot raises 40001.
 - lease_renew of an attached lease answers true while held, changes nothing and keeps the
   resource from other renewals (EXTEND); a re-acquire keeps the lease's session binding.
-- lease_force_release of a kept lease may revoke it (true) or leave it (false).
+- lease_force_release of a kept lease may revoke it (true) or leave it (false) when nothing
+  else is live; with other live holders it goes with them.
+- A shared lease or permit kept after a release (keep_for) still counts as a holder of its mode
+  (it keeps exclusive requests out, and a kept permit counts against the capacity), but is
+  nobody's: its holder asking again gets a new lease of its own.
+- Capacities are decided on the latest declared one (own writes first), also under REPEATABLE
+  READ; lease_info reads it through its snapshot. lease_set_capacity under REPEATABLE READ of a
+  capacity another transaction wrote since the snapshot raises 40001. A permit request declares
+  its capacity with its grant, or with the holder's re-acquire; a refused one declares nothing
+  (and one made while another open transaction's declaration stands answers NULL).
+- lease_acquire_all with a wait answers as without one (nothing changes while it waits).
 
 On a mismatch the history is shrunk (a prefix, then deleting chunks and single steps, each
 candidate replayed on fresh resources and connections) and the test fails printing the seed and
@@ -94,6 +131,7 @@ LEASE_MODEL_COVERAGE=1 shows them too).
 
 import collections
 import datetime
+import itertools
 import json
 import os
 import random
@@ -126,8 +164,9 @@ RESOURCES = 4
 HOLDERS = ("h1", "h2")
 LONG, SHORT = "1 hour", "1 ms"
 WAIT = "10 ms"
-LEASE_LOCK_SPACE = 0x4C45  # pg_locks.objsubid of the resources' barrier locks
-LIFELINE_LOCK_SPACE = 0x4C4C  # pg_locks.objsubid of the lifelines' locks
+# pg_locks.objsubid of the locks the expiry worker takes: the resources' barrier locks, the slot
+# locks of shared leases and permits, the lifelines' membership and renewal locks
+WORKER_LOCK_SPACES = (0x4C45, 0x4C4F, 0x4C4C, 0x4C52)
 POLL_TIMEOUT = 5.0
 SWEEP_TIMEOUT = 10.0
 KEEP_MARGIN_US = 200_000  # a "short" keep_for ends this long after the release (then waited out)
@@ -139,8 +178,50 @@ DATA_VALUES = ({"job": 1}, {"job": 2, "tags": ["a", "b"]}, ["x", 3], "text", 42,
                "x" * 510)
 BIG_DATA = "x" * 511  # 513 bytes of compact JSON: 22023
 
-CHANGE, EXTEND, FENCE = "CHANGE", "EXTEND", "FENCE"
+EXCLUSIVE, SHARED, PERMIT = "exclusive", "shared", "permit"
+CAPACITIES = (1, 2, 3)
+
+# Lock modes: of a resource's lock (its exclusive lease) and of a slot's (a shared lease's or a
+# permit's row): CHANGE, EXTEND, FENCE, and JOIN (the resource's lock only: held by a transaction
+# granted a shared lease or a permit); of a resource's kind lock: KIND_SHARED (a shared grant),
+# KIND_PERMIT (a permit grant), KIND_ALONE (a permit grant that declares the capacity or counts
+# permits above a lowered one, and lease_set_capacity).
+CHANGE, EXTEND, FENCE, JOIN = "CHANGE", "EXTEND", "FENCE", "JOIN"
+KIND_SHARED, KIND_PERMIT, KIND_ALONE = "KIND SHARE", "KIND ROW EXCLUSIVE", "KIND EXCLUSIVE"
 USE, END = "USE", "END"  # lifeline lock modes: renew and attach; close and a lapsed lifeline's takeover
+PG_MODES = {CHANGE: "Exclusive", EXTEND: "ShareUpdateExclusive", FENCE: "RowExclusive", JOIN: "Share",
+            KIND_SHARED: "Share", KIND_PERMIT: "RowExclusive", KIND_ALONE: "Exclusive"}
+# PostgreSQL's conflict table, for the modes above
+PG_CONFLICTS = {
+    "Share": {"RowExclusive", "ShareUpdateExclusive", "ShareRowExclusive", "Exclusive", "AccessExclusive"},
+    "RowExclusive": {"Share", "ShareRowExclusive", "Exclusive", "AccessExclusive"},
+    "ShareUpdateExclusive": {"ShareUpdateExclusive", "Share", "ShareRowExclusive", "Exclusive", "AccessExclusive"},
+    "Exclusive": {"RowShare", "RowExclusive", "ShareUpdateExclusive", "Share", "ShareRowExclusive", "Exclusive",
+                  "AccessExclusive"},
+}
+
+
+def conflicts(mode, held):
+    """Whether a lock in `mode` conflicts with any of the modes `held` (by other transactions)."""
+    wanted = PG_CONFLICTS[PG_MODES[mode]]
+    return any(PG_MODES[other] in wanted for other in held)
+
+
+def row_lock(n, slot):
+    """The lock of the row at `slot` of resource n: the resource's own lock for its exclusive
+    lease (slot 0), a slot lock of its own for a shared lease or a permit."""
+    return n if slot == 0 else (n, slot)
+
+
+def kind_lock(n):
+    return ("kind", n)
+
+
+def effective_mode(mode, capacity):
+    """What a call asks for: mode as written (None: the default, exclusive) and capacity."""
+    if mode == SHARED:
+        return SHARED
+    return PERMIT if mode == PERMIT or capacity is not None else EXCLUSIVE
 
 
 def json_text(value):
@@ -163,19 +244,21 @@ def may_force_release(role):
 
 class Lease:
     """One version of a lease row. Versions are never changed, except that time expires them.
+    `mode`: exclusive (at `slot` 0), shared or permit (at a slot of its own, 1 and up);
     `lifeline`: the lifeline it is attached to (it then lives exactly as long as that); `kept`:
     released with keep_for (nobody holds it, nobody may acquire it until it expires; `keep_us`
     is its keep_for); `since`, `since_ub`: server clock read just before and after the call that
     granted it (bounds of acquired_at)."""
 
     __slots__ = ("holder", "owner", "token", "bound", "expired", "lifeline", "data", "kept", "keep_us",
-                 "since", "since_ub")
+                 "since", "since_ub", "mode", "slot")
 
     def __init__(self, holder, owner, token, bound, lifeline=None, data=None, kept=False, keep_us=None,
-                 since=None, since_ub=None):
+                 since=None, since_ub=None, mode=EXCLUSIVE, slot=0):
         self.holder, self.owner, self.token, self.bound = holder, owner, token, bound
         self.lifeline, self.data, self.kept, self.keep_us = lifeline, data, kept, keep_us
         self.since, self.since_ub = since, since_ub
+        self.mode, self.slot = mode, slot
         self.expired = False
 
     def copy(self, **changes):
@@ -202,13 +285,14 @@ class Tx:
         self.isolation = isolation  # "rc" or "rr"
         self.snapshot = snapshot  # the model's commit sequence number when the snapshot was taken
         self.explicit = explicit
-        self.leases = {}  # resource -> Lease or None: this transaction's own writes
-        self.locks = {}  # resource -> set of lock modes held
+        self.leases = {}  # (resource, slot) -> Lease or None: this transaction's own writes
+        self.locks = {}  # lock (row_lock, kind_lock) -> set of lock modes held
         self.proofs = set()  # resources proven (for the lease_fence trigger)
         self.rows = {}  # row key -> (resource, token) or None: own writes to the fenced table
         self.row_locks = set()  # row keys written (locked) by this transaction
         self.lifelines = {}  # lifeline id -> Lifeline or None: this transaction's own writes
         self.lifeline_locks = {}  # lifeline id -> set of lock modes held (USE, END)
+        self.capacities = {}  # resource -> capacity or None: own writes to lease.capacities
         self.savepoints = []  # [name, saved state]
         self.aborted = False
         self.savepoint_names = 0
@@ -217,7 +301,8 @@ class Tx:
         return {"leases": dict(self.leases), "locks": {r: set(m) for r, m in self.locks.items()},
                 "proofs": set(self.proofs), "rows": dict(self.rows), "row_locks": set(self.row_locks),
                 "lifelines": dict(self.lifelines),
-                "lifeline_locks": {i: set(m) for i, m in self.lifeline_locks.items()}}
+                "lifeline_locks": {i: set(m) for i, m in self.lifeline_locks.items()},
+                "capacities": dict(self.capacities)}
 
     def restore(self, saved):
         self.leases = dict(saved["leases"])
@@ -227,9 +312,10 @@ class Tx:
         self.row_locks = set(saved["row_locks"])
         self.lifelines = dict(saved["lifelines"])
         self.lifeline_locks = {i: set(m) for i, m in saved["lifeline_locks"].items()}
+        self.capacities = dict(saved["capacities"])
 
-    def lock(self, resource, mode):
-        self.locks.setdefault(resource, set()).add(mode)
+    def lock(self, key, mode):
+        self.locks.setdefault(key, set()).add(mode)
 
     def lock_lifeline(self, lid, mode):
         self.lifeline_locks.setdefault(lid, set()).add(mode)
@@ -263,18 +349,44 @@ def snapshot_value(history, snapshot):
     return value
 
 
+def unique(alts):
+    """The alternatives with distinct patterns (the first of each)."""
+    kept = []
+    for alt in alts:
+        if all(alt.pattern != other.pattern for other in kept):
+            kept.append(alt)
+    return kept
+
+
+def mode_note(lease):
+    return "" if lease.mode == EXCLUSIVE else f", {lease.mode}"
+
+
+# An attempt's outcome (Model._attempt): ("none", why, effect or None): NULL or skipped (effect:
+# what the attempt leaves behind all the same); ("error", sqlstate, why); ("new", why,
+# apply(token)): a grant; ("same", token, why, apply()): the caller's own lease extended.
+
+
 class Model:
-    """The contract (README: SQL API, Fencing, Waiting, Guarantees) over resources 0..RESOURCES-1 and their fenced rows."""
+    """The contract (README: SQL API, Fencing, Waiting, Shared leases, semaphores and claims,
+    Guarantees) over resources 0..RESOURCES-1, their capacities and their fenced rows."""
 
     def __init__(self):
         self.sessions = [SessionModel(slot, role) for slot, role in enumerate(SESSION_ROLES)]
         self.seq = 0
-        self.committed = {n: None for n in range(RESOURCES)}
-        self.history = {n: [(0, None)] for n in range(RESOURCES)}
-        self.last_write = dict.fromkeys(range(RESOURCES), 0)  # any committed write of the row
-        self.last_change = dict.fromkeys(range(RESOURCES), 0)  # a committed write that changed it
+        self.committed = {n: {} for n in range(RESOURCES)}  # resource -> {slot: Lease}
+        self.history = {n: [(0, {})] for n in range(RESOURCES)}
+        self.last_write = dict.fromkeys(range(RESOURCES), 0)  # any committed write of its rows
+        self.last_change = dict.fromkeys(range(RESOURCES), 0)  # a committed write that changed a row
+        self.row_change = {}  # (resource, slot) -> the last commit that changed that row
+        # declared capacities as last committed, their history, the last commit that wrote and
+        # that changed each
+        self.capacity = dict.fromkeys(range(RESOURCES))
+        self.capacity_history = {n: [(0, None)] for n in range(RESOURCES)}
+        self.capacity_last_write = dict.fromkeys(range(RESOURCES), 0)
+        self.capacity_last_change = dict.fromkeys(range(RESOURCES), 0)
         # the fenced table: one row per resource to start with, token 1
-        self.rows = {n: (n, 1) for n in range(RESOURCES)}
+        self.table_rows = {n: (n, 1) for n in range(RESOURCES)}
         self.row_history = {n: [(0, (n, 1))] for n in range(RESOURCES)}
         self.row_last_write = {}
         self.next_row = RESOURCES
@@ -296,16 +408,16 @@ class Model:
 
     # -- what a transaction sees -------------------------------------------------------------
 
-    def others(self, slot, n):
-        """Lock modes that other sessions' open transactions hold on resource n."""
+    def others(self, slot, key):
+        """Lock modes that other sessions' open transactions hold on the lock `key`."""
         modes = set()
         for s in self.sessions:
             if s.slot != slot and s.tx is not None:
-                modes |= s.tx.locks.get(n, set())
+                modes |= s.tx.locks.get(key, set())
         return modes
 
-    def locked_by_anyone(self, n):
-        return any(s.tx is not None and s.tx.locks.get(n) for s in self.sessions)
+    def locked_by_anyone(self, key):
+        return any(s.tx is not None and s.tx.locks.get(key) for s in self.sessions)
 
     def lifeline_others(self, slot, lid):
         """Lock modes that other sessions' open transactions hold on lifeline lid."""
@@ -371,44 +483,91 @@ class Model:
             return [Alt(("error", "42501"), why="not a member of the lifeline's owner")]
         return None
 
-    def view(self, tx, n):
-        """The lease as last committed, or as this transaction changed it."""
-        if tx is not None and n in tx.leases:
-            return tx.leases[n]
-        return self.committed[n]
+    def rows(self, tx, n):
+        """The rows of resource n ({slot: Lease}) as last committed, or as this transaction
+        changed them."""
+        rows = self.committed[n]
+        if tx is None or not tx.leases:
+            return rows
+        rows = dict(rows)
+        for (m, slot), lease in tx.leases.items():
+            if m == n:
+                if lease is None:
+                    rows.pop(slot, None)
+                else:
+                    rows[slot] = lease
+        return rows
 
-    def snapshot_view(self, tx, n):
-        """The lease as a plain SQL statement of the transaction sees it (lease_info)."""
-        if tx is not None and n in tx.leases:
-            return tx.leases[n]
+    def snapshot_rows(self, tx, n):
+        """The rows as a plain SQL statement of the transaction sees them (lease_info)."""
         if tx is not None and tx.isolation == "rr":
-            return snapshot_value(self.history[n], tx.snapshot)
-        return self.committed[n]
+            rows = dict(snapshot_value(self.history[n], tx.snapshot) or {})
+        else:
+            rows = dict(self.committed[n])
+        if tx is not None:
+            for (m, slot), lease in tx.leases.items():
+                if m == n:
+                    if lease is None:
+                        rows.pop(slot, None)
+                    else:
+                        rows[slot] = lease
+        return rows
 
     def holds(self, tx, n, token):
-        lease = self.view(tx, n)
-        if self.lease_live(tx, lease) and not lease.kept and lease.token == token:
-            return lease
+        """The lease that `token` holds on n (live, not kept), if it does."""
+        for lease in self.rows(tx, n).values():
+            if lease.token == token:
+                return lease if self.lease_live(tx, lease) and not lease.kept else None
         return None
 
-    def changed(self, tx, n):
+    def changed(self, tx, n, slot=None):
         """Whether another transaction changed the lease since a REPEATABLE READ transaction's
         snapshot: "yes", "no", or "maybe" (rows were written but the lease ended as it was, e.g.
-        granted and released in one transaction: the contract does not say)."""
+        granted and released in one transaction, or another row of the resource was written: the
+        contract does not say). `slot`: the lease at that slot (None: any of the resource's)."""
         if tx is None or tx.isolation != "rr":
             return "no"
-        if self.last_change[n] > tx.snapshot:
+        last = self.last_change[n] if slot is None else self.row_change.get((n, slot), 0)
+        if last > tx.snapshot:
             return "yes"
         if self.last_write[n] > tx.snapshot:
             return "maybe"
         return "no"
+
+    def capacity_latest(self, tx, n):
+        """The capacity declared for n as last committed, or as this transaction set it."""
+        if tx is not None and n in tx.capacities:
+            return tx.capacities[n]
+        return self.capacity[n]
+
+    def capacity_snapshot(self, tx, n):
+        """The capacity as a plain SQL statement of the transaction reads it (lease_info)."""
+        if tx is not None and n in tx.capacities:
+            return tx.capacities[n]
+        if tx is not None and tx.isolation == "rr":
+            return snapshot_value(self.capacity_history[n], tx.snapshot)
+        return self.capacity[n]
+
+    def capacity_changed(self, tx, n):
+        """As `changed`, for the capacity of n (a write of another transaction since the snapshot)."""
+        if tx is None or tx.isolation != "rr" or n in tx.capacities:
+            return "no"
+        if self.capacity_last_change[n] > tx.snapshot:
+            return "yes"
+        if self.capacity_last_write[n] > tx.snapshot:
+            return "maybe"
+        return "no"
+
+    def declaring(self, slot, n):
+        """Whether another open transaction wrote the capacity of n."""
+        return any(o.slot != slot and o.tx is not None and n in o.tx.capacities for o in self.sessions)
 
     def row_view(self, tx, k):
         if tx is not None and k in tx.rows:
             return tx.rows[k]
         if tx is not None and tx.isolation == "rr":
             return snapshot_value(self.row_history.get(k, [(0, None)]), tx.snapshot)
-        return self.rows.get(k)
+        return self.table_rows.get(k)
 
     def row_changed(self, tx, k):
         return (tx is not None and tx.isolation == "rr" and k not in tx.rows
@@ -419,13 +578,13 @@ class Model:
 
     def has_bound(self, slot):
         key = self.sessions[slot].key
-        return (any(lease is not None and lease.bound == key for lease in self.committed.values())
+        return (any(lease.bound == key for rows in self.committed.values() for lease in rows.values())
                 or any(line is not None and line.bound == key for line in self.lifelines.values()))
 
     def attached_to(self, tx, lid):
-        """Resources whose lease (as this transaction sees it) is attached to lifeline lid."""
-        return [n for n in range(RESOURCES)
-                if (lease := self.view(tx, n)) is not None and lease.lifeline == lid]
+        """Rows (resource, slot) whose lease (as this transaction sees it) is attached to lifeline lid."""
+        return [(n, slot) for n in range(RESOURCES) for slot, lease in self.rows(tx, n).items()
+                if lease.lifeline == lid]
 
     def resolve_lifeline(self, s, spec):
         if spec is None:
@@ -440,22 +599,34 @@ class Model:
 
     # -- what may be issued ------------------------------------------------------------------
 
+    def waits_for_row(self, s, tx, n, token, mode):
+        """Whether a call with `token` on n that locks its row in `mode` would wait: only a call
+        that can succeed (the token holds, the caller is a member of its owner) queues."""
+        lease = self.holds(tx, n, token)
+        if lease is None or not is_member(s.role, lease.owner):
+            return False
+        return conflicts(mode, self.others(s.slot, row_lock(n, lease.slot)))
+
     def blocked(self, s, step):
         """Whether the call could wait for another open transaction (it is then not issued)."""
         kind = step[0]
         tx = s.tx
         if kind in ("info", "bad", "lifeline_open"):
             return False
-        if kind in ("acquire", "acquire_any", "lifeline_renew"):
+        if kind in ("acquire", "acquire_any", "acquire_all", "lifeline_renew"):
             # attaching and renewing take the lifeline's lock for use: they wait for its end
-            spec = {"acquire": 7, "acquire_any": 8, "lifeline_renew": 2}[kind]
+            spec = {"acquire": 7, "acquire_any": 8, "acquire_all": 7, "lifeline_renew": 2}[kind]
             lid = self.resolve_lifeline(s, step[spec])
             if (kind == "lifeline_renew"
                     and any(o.slot != s.slot and o.tx is not None and lid in o.tx.lifelines for o in self.sessions)):
                 return True
             return lid is not None and END in self.lifeline_others(s.slot, lid)
+        if kind == "set_capacity":
+            # the kind lock, exclusively (after the permit grants in progress), then the row
+            n = step[2]
+            return s.role == SUPERUSER and (bool(self.others(s.slot, kind_lock(n))) or self.declaring(s.slot, n))
         if kind == "lifeline_close":
-            # the lifeline's lock exclusively, then each attached lease's resource for a change
+            # the lifeline's lock exclusively, then each attached lease's row for a change
             lid = self.resolve_lifeline(s, step[2])
             if tx is not None and tx.isolation == "rr" and (
                     self.lifeline_changed(tx, lid) != "no"
@@ -463,20 +634,20 @@ class Model:
                 return True
             if self.lifeline_others(s.slot, lid):
                 return True
-            resources = set(self.attached_to(tx, lid)) | set(self.attached_to(None, lid))
-            return any(self.others(s.slot, n) for n in resources)
-        if kind in ("renew", "release", "check", "assert", "force", "set_data"):
-            others = self.others(s.slot, step[2])
-            if kind in ("renew", "set_data"):
-                return bool(others & {CHANGE, EXTEND})
-            if kind == "release":
-                return bool(others)
-            if kind == "force":
-                return may_force_release(s.role) and bool(others)
-            return CHANGE in others
+            rows = set(self.attached_to(tx, lid)) | set(self.attached_to(None, lid))
+            return any(self.others(s.slot, row_lock(n, slot)) for n, slot in rows)
+        if kind in ("renew", "release", "check", "assert", "set_data"):
+            mode = {"renew": EXTEND, "set_data": EXTEND, "release": CHANGE, "check": FENCE, "assert": FENCE}[kind]
+            return self.waits_for_row(s, tx, step[2], self.resolve(s, step[3]), mode)
+        if kind == "force":
+            # the resource's lock, then each live row's, for a change; nothing when nothing is live
+            n = step[2]
+            live = [lease for lease in self.rows(tx, n).values() if self.lease_live(tx, lease)]
+            return may_force_release(s.role) and bool(live) and (
+                bool(self.others(s.slot, n)) or any(self.others(s.slot, (n, lease.slot)) for lease in live if lease.slot))
         proofs = tx.proofs if tx is not None else set()
         if kind == "insert":
-            return step[3] is not None and CHANGE in self.others(s.slot, step[3])
+            return step[3] is not None and self.waits_for_row(s, tx, step[3], self.resolve(s, step[4]), FENCE)
         k = step[2]
         if self.row_locked_by_others(s.slot, k):
             return True
@@ -488,23 +659,25 @@ class Model:
         if kind in ("update", "delete"):
             return unproven_old_blocked
         if kind == "update_token":
-            return CHANGE in self.others(s.slot, n)
+            return self.waits_for_row(s, tx, n, self.resolve(s, step[3]), FENCE)
         if kind == "move":
-            return (step[3] is not None and CHANGE in self.others(s.slot, step[3])) or unproven_old_blocked
+            return ((step[3] is not None and self.waits_for_row(s, tx, step[3], self.resolve(s, step[4]), FENCE))
+                    or unproven_old_blocked)
         raise AssertionError(kind)
 
     def can_kill(self, slot):
         """A session may be killed when the worker can remove its session-bound leases at once:
         no other open transaction holds a lock on any of them."""
         key = self.sessions[slot].key
-        for n, lease in self.committed.items():
-            if lease is not None and lease.bound == key and self.others(slot, n):
-                return False
+        for n, rows in self.committed.items():
+            for lease in rows.values():
+                if lease.bound == key and self.others(slot, row_lock(n, lease.slot)):
+                    return False
         for lid, line in self.lifelines.items():
             if line is not None and line.bound == key:
                 if self.lifeline_others(slot, lid):
                     return False
-                if any(self.others(slot, n) for n in self.attached_to(None, lid)):
+                if any(self.others(slot, row_lock(n, s)) for n, s in self.attached_to(None, lid)):
                     return False
         return True
 
@@ -521,10 +694,11 @@ class Model:
         if kind == "rand":
             return spec[1]
         n = spec[1]
-        if kind == "cur":
-            lease = self.view(s.tx, n)
-            if lease is not None:
-                return lease.token
+        if kind == "cur":  # one of the resource's rows, in slot order
+            rows = self.rows(s.tx, n)
+            if rows:
+                slots = sorted(rows)
+                return rows[slots[spec[2] % len(slots)]].token
             return self.seen[n][-1] if self.seen[n] else 1
         if kind == "seen":
             return self.seen[n][spec[2] % len(self.seen[n])] if self.seen[n] else 1
@@ -535,13 +709,15 @@ class Model:
     def _pending(self, n, lease, bound=None):
         self.short_leases.append(("lease", n, lease, bound))
 
-    def _grant(self, s, tx, n, holder, token, short, session_bound, lifeline=None, data=None, ended_line=None):
+    def _grant(self, s, tx, n, holder, token, short, session_bound, lifeline=None, data=None, ended_line=None,
+               mode=EXCLUSIVE, slot=0):
         self.note_token(n, token)
         lease = Lease(holder, s.role, token, s.key if session_bound else None, lifeline, data,
-                      since=self.t_before, since_ub=self.t_after)
-        tx.leases[n] = lease
-        tx.lock(n, CHANGE)
-        tx.proofs.add(n)
+                      since=self.t_before, since_ub=self.t_after, mode=mode, slot=slot)
+        tx.leases[(n, slot)] = lease
+        tx.lock(row_lock(n, slot), CHANGE)
+        if mode == EXCLUSIVE:  # only an exclusive lease's call proves the resource
+            tx.proofs.add(n)
         if lifeline is not None:
             tx.lock_lifeline(lifeline, USE)
         if ended_line is not None:  # the takeover of a lapsed lifeline's lease ends it under its lock
@@ -554,64 +730,257 @@ class Model:
         lifeline given); data is replaced if given."""
         lease = current.copy(bound=s.key if bind else current.bound, lifeline=lifeline,
                              data=current.data if data is None else data)
-        tx.leases[n] = lease
-        tx.lock(n, EXTEND)
-        tx.proofs.add(n)
+        tx.leases[(n, current.slot)] = lease
+        tx.lock(row_lock(n, current.slot), EXTEND)
+        if current.mode == EXCLUSIVE:
+            tx.proofs.add(n)
         if lifeline is not None:
             tx.lock_lifeline(lifeline, USE)
         if short and lifeline is None:
             self._pending(n, lease)
 
-    # -- the calls -----------------------------------------------------------------------------
+    # -- one attempt at one resource -----------------------------------------------------------
 
-    def eval_acquire(self, s, tx, n, holder, short, session_bound, lifeline=None, data=None):
-        # A lifeline is checked (under its lock for use) before anything else.
-        if lifeline is not None:
-            refused = self.lifeline_refusal(s, tx, lifeline)
-            if refused:
-                return refused
+    def _attempt(self, s, tx, n, holder, short, session_bound, lifeline, data, mode, capacity, consistent=False):
+        """What one attempt of an acquire at resource n may give (a list of outcomes, see above)."""
+        if mode == EXCLUSIVE:
+            return self._attempt_exclusive(s, tx, n, holder, short, session_bound, lifeline, data, consistent)
+        # a permit goes by the capacity declared last (also under REPEATABLE READ)
+        cap = self.capacity_latest(tx, n) if mode == PERMIT else None
+        return self._attempt_join(s, tx, n, holder, short, session_bound, lifeline, data, mode, capacity,
+                                  consistent, cap)
+
+    def _attempt_exclusive(self, s, tx, n, holder, short, session_bound, lifeline, data, consistent=False):
+        rows = self.rows(tx, n)
+        current = rows.get(0)
         others = self.others(s.slot, n)
-        current = self.view(tx, n)
         live = self.lease_live(tx, current)
         own = live and not current.kept and current.holder == holder and current.owner == s.role
-        # The lock is busy: NULL at once, except the holder's own re-acquire while others only fence.
-        if others & {CHANGE, EXTEND} or (others and not own):
-            return [Alt(("value", None), why="busy lock")]
-        if live and current.kept:
-            return [Alt(("value", None), why="kept after a release")]
-        if live and not own:
-            return [Alt(("value", None), why="held by another")]
-        # A lease whose lifeline lapsed is taken over only under the lifeline's lock, tried.
-        ended_line = current.lifeline if current is not None and not live else None
-        if ended_line is not None and self.lifeline_others(s.slot, ended_line):
-            return [Alt(("value", None), why="lapsed lifeline in use by another transaction")]
-        alts = []
-        bad_binding = own and session_bound and current.bound not in (None, s.key)
-        changed = self.changed(tx, n)
-        if bad_binding:
-            alts.append(Alt(("error", "55006"), why="bound to another session"))
-        if changed != "no":
-            alts.append(Alt(("error", "40001"), why="changed since snapshot"))
+        sharing = any(slot and self.lease_live(tx, lease) for slot, lease in rows.items())
         extra = (", attaches" if lifeline is not None else "") + (", data" if data is not None else "")
-        if not bad_binding and changed != "yes":
-            if own:
+
+        def grant(why, ended_line=None, removed=()):
+            def apply(token):
+                for slot in removed:  # ended shared leases or permits, removed under their slots' locks
+                    tx.leases[(n, slot)] = None
+                    tx.lock((n, slot), CHANGE)
+                self._grant(s, tx, n, holder, token, short, session_bound, lifeline, data, ended_line)
+            return ("new", why + extra, apply)
+
+        if consistent:
+            # only a resource with no lease row at all, unchanged since the snapshot, lock free
+            if rows:
+                return [("none", "consistent: skip " + ("held" if live or sharing else "row"), None)]
+            if others:
+                return [("none", "consistent: skip busy", None)]
+            changed = self.changed(tx, n)
+            if changed == "yes":
+                return [("none", "consistent: skip changed", None)]
+            skip = [("none", "consistent: skip changed", None)] if changed == "maybe" else []
+            return skip + [grant("consistent: grant")]
+        if sharing:
+            return [("none", "held shared or by permits", None)]
+        # The lock is busy: NULL at once, except the holder's own re-acquire while others only fence.
+        if others and not (own and not conflicts(EXTEND, others)):
+            return [("none", "busy lock", None)]
+        if live and current.kept:
+            return [("none", "kept after a release", None)]
+        if live and not own:
+            return [("none", "held by another", None)]
+        if own:
+            bad_binding = session_bound and current.bound not in (None, s.key)
+            changed = self.changed(tx, n, 0)
+            outcomes = []
+            if bad_binding:
+                outcomes.append(("error", "55006", "bound to another session"))
+            if changed != "no":
+                outcomes.append(("error", "40001", "changed since snapshot"))
+            if not bad_binding and changed != "yes":
                 why = "re-acquire while others fence" if others else "re-acquire"
                 if session_bound and current.bound is None:
                     why += ", binds"
                 if current.lifeline is not None:
                     why += ", was attached"
-                alts.append(Alt(("value", current.token),
-                                lambda _v: self._extend(s, tx, n, current, short, session_bound, lifeline, data),
-                                why + extra))
+                outcomes.append(("same", current.token, why + extra,
+                                 lambda: self._extend(s, tx, n, current, short, session_bound, lifeline, data)))
+            return outcomes
+        # A lease whose lifeline lapsed is taken over only under the lifeline's lock, tried.
+        ended_line = current.lifeline if current is not None else None
+        if ended_line is not None and self.lifeline_others(s.slot, ended_line):
+            return [("none", "lapsed lifeline in use by another transaction", None)]
+        # The ended shared leases or permits still there go first, each under its slot's lock (tried:
+        # NULL when one is busy, and those removed before it stay removed).
+        changed = self.changed(tx, n)
+        outcomes = [("error", "40001", "changed since snapshot")] if changed != "no" else []
+        removed = []
+        for slot in sorted(rows):
+            line = rows[slot].lifeline
+            if slot and (self.others(s.slot, (n, slot)) or (line is not None and self.lifeline_others(s.slot, line))):
+                why = "ended shared lease or permit locked by another transaction"
+                if not removed:
+                    return [("none", why, None)]
+
+                def remove(gone=tuple(removed)):
+                    for at in gone:
+                        tx.leases[(n, at)] = None
+                        tx.lock((n, at), CHANGE)
+                return outcomes + ([("none", why + ", others removed", remove)] if changed != "yes" else [])
+            if slot:
+                removed.append(slot)
+        if changed != "yes":
+            why = ("takeover of a lapsed lifeline's lease" if ended_line is not None
+                   else "takeover of an expired row" if current is not None else "grant")
+            if removed:
+                why += ", removes ended shared leases or permits"
+            outcomes.append(grant(why, ended_line, tuple(removed)))
+        return outcomes
+
+    def _attempt_join(self, s, tx, n, holder, short, session_bound, lifeline, data, mode, capacity, consistent,
+                      cap):
+        """A shared lease's or a permit's attempt: the resource's lock in JOIN mode and its kind
+        lock (both tried), then the decision; `cap`: the capacity it goes by (None: none declared)."""
+        extra = (", attaches" if lifeline is not None else "") + (", data" if data is not None else "")
+        if conflicts(JOIN, self.others(s.slot, n)):
+            return [("none", f"{mode}: busy resource lock", None)]
+        kind = KIND_SHARED if mode == SHARED else KIND_ALONE if cap is None else KIND_PERMIT
+        kind_others = self.others(s.slot, kind_lock(n))
+        if conflicts(kind, kind_others):
+            return [("none", f"{mode}: busy kind lock", None)]
+        declare = None
+        if mode == PERMIT and cap is None:
+            # the first permit request: its capacity, declared with the grant (a refused one
+            # declares nothing)
+            if capacity is None:
+                return [("error", "55000", "no declared capacity")]
+            if self.declaring(s.slot, n):
+                return [("none", "permit: another open transaction declared the capacity", None)]
+            cap = capacity
+
+            def declare_capacity():
+                tx.capacities[n] = capacity
+            declare = declare_capacity
+        note = ", declares" if declare else ""
+
+        def none(why):
+            return ("none", f"{mode}: {why}", None)
+        rows = self.rows(tx, n)
+        current = rows.get(0)
+        # a row that ended with its lifeline counts as ended once the lapse is confirmed under the
+        # lifeline's lock (tried)
+        if any(lease.lifeline is not None and not self.lease_live(tx, lease)
+               and self.lifeline_others(s.slot, lease.lifeline) for lease in rows.values()):
+            return [none("lease of a lapsed lifeline in use by another transaction")]
+        if self.lease_live(tx, current):
+            return [none("exclusive lease " + ("kept" if current.kept else "held"))]
+        live = sorted((lease for lease in rows.values() if self.lease_live(tx, lease)), key=lambda lease: lease.slot)
+        if consistent and rows:
+            return [none("consistent: skip row")]
+        if any(lease.mode != mode for lease in live):
+            return [none("held in the other mode")]
+        mine = next((lease for lease in live
+                     if not lease.kept and lease.holder == holder and lease.owner == s.role), None)
+        if mine is None and cap is not None and len(live) >= cap:
+            return [none(f"capacity {cap} reached ({len(live)} live" + (", kept" if any(
+                lease.kept for lease in live) else "") + ")")]
+        if mine is not None:
+            if conflicts(EXTEND, self.others(s.slot, (n, mine.slot))):
+                return [none("own lease busy")]
+            bad_binding = session_bound and mine.bound not in (None, s.key)
+            changed = self.changed(tx, n, mine.slot)
+            outcomes = []
+            if bad_binding:
+                outcomes.append(("error", "55006", "bound to another session"))
+            if changed != "no":
+                outcomes.append(("error", "40001", "changed since snapshot"))
+            if not bad_binding and changed != "yes":
+                def extend():
+                    if declare:
+                        declare()
+                    self._extend(s, tx, n, mine, short, session_bound, lifeline, data)
+                why = f"{mode} re-acquire" + (", binds" if session_bound and mine.bound is None else "") + (
+                    ", was attached" if mine.lifeline is not None else "") + (
+                    f", {len(live) - 1} others" if len(live) > 1 else "")
+                outcomes.append(("same", mine.token, why + note + extra, extend))
+            return outcomes
+        # Permits above a lowered capacity still live: counted alone (the kind lock exclusively, tried).
+        alone = kind == KIND_ALONE
+        above = cap is not None and any(lease.slot > cap for lease in live)
+        if above and not alone:
+            if conflicts(KIND_ALONE, kind_others):
+                return [none("busy: permits above a lowered capacity are counted alone")]
+            alone = True
+        # the lowest slot without a live row whose lock is free (a permit's at most the capacity)
+        for slot in itertools.count(1) if mode == SHARED else range(1, cap + 1):
+            lease = rows.get(slot)
+            if self.lease_live(tx, lease) or self.others(s.slot, (n, slot)):
+                continue
+            ended_line = lease.lifeline if lease is not None else None
+            if ended_line is not None and self.lifeline_others(s.slot, ended_line):
+                continue
+
+            def apply(token, slot=slot, ended_line=ended_line):
+                if declare:
+                    declare()
+                self._grant(s, tx, n, holder, token, short, session_bound, lifeline, data, ended_line, mode, slot)
+                tx.lock(n, JOIN)
+                tx.lock(kind_lock(n), kind)
+                if alone:
+                    tx.lock(kind_lock(n), KIND_ALONE)
+            why = f"{mode} " + ("takeover of a lapsed lifeline's slot" if ended_line is not None
+                                else "takeover of an expired slot" if lease is not None else "grant") + (
+                f", {len(live)} others" if live else "") + (", above a lowered capacity" if above else "") + (
+                ", a lower slot busy" if slot > 1 and any(
+                    rows.get(other) is None or not self.lease_live(tx, rows.get(other)) for other in range(1, slot))
+                else "")
+            changed = self.changed(tx, n)
+            if consistent:
+                if changed == "yes":
+                    return [none("consistent: skip changed")]
+                skip = [none("consistent: skip changed")] if changed == "maybe" else []
+                return skip + [("new", "consistent: " + why + note + extra, apply)]
+            outcomes = [("error", "40001", "changed since snapshot")] if changed != "no" else []
+            if changed != "yes":
+                outcomes.append(("new", why + note + extra, apply))
+            return outcomes
+        return [none("no free slot")]
+
+    # -- the calls -----------------------------------------------------------------------------
+
+    def undeclared(self, tx, n):
+        """For `mode => 'permit'` without a capacity: 55000 when none is declared, or None."""
+        if self.capacity_latest(tx, n) is None:
+            return [Alt(("error", "55000"), why="no declared capacity")]
+        return None
+
+    def eval_acquire(self, s, tx, n, holder, short, session_bound, lifeline=None, data=None, mode=EXCLUSIVE,
+                     capacity=None, wait=False):
+        # A permit without a stated capacity needs a declared one (checked first).
+        if mode == PERMIT and capacity is None:
+            refused = self.undeclared(tx, n)
+            if refused:
+                return refused
+        # A lifeline is checked (under its lock for use) before anything else.
+        if lifeline is not None:
+            refused = self.lifeline_refusal(s, tx, lifeline)
+            if refused:
+                return refused
+        alts = []
+        for outcome in self._attempt(s, tx, n, holder, short, session_bound, lifeline, data, mode, capacity):
+            kind = outcome[0]
+            if kind == "none":
+                # a waiting call's attempts run in subtransactions, rolled back unless granted
+                effect = None if wait else outcome[2]
+                alts.append(Alt(("value", None), effect and (lambda _v, effect=effect: effect()), outcome[1]))
+            elif kind == "error":
+                alts.append(Alt(("error", outcome[1]), why=outcome[2]))
+            elif kind == "new":
+                alts.append(Alt(("new",), outcome[2], outcome[1]))
             else:
-                why = ("takeover of a lapsed lifeline's lease" if ended_line is not None
-                       else "takeover of an expired row" if current is not None else "grant")
-                alts.append(Alt(("new",), lambda token: self._grant(s, tx, n, holder, token, short, session_bound,
-                                                                    lifeline, data, ended_line), why + extra))
-        return alts
+                alts.append(Alt(("value", outcome[1]), lambda _v, extend=outcome[3]: extend(), outcome[2]))
+        return unique(alts)
 
     def eval_acquire_any(self, s, tx, candidates, holder, short, max_count, session_bound, consistent,
-                         lifeline=None, data=None):
+                         lifeline=None, data=None, mode=EXCLUSIVE, capacity=None):
         if lifeline is not None:
             refused = self.lifeline_refusal(s, tx, lifeline)
             if refused:
@@ -622,75 +991,83 @@ class Model:
                 order.append(n)
         alts = []
 
-        def finish(taken, whys):
+        def finish(taken, effects, whys):
             def apply(rows):
                 if lifeline is not None:  # taken for use once, for the whole claim
                     tx.lock_lifeline(lifeline, USE)
-                for (n, pattern, current, ended_line), (_, token) in zip(taken, rows):
-                    if pattern == "new":
-                        self._grant(s, tx, n, holder, token, short, session_bound, lifeline, data, ended_line)
-                    else:
-                        self._extend(s, tx, n, current, short, session_bound, lifeline, data)
+                tokens = iter(token for _, token in rows)
+                for kind, effect in effects:
+                    if kind == "new":
+                        effect(next(tokens))
+                    elif kind == "same":
+                        next(tokens)
+                        effect()
+                    elif effect is not None:
+                        effect()
             why = ", ".join(sorted(set(whys))) or "no candidate"
             if lifeline is not None:
                 why += "; attaches"
-            alts.append(Alt(("rows", [(n, pattern) for n, pattern, _, _ in taken]), apply, why))
+            alts.append(Alt(("rows", taken), apply, why))
 
-        def walk(i, taken, whys):
+        def walk(i, taken, effects, whys):
             if len(taken) == max_count or i == len(order):
-                return finish(taken, whys)
+                return finish(taken, effects, whys)
             n = order[i]
-            others = self.others(s.slot, n)
-            current = self.view(tx, n)
-            live = self.lease_live(tx, current)
-            own = live and not current.kept and current.holder == holder and current.owner == s.role
-            if live and current.kept:
-                return walk(i + 1, taken, whys + ["skip kept"])
-            if live and not own:
-                return walk(i + 1, taken, whys + ["skip held"])
-            changed = self.changed(tx, n)
-            if consistent:
-                # only resources with no lease row, unchanged since the snapshot, lock free
-                if current is not None:
-                    return walk(i + 1, taken, whys + ["consistent: skip row"])
-                if others:
-                    return walk(i + 1, taken, whys + ["consistent: skip busy"])
-                if changed == "yes":
-                    return walk(i + 1, taken, whys + ["consistent: skip changed"])
-                if changed == "maybe":
-                    walk(i + 1, taken, whys + ["consistent: skip changed"])
-                return walk(i + 1, taken + [(n, "new", None, None)], whys + ["consistent: grant"])
-            if own:
-                if others & {CHANGE, EXTEND}:
-                    return walk(i + 1, taken, whys + ["skip busy own"])
-                bad_binding = session_bound and current.bound not in (None, s.key)
-                if bad_binding:
-                    alts.append(Alt(("error", "55006"), why="bound to another session"))
-                if changed != "no":
-                    alts.append(Alt(("error", "40001"), why="changed since snapshot"))
-                if not bad_binding and changed != "yes":
-                    walk(i + 1, taken + [(n, current.token, current, None)],
-                         whys + ["re-acquire while others fence" if others else "re-acquire"])
-                return None
-            if others:
-                return walk(i + 1, taken, whys + ["skip busy"])
-            ended_line = current.lifeline if current is not None else None
-            if ended_line is not None and self.lifeline_others(s.slot, ended_line):
-                return walk(i + 1, taken, whys + ["skip lapsed lifeline in use"])
-            if changed != "no":
-                alts.append(Alt(("error", "40001"), why="changed since snapshot"))
-            if changed != "yes":
-                why = ("takeover of a lapsed lifeline's lease" if ended_line is not None
-                       else "takeover" if current is not None else "grant")
-                walk(i + 1, taken + [(n, "new", None, ended_line)], whys + [why])
-            return None
+            for outcome in self._attempt(s, tx, n, holder, short, session_bound, lifeline, data, mode, capacity,
+                                         consistent):
+                kind = outcome[0]
+                if kind == "none":
+                    walk(i + 1, taken, effects + [("none", outcome[2])], whys + ["skip: " + outcome[1]])
+                elif kind == "error":
+                    alts.append(Alt(("error", outcome[1]), why=outcome[2]))
+                elif kind == "new":
+                    walk(i + 1, taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
+                else:
+                    walk(i + 1, taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
 
-        walk(0, [], [])
-        unique = []
-        for alt in alts:
-            if all(alt.pattern != other.pattern for other in unique):
-                unique.append(alt)
-        return unique
+        walk(0, [], [], [])
+        return unique(alts)
+
+    def eval_acquire_all(self, s, tx, resources, holder, short, session_bound, lifeline=None, data=None):
+        """Every listed resource (an exclusive lease each, duplicates once) or none: one attempt at
+        each in order in a subtransaction, rolled back unless all were had."""
+        if lifeline is not None:
+            refused = self.lifeline_refusal(s, tx, lifeline)
+            if refused:
+                return refused
+        order = []
+        for n in resources:
+            if n not in order:
+                order.append(n)
+        alts = []
+
+        def walk(i, taken, effects, whys):
+            if i == len(order):
+                def apply(rows):
+                    if lifeline is not None:
+                        tx.lock_lifeline(lifeline, USE)
+                    for (kind, effect), (_, token) in zip(effects, rows):
+                        if kind == "new":
+                            effect(token)
+                        else:
+                            effect()
+                why = "all: " + ", ".join(sorted(set(whys))) + ("; attaches" if lifeline is not None else "")
+                alts.append(Alt(("rows", taken), apply, why))
+                return
+            n = order[i]
+            for outcome in self._attempt_exclusive(s, tx, n, holder, short, session_bound, lifeline, data):
+                kind = outcome[0]
+                if kind == "none":
+                    alts.append(Alt(("rows", []), why="none: " + outcome[1]))
+                elif kind == "error":
+                    alts.append(Alt(("error", outcome[1]), why=outcome[2]))
+                elif kind == "new":
+                    walk(i + 1, taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
+                else:
+                    walk(i + 1, taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
+
+        walk(0, [], [], [])
+        return unique(alts)
 
     def eval_renew(self, s, tx, n, token, short):
         lease = self.holds(tx, n, token)
@@ -698,19 +1075,20 @@ class Model:
             return [Alt(("value", False), why="not held")]
         if not is_member(s.role, lease.owner):
             return [Alt(("error", "42501"), why="not a member")]
-        why = "held, others fence" if self.others(s.slot, n) else "held"
+        why = ("held, others fence" if self.others(s.slot, row_lock(n, lease.slot)) else "held") + mode_note(lease)
         if lease.lifeline is not None:
             # an attached lease lives as long as its lifeline: true, and nothing changes
             def apply(_v):
-                tx.lock(n, EXTEND)
-                tx.proofs.add(n)
-            return self._unless_changed(tx, n, Alt(("value", True), apply, why + ", attached"))
+                tx.lock(row_lock(n, lease.slot), EXTEND)
+                if lease.mode == EXCLUSIVE:
+                    tx.proofs.add(n)
+            return self._unless_changed(tx, n, Alt(("value", True), apply, why + ", attached"), lease.slot)
         return self._unless_changed(tx, n, Alt(("value", True), lambda _v: self._extend(s, tx, n, lease, short, False),
-                                               why))
+                                               why), lease.slot)
 
-    def _unless_changed(self, tx, n, alt):
+    def _unless_changed(self, tx, n, alt, slot=None, changed=None):
         """The answer `alt`, or 40001 if the lease changed since a REPEATABLE READ snapshot."""
-        changed = self.changed(tx, n)
+        changed = self.changed(tx, n, slot) if changed is None else changed
         alts = [Alt(("error", "40001"), why="changed since snapshot")] if changed != "no" else []
         return alts + ([alt] if changed != "yes" else [])
 
@@ -723,14 +1101,14 @@ class Model:
         if not is_member(s.role, lease.owner):
             return [Alt(("error", "42501"), why="not a member")]
         kept = keep in ("short", "long")
-        why = "held" + (f", keep_for {keep}" if keep is not None else "") + (
+        why = "held" + mode_note(lease) + (f", keep_for {keep}" if keep is not None else "") + (
             ", attached" if lease.lifeline is not None else "") + (", session-bound" if lease.bound else "")
 
         def apply(_v):
             if kept:
                 # nobody holds it; detached from its lifeline and its session
                 version = lease.copy(kept=True, keep_us=keep_us, bound=None, lifeline=None)
-                tx.leases[n] = version
+                tx.leases[(n, lease.slot)] = version
                 if keep == "short":
                     until = lease.since + datetime.timedelta(microseconds=keep_us)
                     if not self.t_after < until:
@@ -738,10 +1116,11 @@ class Model:
                                                f"end of the keep ({until}): raise KEEP_MARGIN_US")
                     self._pending(n, version, lease.since_ub + datetime.timedelta(microseconds=keep_us))
             else:
-                tx.leases[n] = None
-            tx.lock(n, CHANGE)
-            tx.proofs.add(n)
-        return self._unless_changed(tx, n, Alt(("value", True), apply, why))
+                tx.leases[(n, lease.slot)] = None
+            tx.lock(row_lock(n, lease.slot), CHANGE)
+            if lease.mode == EXCLUSIVE:
+                tx.proofs.add(n)
+        return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot)
 
     def eval_set_data(self, s, tx, n, token, data):
         lease = self.holds(tx, n, token)
@@ -751,11 +1130,32 @@ class Model:
             return [Alt(("error", "42501"), why="not a member")]
 
         def apply(_v):
-            tx.leases[n] = lease.copy(data=data)
-            tx.lock(n, EXTEND)
-            tx.proofs.add(n)
-        why = ("held" if data is not None else "held, removes") + (", attached" if lease.lifeline else "")
-        return self._unless_changed(tx, n, Alt(("value", True), apply, why))
+            tx.leases[(n, lease.slot)] = lease.copy(data=data)
+            tx.lock(row_lock(n, lease.slot), EXTEND)
+            if lease.mode == EXCLUSIVE:
+                tx.proofs.add(n)
+        why = ("held" if data is not None else "held, removes") + mode_note(lease) + (
+            ", attached" if lease.lifeline else "")
+        return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot)
+
+    def eval_set_capacity(self, s, tx, n, capacity):
+        if s.role != SUPERUSER:
+            return [Alt(("error", "42501"), why="not granted")]
+        changed = self.capacity_changed(tx, n)
+        alts = [Alt(("error", "40001"), why="capacity changed since snapshot")] if changed != "no" else []
+        if changed == "yes":
+            return alts
+        previous = self.capacity_latest(tx, n)
+
+        def apply(_v):
+            tx.capacities[n] = capacity
+            tx.lock(kind_lock(n), KIND_ALONE)
+        live = [lease for lease in self.rows(tx, n).values() if lease.mode == PERMIT and self.lease_live(tx, lease)]
+        why = ("sets" if previous is None else "removes" if capacity is None else "raises" if capacity > previous
+               else "lowers" if capacity < previous else "keeps") + (
+            f", {len(live)} live permits" if live else "") + (
+            ", more than it" if capacity is not None and len(live) > capacity else "")
+        return alts + [Alt(("value", previous), apply, why)]
 
     def eval_lifeline_open(self, s, tx, short, bound):
         def apply(lid):
@@ -797,6 +1197,7 @@ class Model:
         if refused:
             return refused
         attached = self.attached_to(tx, lid)
+        modes = {(n, slot): self.rows(tx, n)[slot].mode for n, slot in attached}
         alts = []
         changed = self.lifeline_changed(tx, lid)
         if changed != "no":
@@ -804,31 +1205,36 @@ class Model:
             if changed == "created":
                 alts.append(Alt(("error", "55000"), why="lifeline created since snapshot"))
             return alts
-        leases_changed = {self.changed(tx, n) for n in attached}
+        leases_changed = {self.changed(tx, n, slot) for n, slot in attached}
         if leases_changed - {"no"}:
             alts.append(Alt(("error", "40001"), why="attached lease changed since snapshot"))
         if "yes" in leases_changed:
             return alts
 
         def apply(_v):
-            for n in attached:
-                tx.leases[n] = None
-                tx.lock(n, CHANGE)
-                tx.proofs.add(n)
+            for n, slot in attached:
+                tx.leases[(n, slot)] = None
+                tx.lock(row_lock(n, slot), CHANGE)
+                if modes[(n, slot)] == EXCLUSIVE:
+                    tx.proofs.add(n)
             tx.lifelines[lid] = None
             tx.lock_lifeline(lid, END)
-        alts.append(Alt(("closed", len(attached)), apply, f"close, {len(attached)} attached"))
+        shared = sum(mode != EXCLUSIVE for mode in modes.values())
+        alts.append(Alt(("closed", len(attached)), apply, f"close, {len(attached)} attached" + (
+            f" ({shared} shared or permits)" if shared else "")))
         return alts
 
-    def _fence(self, tx, n):
-        tx.lock(n, FENCE)
-        tx.proofs.add(n)
+    def _fence(self, tx, n, lease):
+        tx.lock(row_lock(n, lease.slot), FENCE)
+        if lease.mode == EXCLUSIVE:  # a shared lease's or a permit's fence proves nothing
+            tx.proofs.add(n)
 
     def eval_check(self, s, tx, n, token):
         lease = self.holds(tx, n, token)
         if lease is not None and is_member(s.role, lease.owner):
-            why = "held, others fence or extend" if self.others(s.slot, n) else "held"
-            return [Alt(("value", True), lambda _v: self._fence(tx, n), why)]
+            why = ("held, others fence or extend" if self.others(s.slot, row_lock(n, lease.slot)) else "held") + (
+                mode_note(lease))
+            return [Alt(("value", True), lambda _v: self._fence(tx, n, lease), why)]
         return [Alt(("value", False), why="not held" if lease is None else "held, not a member")]
 
     def eval_assert(self, s, tx, n, token):
@@ -837,41 +1243,59 @@ class Model:
             return [Alt(("error", "55000"), why="not held")]
         if not is_member(s.role, lease.owner):
             return [Alt(("error", "42501"), why="held, not a member")]
-        return [Alt(("void",), lambda _v: self._fence(tx, n), "held")]
+        return [Alt(("void",), lambda _v: self._fence(tx, n, lease), "held" + mode_note(lease))]
 
     def eval_force(self, s, tx, n):
+        """Revokes every live holder of n (its exclusive lease, or all its shared leases or permits)."""
         if not may_force_release(s.role):
             return [Alt(("error", "42501"), why="not granted")]
-        lease = self.view(tx, n)
-        if not self.lease_live(tx, lease):
-            return [Alt(("value", False), why="expired row" if lease is not None else "no lease")]
+        rows = self.rows(tx, n)
+        live = [rows[slot] for slot in sorted(rows) if self.lease_live(tx, rows[slot])]
+        if not live:
+            return [Alt(("value", False), why="expired rows" if rows else "no lease")]
 
         def apply(_v):
-            tx.leases[n] = None
             tx.lock(n, CHANGE)
-        why = "live lease" + (", attached" if lease.lifeline is not None else "")
-        if lease.kept:
+            for lease in live:
+                tx.leases[(n, lease.slot)] = None
+                tx.lock(row_lock(n, lease.slot), CHANGE)
+        changes = {self.changed(tx, n, lease.slot) for lease in live}
+        changed = "yes" if "yes" in changes else "maybe" if "maybe" in changes else "no"
+        why = ("live lease" if len(live) == 1 else f"{len(live)} live leases") + mode_note(live[0]) + (
+            ", attached" if any(lease.lifeline is not None for lease in live) else "")
+        if all(lease.kept for lease in live):
             # the contract does not say whether a kept lease is "live" to a revocation
-            return self._unless_changed(tx, n, Alt(("value", True), apply, "kept lease, revoked")) + [
-                Alt(("value", False), why="kept lease, not revoked")]
-        return self._unless_changed(tx, n, Alt(("value", True), apply, why))
+            return self._unless_changed(tx, n, Alt(("value", True), apply, why + ", kept, revoked"),
+                                        changed=changed) + [Alt(("value", False), why=why + ", kept, not revoked")]
+        if any(lease.kept for lease in live):
+            why += ", kept ones too"
+        return self._unless_changed(tx, n, Alt(("value", True), apply, why), changed=changed)
 
     def eval_info(self, s, tx, n):
-        lease = self.snapshot_view(tx, n)
-        if not self.lease_live(tx, lease, snapshot=True):
-            return [Alt(("info", None), why="free or expired")]
-        member = is_member(s.role, lease.owner)
-        token = lease.token if member else None
-        why = ("member" if member else "not a member") + (
-            ", snapshot differs" if lease is not self.view(tx, n) else "") + (
-            ", kept" if lease.kept else ", attached" if lease.lifeline is not None else "") + (
-            ", data" if lease.data is not None else "")
-        # the last column: expires_at - acquired_at of a kept lease (its keep_for),
-        # expires_at - renewed_at of a lease with its own ttl (always 1 hour while live)
-        duration = (datetime.timedelta(microseconds=lease.keep_us) if lease.kept
-                    else None if lease.lifeline is not None else LONG_DELTA)
-        return [Alt(("info", (lease.holder, token, lease.owner, lease.lifeline, lease.data, lease.kept, duration)),
-                    why=why)]
+        rows = self.snapshot_rows(tx, n)
+        result = []
+        notes = set()
+        for slot in sorted(rows):
+            lease = rows[slot]
+            if not self.lease_live(tx, lease, snapshot=True):
+                continue
+            member = is_member(s.role, lease.owner)
+            notes.add("member" if member else "not a member")
+            notes.add("kept" if lease.kept else "attached" if lease.lifeline is not None else lease.mode)
+            if lease.data is not None:
+                notes.add("data")
+            # the duration column: expires_at - acquired_at of a kept lease (its keep_for),
+            # expires_at - renewed_at of a lease with its own ttl (always 1 hour while live)
+            duration = (datetime.timedelta(microseconds=lease.keep_us) if lease.kept
+                        else None if lease.lifeline is not None else LONG_DELTA)
+            capacity = self.capacity_snapshot(tx, n) if lease.mode == PERMIT else None
+            result.append((lease.holder, lease.token if member else None, lease.owner, lease.lifeline, lease.data,
+                           lease.kept, duration, lease.mode, capacity))
+        if not result:
+            return [Alt(("info", []), why="free or expired")]
+        why = (f"{len(result)} rows: " if len(result) > 1 else "") + ", ".join(sorted(notes)) + (
+            ", snapshot differs" if rows != self.rows(tx, n) else "")
+        return [Alt(("info", sorted(result, key=repr)), why=why)]
 
     def eval_insert(self, s, tx, k, n, token):
         lease = self.holds(tx, n, token) if token is not None and n is not None else None
@@ -879,11 +1303,13 @@ class Model:
             why = ("NULL resource" if n is None else "NULL token" if token is None
                    else "not held" if lease is None else "held, not a member")
             return [Alt(("error", "55000"), why=why)]
+        if lease.mode != EXCLUSIVE:  # only an exclusive lease's token passes
+            return [Alt(("error", "55000"), why=f"{lease.mode} token" + (", resource proven" if n in tx.proofs else ""))]
 
         def apply(_v):
             tx.rows[k] = (n, token)
             tx.row_locks.add(k)
-            self._fence(tx, n)
+            self._fence(tx, n, lease)
         return [Alt(("count", 1), apply, "held")]
 
     def eval_row_change(self, s, tx, kind, k, target=None, token=None):
@@ -913,11 +1339,14 @@ class Model:
                    else "not held" if lease is None
                    else "held, not a member" if not is_member(s.role, lease.owner) else "old resource unproven")
             return [Alt(("error", "55000"), why=why)]
+        if lease.mode != EXCLUSIVE:  # only an exclusive lease's token passes
+            return [Alt(("error", "55000"), why=f"{lease.mode} token" + (
+                ", resource proven" if target in tx.proofs else ""))]
 
         def apply(_v):
             tx.rows[k] = (target, token)
             tx.row_locks.add(k)
-            self._fence(tx, target)
+            self._fence(tx, target, lease)
         return [Alt(("count", 1), apply, "held" + (", moved" if target != n else ""))]
 
     # -- transactions --------------------------------------------------------------------------
@@ -928,7 +1357,7 @@ class Model:
     def commit(self, s):
         tx = s.tx
         s.tx = None
-        if tx.aborted or not (tx.leases or tx.rows or tx.lifelines):
+        if tx.aborted or not (tx.leases or tx.rows or tx.lifelines or tx.capacities):
             return
         self.seq += 1
         for lid, version in tx.lifelines.items():
@@ -936,15 +1365,30 @@ class Model:
             self.lifeline_history.setdefault(lid, [(0, None)]).append((self.seq, version))
             self.lifeline_last_change[lid] = self.seq
             self.lifeline_created.setdefault(lid, self.seq)
-        for n, version in tx.leases.items():
-            before = self.committed[n]
-            self.committed[n] = version
-            self.history[n].append((self.seq, version))
+        written = {}
+        for (n, slot), version in tx.leases.items():
+            written.setdefault(n, []).append((slot, version))
+        for n, versions in written.items():
+            rows = dict(self.committed[n])
+            for slot, version in versions:
+                before = rows.get(slot)
+                if version is None:
+                    rows.pop(slot, None)
+                else:
+                    rows[slot] = version
+                if not (before is None and version is None):
+                    self.row_change[(n, slot)] = self.last_change[n] = self.seq
+            self.committed[n] = rows
+            self.history[n].append((self.seq, rows))
             self.last_write[n] = self.seq
-            if not (before is None and version is None):
-                self.last_change[n] = self.seq
+        for n, capacity in tx.capacities.items():
+            if self.capacity[n] != capacity:
+                self.capacity_last_change[n] = self.seq
+            self.capacity[n] = capacity
+            self.capacity_history[n].append((self.seq, capacity))
+            self.capacity_last_write[n] = self.seq
         for k, row in tx.rows.items():
-            self.rows[k] = row
+            self.table_rows[k] = row
             self.row_history.setdefault(k, [(0, None)]).append((self.seq, row))
             self.row_last_write[k] = self.seq
 
@@ -953,7 +1397,8 @@ class Model:
 
     def on_error(self, s):
         """An error ends an autocommit statement; in a transaction block it aborts the innermost
-        (sub)transaction at once, which gives back the locks it took."""
+        (sub)transaction at once, which gives back the locks it took and undoes its writes (only
+        capacities matter to others meanwhile)."""
         tx = s.tx
         if not tx.explicit:
             s.tx = None
@@ -964,10 +1409,12 @@ class Model:
             tx.locks = {r: set(m) for r, m in saved["locks"].items()}
             tx.row_locks = set(saved["row_locks"])
             tx.lifeline_locks = {i: set(m) for i, m in saved["lifeline_locks"].items()}
+            tx.capacities = dict(saved["capacities"])
         else:
             tx.locks = {}
             tx.row_locks = set()
             tx.lifeline_locks = {}
+            tx.capacities = {}
 
     def savepoint(self, s):
         tx = s.tx
@@ -992,33 +1439,54 @@ class Model:
         del tx.savepoints[index:]
         return name
 
-    def removed(self, resources):
-        """Committed leases removed by someone else (the expiry worker)."""
-        if not resources:
+    def removed(self, gone):
+        """Committed leases (rows (resource, slot)) removed by someone else (the expiry worker)."""
+        if not gone:
             return
         self.seq += 1
-        for n in resources:
-            self.committed[n] = None
-            self.history[n].append((self.seq, None))
+        for n in sorted({n for n, _ in gone}):
+            rows = dict(self.committed[n])
+            for m, slot in gone:
+                if m == n:
+                    rows.pop(slot, None)
+                    self.row_change[(n, slot)] = self.seq
+            self.committed[n] = rows
+            self.history[n].append((self.seq, rows))
             self.last_write[n] = self.last_change[n] = self.seq
 
     def sweepable(self):
-        """Committed leases the expiry worker removes now: expired ones (their own ttl, or the
-        end of a keep) whose resource nobody locks; and those attached to a lapsed lifeline,
+        """Committed leases (rows) the expiry worker removes now: expired ones (their own ttl, or
+        the end of a keep) whose row's lock nobody holds; and those attached to a lapsed lifeline,
         whose lock (tried by the worker) nobody holds either."""
         gone = []
-        for n, lease in self.committed.items():
-            if lease is None or self.locked_by_anyone(n):
-                continue
-            if lease.lifeline is None:
-                if lease.expired:
-                    gone.append(n)
-                continue
-            lifeline = self.lifelines.get(lease.lifeline)
-            if (lifeline is not None and not self.lifeline_live(lifeline)
-                    and not self.lifeline_locked_by_anyone(lease.lifeline)):
-                gone.append(n)
+        for n, rows in self.committed.items():
+            for slot, lease in rows.items():
+                if self.locked_by_anyone(row_lock(n, slot)):
+                    continue
+                if lease.lifeline is None:
+                    if lease.expired:
+                        gone.append((n, slot))
+                    continue
+                lifeline = self.lifelines.get(lease.lifeline)
+                if (lifeline is not None and not self.lifeline_live(lifeline)
+                        and not self.lifeline_locked_by_anyone(lease.lifeline)):
+                    gone.append((n, slot))
         return gone
+
+    def lapsed_lifelines(self):
+        """Committed lifelines the expiry worker removes now: lapsed, no lease attached any more,
+        and no transaction holds a lock on them."""
+        attached = {lease.lifeline for rows in self.committed.values() for lease in rows.values()}
+        return [lid for lid, line in self.lifelines.items()
+                if line is not None and not self.lifeline_live(line) and lid not in attached
+                and not self.lifeline_locked_by_anyone(lid)]
+
+    def lifelines_removed(self, lids):
+        self.seq += 1
+        for lid in lids:
+            self.lifelines[lid] = None
+            self.lifeline_history[lid].append((self.seq, None))
+            self.lifeline_last_change[lid] = self.seq
 
     def kill(self, slot):
         """The session ends: its transaction rolls back, and the worker removes its session-bound
@@ -1026,8 +1494,8 @@ class Model:
         s = self.sessions[slot]
         s.tx = None
         lines = {lid for lid, line in self.lifelines.items() if line is not None and line.bound == s.key}
-        self.removed([n for n, lease in self.committed.items() if lease is not None
-                      and (lease.bound == s.key or lease.lifeline in lines)])
+        self.removed([(n, at) for n, rows in self.committed.items() for at, lease in rows.items()
+                      if lease.bound == s.key or lease.lifeline in lines])
         if lines:
             self.seq += 1
             for lid in lines:
@@ -1084,6 +1552,15 @@ def is_token(value):
 # --------------------------------------------------------------------------------------------
 
 
+def mode_arguments(sql, params, mode, capacity):
+    """The call's SQL and parameters with its mode and capacity, named, when it states them."""
+    if mode is not None:
+        sql, params = sql + ", mode => %s", params + (mode,)
+    if capacity is not None:
+        sql, params = sql + ", capacity => %s::integer", params + (capacity,)
+    return sql, params
+
+
 def literal(value):
     if value is None:
         return "NULL"
@@ -1120,9 +1597,7 @@ def pattern_kind(pattern):
     if kind == "rows":
         return f"{len(pattern[1])} rows"
     if kind == "info":
-        if pattern[1] is None:
-            return "no row"
-        return "row" if pattern[1][1] is not None else "row, token NULL"
+        return info_kind(pattern[1])
     if kind == "count":
         return f"{pattern[1]} rows changed"
     if kind == "closed":
@@ -1132,6 +1607,13 @@ def pattern_kind(pattern):
     return "ok"
 
 
+def info_kind(rows):
+    if not rows:
+        return "no row"
+    return ("1 row" if len(rows) == 1 else f"{len(rows)} rows") + (
+        ", token NULL" if any(row[1] is None for row in rows) else "")
+
+
 def actual_kind(actual, fetch):
     if actual[0] == "error":
         return f"error {actual[1]}"
@@ -1139,11 +1621,7 @@ def actual_kind(actual, fetch):
     if fetch == "any":
         return f"{len(value)} rows" if isinstance(value, list) else "?"
     if fetch == "info":
-        if value is None:
-            return "no row"
-        if isinstance(value, tuple):
-            return "row" if value[1] is not None else "row, token NULL"
-        return f"{len(value)} rows"
+        return info_kind(value)
     if fetch == "count":
         return f"{value} rows changed"
     if fetch == "void":
@@ -1351,10 +1829,10 @@ class History:
 
     def propose_call(self, rng, slot):
         model = self.model
-        kinds = [("acquire", 30), ("acquire_any", 8), ("renew", 9), ("release", 9), ("check", 9),
-                 ("assert", 5), ("force", 4), ("info", 6), ("insert", 3), ("update", 6),
+        kinds = [("acquire", 30), ("acquire_any", 8), ("acquire_all", 5), ("renew", 9), ("release", 9),
+                 ("check", 9), ("assert", 5), ("force", 4), ("info", 6), ("insert", 3), ("update", 6),
                  ("update_token", 5), ("move", 2), ("delete", 4), ("bad", 3), ("set_data", 4),
-                 ("lifeline_open", 4), ("lifeline_renew", 4), ("lifeline_close", 2)]
+                 ("lifeline_open", 4), ("lifeline_renew", 4), ("lifeline_close", 2), ("set_capacity", 2)]
         kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         if kind in ("lifeline_renew", "lifeline_close") and not model.lifeline_ids and rng.random() < 0.8:
             kind = "lifeline_open"
@@ -1362,6 +1840,12 @@ class History:
         holder = rng.choice(HOLDERS)
         ttl = SHORT if rng.random() < 0.07 else LONG
         tx = model.sessions[slot].tx
+        # often a resource the transaction proved or holds a lock on: an exclusive lease's proof
+        # meeting its shared leases, permits and fenced rows
+        touched = sorted({key if isinstance(key, int) else key[1] if key[0] == "kind" else key[0]
+                          for key in tx.locks} | tx.proofs) if tx is not None else []
+        if touched and rng.random() < 0.3:
+            n = rng.choice(touched)
 
         def lifeline_spec():
             """Mostly a lifeline live for the session, sometimes any one opened before (closed,
@@ -1384,24 +1868,47 @@ class History:
         def token_spec(n):
             x = rng.random()
             if x < 0.65:
-                return ("cur", n)
+                return ("cur", n, rng.randrange(12))
             if x < 0.80:
                 return ("seen", n, rng.randrange(100))
             if x < 0.90:
-                return ("cur", rng.randrange(RESOURCES))
+                return ("cur", rng.randrange(RESOURCES), rng.randrange(12))
             return ("rand", rng.choice([1, rng.randrange(1, 1 << 40)]))
+
+        def mode_spec(shared, permit):
+            """(mode as written, capacity): exclusive (the default), shared, or a permit asked for
+            with `capacity => N`, `mode => 'permit'` and a capacity, or `mode => 'permit'` alone."""
+            x = rng.random()
+            if x < shared:
+                return (SHARED, None)
+            if x < shared + permit:
+                capacity = rng.choice(CAPACITIES)
+                return rng.choices([(None, capacity), (PERMIT, capacity), (PERMIT, None)], [45, 20, 35])[0]
+            return (None, None)
 
         if kind == "acquire":
             line = attach_spec()
             wait = WAIT if rng.random() < 0.25 else None
+            mode, capacity = mode_spec(0.25, 0.2)
             if line is not None:  # an attached lease has no ttl and is not session-bound
-                return ("acquire", slot, n, holder, None, wait, False, line, data_value())
-            return ("acquire", slot, n, holder, ttl, wait, rng.random() < 0.25, None, data_value())
+                return ("acquire", slot, n, holder, None, wait, False, line, data_value(), mode, capacity)
+            return ("acquire", slot, n, holder, ttl, wait, rng.random() < 0.25, None, data_value(), mode, capacity)
         if kind == "acquire_any":
             candidates = [rng.randrange(RESOURCES) for _ in range(rng.randint(1, 4))]
             line = attach_spec()
+            mode, capacity = mode_spec(0.15, 0.1)
             return ("acquire_any", slot, candidates, holder, None if line else ttl, rng.randint(1, 3),
-                    not line and rng.random() < 0.2, rng.random() < 0.3, line, data_value())
+                    not line and rng.random() < 0.2, rng.random() < 0.3, line, data_value(), mode, capacity)
+        if kind == "acquire_all":
+            resources = [rng.randrange(RESOURCES) for _ in range(rng.randint(1, 3))]
+            line = attach_spec()
+            wait = WAIT if rng.random() < 0.2 else None
+            if line is not None:
+                return ("acquire_all", slot, resources, holder, None, wait, False, line, data_value())
+            return ("acquire_all", slot, resources, holder, ttl, wait, rng.random() < 0.2, None, data_value())
+        if kind == "set_capacity":  # mostly by the superuser, who may
+            return ("set_capacity", 0 if rng.random() < 0.7 else slot, n,
+                    rng.choices([1, 2, 3, None], [30, 30, 25, 15])[0])
         if kind == "renew":
             return ("renew", slot, n, token_spec(n), ttl)
         if kind == "release":
@@ -1497,7 +2004,7 @@ class History:
         if fetch == "any":
             return "[" + ", ".join(f"({r}, {t})" for r, t in value) + "]"
         if fetch == "info":
-            return "no row" if value is None else str(value)
+            return "no row" if not value else "; ".join(str(row) for row in value)
         if fetch == "count":
             return f"{value} rows changed"
         if fetch == "void":
@@ -1518,7 +2025,7 @@ class History:
                 items = [f"({self.name(n)}, {'new token' if t == 'new' else t})" for n, t in pattern[1]]
                 texts.append("[" + ", ".join(items) + "]")
             elif kind == "info":
-                texts.append("no row" if pattern[1] is None else str(pattern[1]))
+                texts.append("no row" if not pattern[1] else "; ".join(str(row) for row in pattern[1]))
             elif kind == "count":
                 texts.append(f"{pattern[1]} rows changed")
             elif kind == "closed":
@@ -1549,8 +2056,7 @@ class History:
         if actual[0] == "ok" and fetch == "any":
             actual = ("ok", [(self.number(r), t) for r, t in actual[1]])
         elif actual[0] == "ok" and fetch == "info":
-            rows = actual[1]
-            actual = ("ok", None if not rows else rows[0] if len(rows) == 1 else rows)
+            actual = ("ok", sorted(actual[1], key=repr))
         got = self.got_text(actual, fetch)
         chosen = next((alt for alt in alts if model.matches(alt.pattern, actual)), None)
         signature = (kind, " or ".join(sorted({pattern_kind(a.pattern) for a in alts})), actual_kind(actual, fetch))
@@ -1581,7 +2087,7 @@ class History:
         obs = self.observer
         after = obs.execute("SELECT clock_timestamp()").fetchone()[0]
         for what, key, version, bound in model.short_leases:
-            if what == "lease" and model.committed[key] is version:
+            if what == "lease" and model.committed[key].get(version.slot) is version:
                 def expired(n=key, lease=version):
                     row = obs.execute("SELECT clock_timestamp() > expires_at FROM lease.leases "
                                       "WHERE resource = %s AND token = %s", (self.name(n), lease.token)).fetchone()
@@ -1600,17 +2106,34 @@ class History:
         model.short_leases = []
 
     def settle(self, index):
-        """Waits for the expiry worker to remove expired committed leases that nobody locks, so
-        that no removal happens behind the model's back."""
+        """Waits for the expiry worker to remove expired committed leases that nobody locks, and
+        then lapsed lifelines left with none, so that no removal happens behind the model's back
+        (or holds up a call that tries a lock the worker holds for a moment)."""
         model = self.model
         gone = model.sweepable()
-        if not gone:
-            return
-        names = [self.name(n) for n in gone]
+        if gone:
+            self.wait_removed(index, gone)
+        lines = model.lapsed_lifelines() if self.failure is None else []
+        if lines:
+            obs = self.observer
+            removed = wait_until(lambda: obs.execute(
+                "SELECT count(*) FROM lease.lifelines WHERE id = ANY(%s)", (lines,)).fetchone()[0] == 0,
+                timeout=SWEEP_TIMEOUT) and self.wait_worker_idle()
+            if not removed:
+                self.fail_observation(index, f"-- the expiry worker removes the lapsed lifelines {lines}, which "
+                                      "have no lease left and no transaction locks", f"removed within "
+                                      f"{SWEEP_TIMEOUT:.0f} s", "still there", ("sweep", "lifelines"))
+                return
+            model.lifelines_removed(lines)
+
+    def wait_removed(self, index, gone):
+        model = self.model
+        names = sorted({self.name(n) for n, _ in gone})
+        tokens = [model.committed[n][slot].token for n, slot in gone]
         obs = self.observer
         removed = wait_until(lambda: obs.execute(
-            "SELECT count(*) FROM lease.leases WHERE resource = ANY(%s)", (names,)).fetchone()[0] == 0,
-            timeout=SWEEP_TIMEOUT)
+            "SELECT count(*) FROM lease.leases WHERE resource = ANY(%s) AND token = ANY(%s)",
+            (names, tokens)).fetchone()[0] == 0, timeout=SWEEP_TIMEOUT)
         if removed:
             removed = self.wait_worker_idle()
         if not removed:
@@ -1626,8 +2149,8 @@ class History:
         obs = self.observer
         return wait_until(lambda: obs.execute(
             "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid) "
-            "WHERE a.backend_type = 'lease expirer' AND l.locktype = 'advisory' AND l.objsubid IN (%s, %s)",
-            (LEASE_LOCK_SPACE, LIFELINE_LOCK_SPACE)).fetchone()[0] == 0)
+            "WHERE a.backend_type = 'lease expirer' AND l.locktype = 'advisory' AND l.objsubid = ANY(%s)",
+            (list(WORKER_LOCK_SPACES),)).fetchone()[0] == 0)
 
     def fail_observation(self, index, sql, expected, got, signature):
         record = Record(index, None, None, sql, expected, got, False, signature)
@@ -1679,8 +2202,9 @@ class History:
         obs = self.observer
         sql = f"SELECT pg_terminate_backend({pid})  -- by the observer: s{slot} ends; then a new connection"
         lines = {lid for lid, line in self.model.lifelines.items() if line is not None and line.bound == s.key}
-        bound = [self.name(n) for n, lease in self.model.committed.items()
-                 if lease is not None and (lease.bound == s.key or lease.lifeline in lines)]
+        bound = [self.name(n) + (f" (slot {lease.slot})" if lease.slot else "")
+                 for n, rows in self.model.committed.items() for lease in rows.values()
+                 if lease.bound == s.key or lease.lifeline in lines]
         expected = "true, and then no lease bound to it" + (f" ({', '.join(bound)} removed)" if bound else "")
         terminated = obs.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
         try:
@@ -1716,31 +2240,56 @@ class History:
 
     # -- the calls ---------------------------------------------------------------------------
 
-    def do_acquire(self, index, s, n, holder, ttl, wait, session_bound, line=None, data=None):
+    def do_acquire(self, index, s, n, holder, ttl, wait, session_bound, line=None, data=None, mode=None,
+                   capacity=None):
         lid = self.model.resolve_lifeline(s, line)
+        asked = effective_mode(mode, capacity)
 
         def evaluate(tx):
             # With a wait the call first tries as without one; nothing changes while it waits.
-            alts = self.model.eval_acquire(s, tx, n, holder, ttl == SHORT, session_bound, lid, data)
+            alts = self.model.eval_acquire(s, tx, n, holder, ttl == SHORT, session_bound, lid, data, asked, capacity,
+                                           wait is not None)
             for alt in alts:
                 alt.why = f"{alt.why}, waiting" if wait else alt.why
             return alts
-        return self.call(index, s, "acquire",
-                         "SELECT lease_acquire(%s, %s, %s::interval, %s::interval, %s, %s, %s::jsonb)",
-                         (self.name(n), holder, ttl, wait, session_bound, lid, json_text(data)), "value", evaluate,
-                         timed=True)
+        sql, params = mode_arguments("SELECT lease_acquire(%s, %s, %s::interval, %s::interval, %s, %s, %s::jsonb",
+                                     (self.name(n), holder, ttl, wait, session_bound, lid, json_text(data)),
+                                     mode, capacity)
+        return self.call(index, s, "acquire" if asked == EXCLUSIVE else f"acquire {asked}", sql + ")", params,
+                         "value", evaluate, timed=True)
 
     def do_acquire_any(self, index, s, candidates, holder, ttl, max_count, session_bound, consistent,
-                       line=None, data=None):
+                       line=None, data=None, mode=None, capacity=None):
         lid = self.model.resolve_lifeline(s, line)
-        return self.call(index, s, "acquire_any",
-                         "SELECT resource, token FROM lease_acquire_any(%s::text[], %s, %s::interval, %s, %s, %s, %s, "
-                         "%s::jsonb)",
-                         ([self.name(n) for n in candidates], holder, ttl, max_count, session_bound, consistent, lid,
-                          json_text(data)),
+        asked = effective_mode(mode, capacity)
+        sql, params = mode_arguments(
+            "SELECT resource, token FROM lease_acquire_any(%s::text[], %s, %s::interval, %s, %s, %s, %s, %s::jsonb",
+            ([self.name(n) for n in candidates], holder, ttl, max_count, session_bound, consistent, lid,
+             json_text(data)), mode, capacity)
+        return self.call(index, s, "acquire_any" if asked == EXCLUSIVE else f"acquire_any {asked}", sql + ")", params,
                          "any", lambda tx: self.model.eval_acquire_any(
-                             s, tx, candidates, holder, ttl == SHORT, max_count, session_bound, consistent, lid, data),
+                             s, tx, candidates, holder, ttl == SHORT, max_count, session_bound, consistent, lid, data,
+                             asked, capacity),
                          timed=True)
+
+    def do_acquire_all(self, index, s, resources, holder, ttl, wait, session_bound, line=None, data=None):
+        lid = self.model.resolve_lifeline(s, line)
+
+        def evaluate(tx):
+            # With a wait the claim first tries as without one; nothing changes while it waits.
+            alts = self.model.eval_acquire_all(s, tx, resources, holder, ttl == SHORT, session_bound, lid, data)
+            for alt in alts:
+                alt.why = f"{alt.why}, waiting" if wait else alt.why
+            return alts
+        return self.call(index, s, "acquire_all",
+                         "SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, %s::interval, "
+                         "%s, %s, %s::jsonb)",
+                         ([self.name(n) for n in resources], holder, ttl, wait, session_bound, lid, json_text(data)),
+                         "any", evaluate, timed=True)
+
+    def do_set_capacity(self, index, s, n, capacity):
+        return self.call(index, s, "set_capacity", "SELECT lease_set_capacity(%s, %s::integer)", (self.name(n), capacity),
+                         "value", lambda tx: self.model.eval_set_capacity(s, tx, n, capacity))
 
     def do_renew(self, index, s, n, spec, ttl):
         token = self.model.resolve(s, spec)
@@ -1763,7 +2312,7 @@ class History:
         elif keep == "long":
             keep_us, text = 3_600_000_000, LONG
         else:
-            lease = model.view(s.tx, n)
+            lease = next((lease for lease in model.rows(s.tx, n).values() if lease.token == token), None)
             since = lease.since if lease is not None and lease.since is not None else None
             if since is None:
                 keep_us = 3_600_000_000 if keep == "short" else 0
@@ -1816,7 +2365,7 @@ class History:
         return self.call(index, s, "info",
                          "SELECT holder, token, owner::text, lifeline, data, released_at IS NOT NULL, "
                          "CASE WHEN released_at IS NOT NULL THEN expires_at - acquired_at "
-                         "WHEN lifeline IS NULL THEN expires_at - renewed_at END FROM lease_info(%s)",
+                         "WHEN lifeline IS NULL THEN expires_at - renewed_at END, mode, capacity FROM lease_info(%s)",
                          (self.name(n),), "info", lambda tx: self.model.eval_info(s, tx, n))
 
     def do_insert(self, index, s, k, n, spec):
@@ -1882,6 +2431,29 @@ class History:
             "set_data_big": ("SELECT lease_set_data(%s, %s, %s::jsonb)", (self.name(n), 1, json_text(BIG_DATA)),
                              "22023"),
             "set_data_null_token": ("SELECT lease_set_data(%s, %s, %s::jsonb)", (self.name(n), None, "{}"), "22004"),
+            # modes, capacities and claims of several resources (0.6.0)
+            "mode_null": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s::text)", (self.name(n), "h1", LONG, None),
+                          "22004"),
+            "mode_unknown": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s)", (self.name(n), "h1", LONG, "read"),
+                             "22023"),
+            "shared_capacity": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s, capacity => %s::integer)",
+                                (self.name(n), "h1", LONG, SHARED, 2), "22023"),
+            "capacity0": ("SELECT lease_acquire(%s, %s, %s::interval, capacity => %s::integer)",
+                          (self.name(n), "h1", LONG, 0), "22023"),
+            "any_mode_unknown": ("SELECT resource, token FROM lease_acquire_any(%s::text[], %s, %s::interval, "
+                                 "mode => %s)", ([self.name(n)], "h1", LONG, "exclusive "), "22023"),
+            "any_capacity0": ("SELECT resource, token FROM lease_acquire_any(%s::text[], %s, %s::interval, "
+                              "mode => %s, capacity => %s::integer)", ([self.name(n)], "h1", LONG, PERMIT, -1), "22023"),
+            "set_capacity0": ("SELECT lease_set_capacity(%s, %s::integer)", (self.name(n), 0),
+                              "22023" if s.role == SUPERUSER else "42501"),
+            "all_empty": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval)",
+                          ([], "h1", LONG), "22023"),
+            "all_null_holder": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval)",
+                                ([self.name(n)], None, LONG), "22004"),
+            "all_too_many": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, %s::interval)",
+                             ([f"{self.name(n)}:x{i}" for i in range(17)], "h1", LONG, "1 s"), "54000"),
+            "all_attach_ttl": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, NULL, "
+                               "false, %s)", ([self.name(n)], "h1", LONG, 1), "22023"),
         }[which]
         return self.call(index, s, "bad", sql, params, "all", lambda tx: [Alt(("error", state))])
 
@@ -1897,18 +2469,20 @@ class History:
             slot, incarnation = key
             return self.pids[slot] if model.sessions[slot].incarnation == incarnation else "a dead session"
         expected = []
-        for n, lease in model.committed.items():
-            if model.lease_live(None, lease):
-                expected.append((self.name(n), lease.holder, lease.token, lease.owner, pid_of(lease.bound),
-                                 lease.lifeline, lease.data, lease.kept))
+        for n, rows in model.committed.items():
+            for slot in sorted(rows):
+                lease = rows[slot]
+                if model.lease_live(None, lease):
+                    expected.append((self.name(n), slot, lease.mode, lease.holder, lease.token, lease.owner,
+                                     pid_of(lease.bound), lease.lifeline, lease.data, lease.kept))
         actual = [tuple(row) for row in obs.execute(
-            "SELECT l.resource, l.holder, l.token, l.owner::text, l.session_pid, l.lifeline, l.data, "
+            "SELECT l.resource, l.slot, l.mode, l.holder, l.token, l.owner::text, l.session_pid, l.lifeline, l.data, "
             "l.released_at IS NOT NULL FROM lease.leases AS l LEFT JOIN lease.lifelines AS f ON f.id = l.lifeline "
             "WHERE CASE WHEN l.lifeline IS NULL THEN l.expires_at ELSE f.expires_at END > clock_timestamp() "
-            "AND l.resource = ANY(%s) ORDER BY l.resource", (self.names(),)).fetchall()]
-        sql = ("SELECT resource, holder, token, owner::text, session_pid, lifeline, data, released_at IS NOT NULL "
-               "FROM lease.leases (the expiry of its lifeline for an attached lease) > clock_timestamp()"
-               "  -- by the observer, this history's resources")
+            "AND l.resource = ANY(%s) ORDER BY l.resource, l.slot", (self.names(),)).fetchall()]
+        sql = ("SELECT resource, slot, mode, holder, token, owner::text, session_pid, lifeline, data, "
+               "released_at IS NOT NULL FROM lease.leases (the expiry of its lifeline for an attached lease) > "
+               "clock_timestamp()  -- by the observer, this history's resources")
         if actual != expected:
             self.fail_observation(index, sql, str(expected), str(actual), ("final", "leases"))
             return
@@ -1924,8 +2498,19 @@ class History:
             self.fail_observation(index, sql, str(expected_lines), str(actual_lines), ("final", "lifelines"))
             return
         self.records.append(Record(index, None, None, sql, str(expected_lines), str(actual_lines), True, ("final",)))
+        expected_capacities = [(self.name(n), capacity) for n, capacity in model.capacity.items()
+                               if capacity is not None]
+        actual_capacities = [tuple(row) for row in obs.execute(
+            "SELECT resource, capacity FROM lease.capacities WHERE resource = ANY(%s) ORDER BY resource",
+            (self.names(),)).fetchall()]
+        sql = "SELECT resource, capacity FROM lease.capacities  -- by the observer, this history's resources"
+        if actual_capacities != expected_capacities:
+            self.fail_observation(index, sql, str(expected_capacities), str(actual_capacities), ("final", "capacities"))
+            return
+        self.records.append(Record(index, None, None, sql, str(expected_capacities), str(actual_capacities), True,
+                                   ("final",)))
         expected_rows = sorted((self.row_id(k), f"{self.tag}:{row[0]}", row[1])
-                               for k, row in model.rows.items() if row is not None)
+                               for k, row in model.table_rows.items() if row is not None)
         actual_rows = [tuple(row) for row in obs.execute(
             f"SELECT id, res, tok FROM {TABLE} WHERE id >= %s AND id < %s ORDER BY id",
             (self.row_base, self.row_base + 10_000)).fetchall()]
@@ -1939,7 +2524,9 @@ class History:
 BAD_CALLS = ("token0", "null_holder", "ttl0", "negative_wait", "max_count0", "null_token", "lifeline_null",
              "lifeline_zero", "lifeline_negative", "lifeline_renew_ttl", "lifeline_open_ttl0", "lifeline_open_ttl_max",
              "lifeline_open_null_name", "attach_with_ttl", "attach_bound", "attach_zero", "attach_any_ttl",
-             "keep_negative", "keep_over_max", "data_big", "data_big_any", "set_data_big", "set_data_null_token")
+             "keep_negative", "keep_over_max", "data_big", "data_big_any", "set_data_big", "set_data_null_token",
+             "mode_null", "mode_unknown", "shared_capacity", "capacity0", "any_mode_unknown", "any_capacity0",
+             "set_capacity0", "all_empty", "all_null_holder", "all_too_many", "all_attach_ttl")
 
 
 def remove_leases(obs, prefix):
@@ -1950,7 +2537,7 @@ def remove_leases(obs, prefix):
                            (prefix,)).fetchone()[0]
 
     def force_release_live():
-        live = obs.execute("SELECT resource FROM lease.leases WHERE starts_with(resource, %s) "
+        live = obs.execute("SELECT DISTINCT resource FROM lease.leases WHERE starts_with(resource, %s) "
                            "AND expires_at > clock_timestamp()", (prefix,)).fetchall()
         for (resource,) in live:
             obs.execute("SELECT lease_force_release(%s)", (resource,))
@@ -1962,8 +2549,9 @@ def remove_leases(obs, prefix):
     if ours():  # e.g. a lease kept after a release that lease_force_release does not revoke
         wait_until(lambda: ours() == 0, timeout=1.0)
         obs.execute("DELETE FROM lease.leases WHERE starts_with(resource, %s)", (prefix,))
-    # the lifelines (named with the prefix), once their leases are gone
+    # the lifelines (named with the prefix), once their leases are gone; the capacities
     obs.execute("DELETE FROM lease.lifelines WHERE starts_with(name, %s)", (prefix,))
+    obs.execute("DELETE FROM lease.capacities WHERE starts_with(resource, %s)", (prefix,))
     assert ours() == 0, f"leases with the prefix {prefix!r} are left behind"
 
 
@@ -2030,27 +2618,41 @@ def simpler_steps(step):
     """Variants of a step with fewer or plainer arguments, simplest first."""
     kind = step[0]
     if kind == "acquire":
-        _, slot, n, holder, ttl, wait, session_bound, line, data = step
+        _, slot, n, holder, ttl, wait, session_bound, line, data, mode, capacity = step
         if wait is not None:
-            yield ("acquire", slot, n, holder, ttl, None, session_bound, line, data)
+            yield ("acquire", slot, n, holder, ttl, None, session_bound, line, data, mode, capacity)
         if session_bound:
-            yield ("acquire", slot, n, holder, ttl, wait, False, line, data)
+            yield ("acquire", slot, n, holder, ttl, wait, False, line, data, mode, capacity)
         if data is not None:
-            yield ("acquire", slot, n, holder, ttl, wait, session_bound, line, None)
+            yield ("acquire", slot, n, holder, ttl, wait, session_bound, line, None, mode, capacity)
     elif kind == "acquire_any":
-        _, slot, candidates, holder, ttl, max_count, session_bound, consistent, line, data = step
+        _, slot, candidates, holder, ttl, max_count, session_bound, consistent, line, data, mode, capacity = step
+        rest = (mode, capacity)
         for i in range(len(candidates)):
             if len(candidates) > 1:
                 yield ("acquire_any", slot, candidates[:i] + candidates[i + 1:], holder, ttl, max_count,
-                       session_bound, consistent, line, data)
+                       session_bound, consistent, line, data) + rest
         if max_count > 1:
-            yield ("acquire_any", slot, candidates, holder, ttl, 1, session_bound, consistent, line, data)
+            yield ("acquire_any", slot, candidates, holder, ttl, 1, session_bound, consistent, line, data) + rest
         if session_bound:
-            yield ("acquire_any", slot, candidates, holder, ttl, max_count, False, consistent, line, data)
+            yield ("acquire_any", slot, candidates, holder, ttl, max_count, False, consistent, line, data) + rest
         if consistent:
-            yield ("acquire_any", slot, candidates, holder, ttl, max_count, session_bound, False, line, data)
+            yield ("acquire_any", slot, candidates, holder, ttl, max_count, session_bound, False, line, data) + rest
         if data is not None:
-            yield ("acquire_any", slot, candidates, holder, ttl, max_count, session_bound, consistent, line, None)
+            yield ("acquire_any", slot, candidates, holder, ttl, max_count, session_bound, consistent, line,
+                   None) + rest
+    elif kind == "acquire_all":
+        _, slot, resources, holder, ttl, wait, session_bound, line, data = step
+        for i in range(len(resources)):
+            if len(resources) > 1:
+                yield ("acquire_all", slot, resources[:i] + resources[i + 1:], holder, ttl, wait, session_bound,
+                       line, data)
+        if wait is not None:
+            yield ("acquire_all", slot, resources, holder, ttl, None, session_bound, line, data)
+        if session_bound:
+            yield ("acquire_all", slot, resources, holder, ttl, wait, False, line, data)
+        if data is not None:
+            yield ("acquire_all", slot, resources, holder, ttl, wait, session_bound, line, None)
     elif kind == "release" and step[4] is not None:
         yield step[:4] + (None,)
 

@@ -951,3 +951,52 @@ def test_a_permit_waits_for_a_lifeline_renewal_in_flight_of_a_reader(conn, name)
     assert check(conn, resource, reader) is True
     assert one(conn, "SELECT lease_lifeline_close(%s)", (lifeline,)) == 1
     assert permit(conn, resource, "worker", capacity=2) is not None
+
+
+# --- after the second review ----------------------------------------------------------------
+
+
+def test_a_reader_removes_an_exclusive_lease_whose_session_ended_and_its_token_fails(conn, name):
+    # A session-bound exclusive lease whose binding ended (pg_advisory_unlock_all ends it) no
+    # longer holds; a reader's grant removes it first, announcing its end, so its token can no
+    # longer fence or renew while the reader holds.
+    resource = name + "ended"
+    with connect() as holder:
+        token = acquire(holder, resource, "writer", session_bound=True)
+        holder.execute("SELECT pg_advisory_unlock_all()")
+        reader = shared(conn, resource, "reader")
+        assert reader is not None and reader > token
+        assert check(holder, resource, token) is False
+        assert one(holder, "SELECT lease_renew(%s, %s)", (resource, token)) is False
+    assert holders(conn, resource) == {"reader": (reader, "shared", None)}
+
+
+def test_a_waiting_claim_is_owed_a_lease_it_held_when_that_lease_ends(conn, name):
+    # The claim queues for every resource it names, its own included: when its own lease ends
+    # while it waits, a call without wait does not get that resource ahead of it.
+    a, b = name + "own", name + "other"
+    mine = acquire(conn, a, "c", ttl="400 ms")
+    other = acquire(conn, b, "x")
+    c = Background(lambda k: k.execute(
+        "SELECT resource, token FROM lease_acquire_all(ARRAY[%s, %s], 'c', '1 min', wait => '60 s')", (a, b)).fetchall())
+    wait_until_waiting(conn, c, "the claim to wait")
+    wait_for(lambda: not holders(conn, a), what="the claimer's own lease to expire")
+    assert acquire(conn, a, "n") is None
+    assert release(conn, b, other) is True
+    rows = c.result(timeout=PROMPTLY)
+    assert [resource for resource, _ in rows] == [a, b] and rows[0][1] > mine
+
+
+def test_a_readers_renewal_under_repeatable_read_ignores_other_readers_changes(conn, name):
+    resource = name + "rr"
+    first = shared(conn, resource, "r1")
+    second = shared(conn, resource, "r2")
+    with connect(autocommit=False) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert one(reader, "SELECT count(*) FROM lease_info(%s)", (resource,)) == 2  # snapshot taken
+        assert one(conn, "SELECT lease_renew(%s, %s, '20 min')", (resource, second)) is True
+        assert shared(conn, resource, "r3") is not None
+        assert one(reader, "SELECT lease_renew(%s, %s, '30 min')", (resource, first)) is True
+        assert one(reader, "SELECT lease_release(%s, %s)", (resource, first)) is True
+        reader.commit()
+    assert sorted(holders(conn, resource)) == ["r2", "r3"]

@@ -131,26 +131,41 @@ impl Lookup {
         }
     }
 
-    /// Whether the lease on `resource` changed after `snapshot` was taken: whether any version
-    /// of its row, live or dead, was inserted or deleted by another transaction that committed
+    /// Whether the lease on `resource` (its row at `slot`, or any of its rows) changed after
+    /// `snapshot` was taken: whether any version of such a row, live or dead, was inserted or deleted by another transaction that committed
     /// without `snapshot` seeing it. Exact when the caller holds the resource's barrier lock:
     /// no other writer is then in progress, and no version a snapshot of this backend cannot
     /// see yet has been pruned away. Changes made by this transaction do not count.
     ///
     /// # Safety
     /// `snapshot` must be a valid MVCC snapshot (the statement's), registered or active.
-    pub unsafe fn changed_since(&mut self, resource: &str, snapshot: pg_sys::Snapshot) -> bool {
+    pub unsafe fn changed_since(
+        &mut self,
+        resource: &str,
+        slot: Option<i32>,
+        snapshot: pg_sys::Snapshot,
+    ) -> bool {
         if self.history_scan.is_null() {
             self.history_scan =
                 pg_sys::index_beginscan(self.heap, self.index, &raw mut pg_sys::SnapshotAnyData, 1, 0);
         }
         rescan(self.history_scan, resource);
+        let slot_asked = slot;
         let slot = self.slot.cast::<pg_sys::BufferHeapTupleTableSlot>();
         while pg_sys::index_getnext_slot(
             self.history_scan,
             pg_sys::ScanDirection::ForwardScanDirection,
             self.slot,
         ) {
+            // Another row of the resource (a shared lease's or a permit's) does not count when
+            // one row is asked about.
+            if let (Some(asked), Shape::Slotted) = (slot_asked, self.shape) {
+                let mut null = false;
+                let found = pg_sys::slot_getattr(self.slot, SLOT as i32, &mut null);
+                if i32::from_datum(found, null) != Some(asked) {
+                    continue;
+                }
+            }
             let buffer = (*slot).buffer;
             pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
             let header = (*(*slot).base.tuple).t_data;

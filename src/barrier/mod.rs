@@ -35,7 +35,11 @@
 
 use pgrx::pg_sys;
 
-use crate::vocabulary::{my_database, nesting_level};
+use crate::vocabulary::my_database;
+
+mod proofs;
+
+pub use proofs::{at_subtransaction_abort, at_subtransaction_commit, at_transaction_end, prove, proven};
 
 /// `locktag_field4` of lease locks; `pg_advisory_lock` uses 1 and 2.
 pub const LOCK_SPACE: u16 = 0x4C45;
@@ -116,21 +120,89 @@ pub enum Kind {
     PermitAlone,
 }
 
+impl Kind {
+    fn lock_mode(self) -> pg_sys::LOCKMODE {
+        (match self {
+            Kind::Shared => pg_sys::ShareLock,
+            Kind::Permit => pg_sys::RowExclusiveLock,
+            Kind::PermitAlone => pg_sys::ExclusiveLock,
+        }) as pg_sys::LOCKMODE
+    }
+}
+
+fn kind_tag(resource: &str) -> pg_sys::LOCKTAG {
+    advisory_tag(KIND_SPACE, resource_key(resource))
+}
+
 /// Tries the kind lock of `resource` for `kind`, until the end of the (sub)transaction.
 pub fn try_lock_kind(resource: &str, kind: Kind) -> Option<Taken> {
-    let mode = match kind {
-        Kind::Shared => pg_sys::ShareLock,
-        Kind::Permit => pg_sys::RowExclusiveLock,
-        Kind::PermitAlone => pg_sys::ExclusiveLock,
-    };
-    take(advisory_tag(KIND_SPACE, resource_key(resource)), mode as pg_sys::LOCKMODE, true)
+    take(kind_tag(resource), kind.lock_mode(), true)
 }
 
 /// Takes the kind lock of `resource` exclusively, waiting: a change of its capacity waits for
 /// the permit grants in progress.
 pub fn lock_kind_alone(resource: &str) -> Taken {
-    let tag = advisory_tag(KIND_SPACE, resource_key(resource));
-    take(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false).expect("a waiting lock is granted")
+    take(kind_tag(resource), Kind::PermitAlone.lock_mode(), false).expect("a waiting lock is granted")
+}
+
+/// The locks a call took on one row: the row's lock, and for a change of a shared lease's or a
+/// permit's row (a release, a removal by the sweep: [`lock_row_change`]) first the resource's
+/// lock in join mode and the kind lock in the row's kind's mode, as its grant takes them. Held
+/// until the transaction ends, those two keep a grant that would find the row gone (an
+/// exclusive grant; a grant of the other kind) waiting until this transaction's events are
+/// recorded, so that per resource the events come in commit order.
+pub struct RowLocks {
+    row: Taken,
+    membership: Option<[Taken; 2]>,
+}
+
+impl From<Taken> for RowLocks {
+    fn from(row: Taken) -> RowLocks {
+        RowLocks { row, membership: None }
+    }
+}
+
+impl RowLocks {
+    /// Gives back what this call took, if it changed nothing.
+    pub fn release_if_unused_before(self) {
+        self.row.release_if_unused_before();
+        for taken in self.membership.into_iter().flatten() {
+            taken.release_if_unused_before();
+        }
+    }
+}
+
+/// Takes the locks of a change of the row at `slot` of `resource` ([`RowLocks`]), waiting for
+/// them; with `dont_wait`, None instead (nothing kept).
+pub fn lock_row_change(resource: &str, slot: i32, kind: Option<Kind>, dont_wait: bool) -> Option<RowLocks> {
+    let membership = match kind.filter(|_| slot != 0) {
+        None => None,
+        Some(kind) => {
+            let join =
+                take(advisory_tag(LOCK_SPACE, resource_key(resource)), Mode::Join.lock_mode(), dont_wait)?;
+            let Some(kind) = take(kind_tag(resource), kind.lock_mode(), dont_wait) else {
+                join.release_if_unused_before();
+                return None;
+            };
+            Some([join, kind])
+        }
+    };
+    match take(slot_tag(resource, slot), Mode::Change.lock_mode(), dont_wait) {
+        Some(row) => Some(RowLocks { row, membership }),
+        None => {
+            for taken in membership.into_iter().flatten() {
+                taken.release_if_unused_before();
+            }
+            None
+        }
+    }
+}
+
+/// Tries the lock under which a grant of a shared lease or a permit removes the resource's
+/// ended exclusive lease (slot 0): those grants hold the resource's lock in compatible modes,
+/// so they remove it one at a time under this one.
+pub fn try_lock_removal(resource: &str) -> Option<Taken> {
+    take(advisory_tag(SLOT_SPACE, resource_key(resource)), Mode::Change.lock_mode(), true)
 }
 
 /// A barrier lock this transaction took: it can be given back early when the call that took
@@ -275,55 +347,6 @@ pub fn resource_key(resource: &str) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     hash ^ (hash >> 33)
-}
-
-// Proofs: the resources this transaction has shown it holds, each with the subtransaction
-// level of the call. A call that succeeded with a token that held the resource (a fence, a
-// grant, an extension, a release) took the resource's lock, which keeps every other grant out
-// until this transaction ends; so the proof stays true for as long as the lock is kept, and is
-// dropped with the (sub)transaction that took it. `lease_fence` lets a row change that does not
-// state a token pass on a proof.
-thread_local! {
-    /// This transaction's proofs: (subtransaction level, resource).
-    static PROVEN: std::cell::RefCell<Vec<(i32, String)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Records that a call of this transaction that keeps the resource's lock succeeded with a
-/// token that held `resource`.
-pub fn prove(resource: &str) {
-    let level = nesting_level();
-    PROVEN.with(|proven| {
-        let mut proven = proven.borrow_mut();
-        if !proven.iter().any(|(at, name)| *at <= level && name == resource) {
-            proven.push((level, resource.to_owned()));
-        }
-    });
-}
-
-/// Whether this transaction proved that it holds `resource`.
-pub fn proven(resource: &str) -> bool {
-    PROVEN.with(|proven| proven.borrow().iter().any(|(_, name)| name == resource))
-}
-
-/// At the end of the transaction: every proof ends with its locks. Returns the lock keys of the
-/// resources proved, whose waiters may find them free now (computed only as they are read).
-pub fn at_transaction_end() -> impl Iterator<Item = u64> {
-    let proven = PROVEN.with(|proven| std::mem::take(&mut *proven.borrow_mut()));
-    proven.into_iter().map(|(_, resource)| resource_key(&resource))
-}
-
-/// At the abort of the subtransaction at `level`: its locks are gone, and its proofs with them.
-pub fn at_subtransaction_abort(level: i32) {
-    PROVEN.with(|proven| proven.borrow_mut().retain(|(at, _)| *at < level));
-}
-
-/// At the commit of the subtransaction at `level`: its locks and proofs belong to the parent.
-pub fn at_subtransaction_commit(level: i32) {
-    PROVEN.with(|proven| {
-        for (at, _) in proven.borrow_mut().iter_mut().filter(|(at, _)| *at >= level) {
-            *at = level - 1;
-        }
-    });
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 use pgrx::pg_sys::Oid;
 
 use crate::barrier::{self, Kind, Mode};
-use crate::errors::LeaseError;
 use crate::store::{Lease, LeaseMode, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 use crate::waiting::{self, Place};
@@ -78,7 +77,12 @@ fn with_kind(store: &Store, request: &Request, ticket: Option<Place>, tries: usi
         (_, Some(capacity)) => (Some(capacity), false),
         (_, None) if kind == Kind::PermitAlone => match request.capacity {
             Some(capacity) => (Some(capacity), true),
-            None => LeaseError::NoCapacity { resource: resource.into() }.raise(),
+            // No capacity to go by (a single acquire was told so before it tried; a claim skips
+            // the resource).
+            None => {
+                kind_lock.release_if_unused_before();
+                return Attempt::Refused(clock_now());
+            }
         },
         // Declared and removed again meanwhile: look again.
         (_, None) => {

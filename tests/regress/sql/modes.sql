@@ -63,6 +63,10 @@ COMMIT;
 SELECT lease_release('sem:2', :sem2w);
 -- a permit of a resource with no declared capacity and none stated
 SELECT sqlstate, message FROM attempt($$SELECT lease_acquire('sem:none', 'w', mode => 'permit')$$);
+-- ... which a claim skips
+SELECT resource FROM lease_acquire_any(ARRAY['sem:none', 'sem:some'], 'w', mode => 'permit');
+SELECT lease_set_capacity('sem:some', 2);
+SELECT resource FROM lease_acquire_any(ARRAY['sem:none', 'sem:some'], 'w', mode => 'permit');
 
 -- lease_fence needs the exclusive lease: a shared token does not pass it
 CREATE TABLE protected_rw (resource text, token bigint);

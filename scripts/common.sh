@@ -5,8 +5,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=15
-PG_CONFIG=/usr/bin/pg_config
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# LEASE_PG_CONFIG and LEASE_PG_BIN: another (relocated) copy of the installation, e.g. for
+# bench/ab.sh to swap libraries without touching the one other servers use.
+PG_CONFIG=${LEASE_PG_CONFIG:-/usr/bin/pg_config}
+PG_BIN=${LEASE_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 PGRX_VERSION=0.18.1
 SERVER_USER=${LEASE_SERVER_USER:-postgres}
 RUN_DIR=${LEASE_RUN_DIR:-/tmp/lease}

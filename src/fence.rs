@@ -184,7 +184,7 @@ unsafe fn read_row(
 /// [`crate::barrier::prove`]).
 fn holds(table: &str, resource: Option<&str>, token: Option<i64>) -> LeaseResult<()> {
     match (resource, token) {
-        (Some(name), Some(_)) if api::check(resource, token)? && barrier::proven(name) => Ok(()),
+        (Some(_), Some(_)) if api::check_exclusive(resource, token)? => Ok(()),
         _ => Err(LeaseError::Unfenced { table: table.into(), resource: resource.map(Into::into), token }),
     }
 }

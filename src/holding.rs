@@ -181,10 +181,15 @@ fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResul
 /// transaction has proved the resource. `Err(NotLeaseOwner)` when the token holds but the
 /// caller is not a member; `lease_check` answers false for it.
 pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
+    Ok(fence_as_member(resource, token)?.is_some())
+}
+
+/// As [`check_as_member`], telling how the lease that holds is held (None: it does not hold).
+fn fence_as_member(resource: &str, token: i64) -> LeaseResult<Option<LeaseMode>> {
     let store = Store::open();
     // A caller that is not a member learns it without a lock: it protects nothing.
     let Some((taken, _)) = lock_row(&store, resource, token, Mode::Fence)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let now = clock_now();
     let outcome = match holds(&store, resource, token, now) {
@@ -195,17 +200,27 @@ pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
     match outcome {
         Ok(Some(lease)) => {
             prove(resource, &lease);
-            Ok(true)
+            Ok(Some(lease.mode))
         }
         // A failed fence protects nothing: it must not hold up the lease's owner.
         Ok(None) => {
             taken.release_if_unused_before();
-            Ok(false)
+            Ok(None)
         }
         Err(error) => {
             taken.release_if_unused_before();
             Err(error)
         }
+    }
+}
+
+/// What the `lease_fence` trigger asks of a row's token: as [`check`], true only for an
+/// exclusive lease (a shared lease's or a permit's token never passes, whatever the
+/// transaction proved before).
+pub fn check_exclusive(resource: &str, token: i64) -> LeaseResult<bool> {
+    match fence_as_member(resource, token) {
+        Err(LeaseError::NotLeaseOwner { .. }) => Ok(false),
+        outcome => outcome.map(|mode| mode == Some(LeaseMode::Exclusive)),
     }
 }
 

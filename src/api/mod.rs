@@ -184,6 +184,15 @@ pub fn check(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
     holding::check(resource, token)
 }
 
+/// What the `lease_fence` trigger asks of a row: `lease_check`, passing only an exclusive
+/// lease's token.
+pub fn check_exclusive(resource: Option<&str>, token: Option<i64>) -> LeaseResult<bool> {
+    let resource = arguments::resource(resource, "resource")?;
+    let token = arguments::token(token)?;
+    ensure_primary()?;
+    holding::check_exclusive(resource, token)
+}
+
 /// The fence as a statement: raises 55000 unless `token` holds `resource`.
 #[pg_extern(sql = false)]
 fn lease_assert(resource: Option<&str>, token: Option<i64>) {

@@ -92,10 +92,12 @@ fn with_kind(store: &Store, request: &Request, ticket: Option<Place>, tries: usi
     };
     let request = Request { capacity, ..request.clone() };
     let outcome = decide(store, &request, ticket, kind == Kind::PermitAlone);
-    if let (Attempt::Granted(_), true, Some(capacity)) = (&outcome, declare, capacity) {
+    // A permit granted or re-acquired with a capacity, where none is declared, declares it
+    // (and keeps the kind lock it declared under until the transaction ends).
+    let holds = matches!(outcome, Attempt::Granted(_) | Attempt::Extended(_));
+    if let (true, true, Some(capacity)) = (holds, declare, capacity) {
         store.declare_capacity(resource, capacity);
-    }
-    if !matches!(outcome, Attempt::Granted(_)) {
+    } else if !matches!(outcome, Attempt::Granted(_)) {
         kind_lock.release_if_unused_before();
     }
     outcome

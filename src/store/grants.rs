@@ -137,8 +137,11 @@ impl Store {
             }
         }
         let args = [resource.into_datum(), token.into_datum(), now.into_datum()];
+        // As the row was decided on: the latest (the caller holds its lock, and a change of it
+        // since a transaction-wide snapshot was refused), its lifeline's expiry too.
+        let latest = self.transaction_snapshot;
         // SAFETY: the statement returns a lease's columns.
-        let lease = (self.execute(Statement::Delete, &args, false, 1) == 1)
+        let lease = (self.execute(Statement::Delete, &args, latest, 1) == 1)
             .then(|| unsafe { plans::lease(0, self.shape()) });
         lease.map(|lease| self.resolve(lease))
     }
@@ -211,19 +214,20 @@ impl Store {
     /// Declares the capacity of `resource` if none is (the caller holds its kind lock
     /// exclusively, so the insert never waits for another).
     pub fn declare_capacity(&self, resource: &str, capacity: i32) {
-        self.execute(Statement::CapacityDeclare, &[resource.into_datum(), capacity.into_datum()], false, 0);
+        let args = [resource.into_datum(), capacity.into_datum()];
+        self.execute(Statement::CapacityDeclare, &args, self.transaction_snapshot, 0);
     }
 
     /// Sets (or with None, removes) the capacity of `resource`.
     pub fn set_capacity(&self, resource: &str, capacity: Option<i32>) {
+        // The latest, as it is read (under a transaction-wide snapshot too).
+        let latest = self.transaction_snapshot;
         match capacity {
-            Some(capacity) => self.execute(
-                Statement::CapacitySet,
-                &[resource.into_datum(), capacity.into_datum()],
-                false,
-                0,
-            ),
-            None => self.execute(Statement::CapacityRemove, &[resource.into_datum()], false, 0),
+            Some(capacity) => {
+                let args = [resource.into_datum(), capacity.into_datum()];
+                self.execute(Statement::CapacitySet, &args, latest, 0)
+            }
+            None => self.execute(Statement::CapacityRemove, &[resource.into_datum()], latest, 0),
         };
     }
 }

@@ -236,7 +236,9 @@ impl Store {
                     pg_sys::GetLatestSnapshot(),
                     std::ptr::null_mut(),
                     false,
-                    false,
+                    // AFTER triggers of a write (a trigger of the administrator's on the table)
+                    // are fired at the end of the statement, as SPI_execute_plan fires them.
+                    true,
                     limit,
                 )
             } else {

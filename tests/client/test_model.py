@@ -32,9 +32,10 @@ statement level, single-threaded and deterministic for a given seed:
   `lease_lifeline_close`; leases attached by `lease_acquire`, `lease_acquire_any` and
   `lease_acquire_all`, re-acquired onto another lifeline or off it; live, lapsed, closed,
   rolled-back and unknown ids; session kills of session-bound lifelines. The lifeline locks are
-  modelled (USE: renew, attach; END: close, the takeover of a lapsed lifeline's lease), so the
-  driver never issues a call that would wait for them, and the worker's removal of a lapsed
-  lifeline's leases is waited for.
+  modelled (ATTACH: an attach; RENEW: a renewal; END: a close; the takeover of a lapsed
+  lifeline's lease tries its lock against renewals and ends), so the driver never issues a call
+  that would wait for them, and the worker's removal of a lapsed lifeline's leases (and then of
+  the lifeline) is waited for.
 - Minimum holds: `lease_release(resource, token, keep_for)` with NULL, 0, at most the time
   since the acquire (a plain release), a moment more than that (kept, then waited out) and an
   hour (kept for the rest of the history); keep_for is worked out from server clock reads
@@ -61,33 +62,40 @@ exclusive lease's row: CHANGE = ExclusiveLock, EXTEND = ShareUpdateExclusiveLock
 RowExclusiveLock, JOIN = ShareLock, taken by a shared or permit grant), each shared lease's or
 permit's slot lock (CHANGE, EXTEND, FENCE), each resource's kind lock (ShareLock for a shared
 grant, RowExclusiveLock for a permit grant, ExclusiveLock for a permit grant that declares the
-capacity or counts permits above a lowered one, and for `lease_set_capacity`), and which table
-rows and capacities it has written; conflicts are PostgreSQL's. Calls that never block but find
-a busy lock (`lease_acquire` with or without wait, `lease_acquire_any`, `lease_acquire_all`) are
-issued and must answer NULL, skip, or no rows; renewals, releases, fences, revocations and
-capacity changes wait, and are issued only when nothing conflicting is held (a call with a token
-that does not hold, or that the caller may not use, never waits). The model predicts the slot
-of each shared lease and permit (the lowest one with no live row whose lock is free, a permit's
-at most the capacity), and the final check compares it. Each answer (value or SQLSTATE) is
-compared with the model after every step, and at the end of each history the live leases in
-`lease.leases`, the capacities and the fenced table's rows are compared with the model's
-committed state. The model cannot predict token numbers: a grant's token must be larger than
-every token seen before, a re-acquire must return the held token, and tokens are remembered for
-later calls. Expired leases that the expiry worker may remove are waited for before the next
-step, so every history is deterministic.
+capacity or counts permits above a lowered one, and for `lease_set_capacity`), the lock under
+which a shared or permit grant removes an ended exclusive lease, and which table rows and
+capacities it has written; conflicts are PostgreSQL's. A change of a shared lease's or permit's
+row (a release, a close of its lifeline, a removal by the worker) takes the resource's lock in
+JOIN mode and the kind lock of its kind before its slot's; a grant first removes the ended rows
+it relies on (an exclusive grant: every shared lease and permit; a shared or permit grant: the
+exclusive lease, rows of the other kind or above the capacity), each under its lock, tried.
+Calls that never block but find a busy lock (`lease_acquire` with or without wait,
+`lease_acquire_any`, `lease_acquire_all`) are issued and must answer NULL, skip, or no rows;
+renewals, releases, fences, revocations and capacity changes wait, and are issued only when
+nothing conflicting is held (a call with a token that does not hold, or that the caller may not
+use, never waits). The model predicts the slot of each shared lease and permit (the lowest one
+with no live row whose lock is free, a permit's at most the capacity), and the final check
+compares it. Each answer (value or SQLSTATE) is compared with the model after every step, and at
+the end of each history the live leases in `lease.leases`, the capacities and the fenced table's
+rows are compared with the model's committed state. The model cannot predict token numbers: a
+grant's token must be larger than every token seen before, a re-acquire must return the held
+token, and tokens are remembered for later calls. Expired leases (and lapsed lifelines) that the
+expiry worker may remove are waited for before the next step, so every history is deterministic.
 
 Where the contract leaves a choice, the model assumes (see Model.eval_*):
 - Under REPEATABLE READ, check, assert and the fence trigger decide on the lease as last
-  committed and never raise 40001; renew, release and force_release decide on it too (false,
-  42501), but one that would renew, release or revoke a lease that another transaction changed
-  since the snapshot raises 40001 (its statement cannot see the lease it would write), and one
-  whose resource had another of its rows written since then may (a resource's rows are checked
-  together); lease_info, a plain SQL function, reads the transaction's snapshot.
+  committed and never raise 40001; renew, release, set_data and force_release decide on it too
+  (false, 42501), but one that would renew, release or revoke a lease that another transaction
+  changed since the snapshot raises 40001 (its statement cannot see the lease it would write):
+  for renew, release and set_data, a change of that lease's row only; a revocation, a grant and a
+  re-acquire may raise it for a write of any of the resource's rows. lease_info, a plain SQL
+  function, reads the transaction's snapshot.
 - lease_acquire_any is "an acquire": under REPEATABLE READ a candidate it would grant or extend
   whose lease changed since the snapshot raises 40001 (with snapshot_consistent it is skipped);
   the caller's own live lease is extended while other transactions only fence it, as with
   lease_acquire; it raises 55006 as lease_acquire does. A grant of a resource any of whose rows
-  changed since the snapshot raises 40001.
+  changed since the snapshot raises 40001; a claim of permits skips a resource with no declared
+  capacity when it states none.
 - A lease that another transaction granted and released after the snapshot may or may not
   count as changed (both answers are accepted).
 - An expired lease that no transaction locks is removed by the expiry worker within 10 s (the
@@ -107,10 +115,13 @@ Where the contract leaves a choice, the model assumes (see Model.eval_*):
   nobody's: its holder asking again gets a new lease of its own.
 - Capacities are decided on the latest declared one (own writes first), also under REPEATABLE
   READ; lease_info reads it through its snapshot. lease_set_capacity under REPEATABLE READ of a
-  capacity another transaction wrote since the snapshot raises 40001. A permit request declares
+  capacity another transaction wrote since the snapshot may raise 40001. A permit request declares
   its capacity with its grant, or with the holder's re-acquire; a refused one declares nothing
   (and one made while another open transaction's declaration stands answers NULL).
-- lease_acquire_all with a wait answers as without one (nothing changes while it waits).
+- lease_acquire_all with a wait answers as without one (nothing changes while it waits), except
+  that its attempts after the first take the caller's own leases first, so it may raise what a
+  re-acquire of one of those raises (55006, 40001) where the first attempt found another
+  resource held.
 
 On a mismatch the history is shrunk (a prefix, then deleting chunks and single steps, each
 candidate replayed on fresh resources and connections) and the test fails printing the seed and
@@ -179,7 +190,9 @@ DATA_VALUES = ({"job": 1}, {"job": 2, "tags": ["a", "b"]}, ["x", 3], "text", 42,
 BIG_DATA = "x" * 511  # 513 bytes of compact JSON: 22023
 
 EXCLUSIVE, SHARED, PERMIT = "exclusive", "shared", "permit"
-CAPACITIES = (1, 2, 3)
+CAPACITIES = (1, 2, 3, 3)  # a permit request's capacity (3: more room for lowering it)
+# (shared, permit) shares of the acquires of each resource; the rest are exclusive
+MODE_LEAN = ((0.1, 0.05), (0.3, 0.15), (0.45, 0.3), (0.05, 0.85))
 
 # Lock modes: of a resource's lock (its exclusive lease) and of a slot's (a shared lease's or a
 # permit's row): CHANGE, EXTEND, FENCE, and JOIN (the resource's lock only: held by a transaction
@@ -188,7 +201,10 @@ CAPACITIES = (1, 2, 3)
 # permits above a lowered one, and lease_set_capacity).
 CHANGE, EXTEND, FENCE, JOIN = "CHANGE", "EXTEND", "FENCE", "JOIN"
 KIND_SHARED, KIND_PERMIT, KIND_ALONE = "KIND SHARE", "KIND ROW EXCLUSIVE", "KIND EXCLUSIVE"
-USE, END = "USE", "END"  # lifeline lock modes: renew and attach; close and a lapsed lifeline's takeover
+# lifeline lock modes: an attach (its membership lock, shared), a renewal (its renewal lock,
+# shared), a close (both, exclusively); a takeover of a lapsed lifeline's lease tries the renewal
+# lock exclusively and gives it back at once
+ATTACH, RENEW, END = "ATTACH", "RENEW", "END"
 PG_MODES = {CHANGE: "Exclusive", EXTEND: "ShareUpdateExclusive", FENCE: "RowExclusive", JOIN: "Share",
             KIND_SHARED: "Share", KIND_PERMIT: "RowExclusive", KIND_ALONE: "Exclusive"}
 # PostgreSQL's conflict table, for the modes above
@@ -215,6 +231,22 @@ def row_lock(n, slot):
 
 def kind_lock(n):
     return ("kind", n)
+
+
+def removal_lock(n):
+    """The lock under which a shared or permit grant removes the resource's ended exclusive lease."""
+    return ("removal", n)
+
+
+def change_locks(n, lease):
+    """The locks (lock, mode) a change of the lease's row takes (a release, a close of its
+    lifeline, a removal by the worker): the resource's lock for an exclusive lease; for a shared
+    lease or a permit, the resource's lock in JOIN mode and its kind lock as its grant takes
+    them, then its slot's lock."""
+    if lease.slot == 0:
+        return [(n, CHANGE)]
+    return [(n, JOIN), (kind_lock(n), KIND_SHARED if lease.mode == SHARED else KIND_PERMIT),
+            ((n, lease.slot), CHANGE)]
 
 
 def effective_mode(mode, capacity):
@@ -291,7 +323,7 @@ class Tx:
         self.rows = {}  # row key -> (resource, token) or None: own writes to the fenced table
         self.row_locks = set()  # row keys written (locked) by this transaction
         self.lifelines = {}  # lifeline id -> Lifeline or None: this transaction's own writes
-        self.lifeline_locks = {}  # lifeline id -> set of lock modes held (USE, END)
+        self.lifeline_locks = {}  # lifeline id -> set of lock modes held (ATTACH, RENEW, END)
         self.capacities = {}  # resource -> capacity or None: own writes to lease.capacities
         self.savepoints = []  # [name, saved state]
         self.aborted = False
@@ -379,6 +411,7 @@ class Model:
         self.last_write = dict.fromkeys(range(RESOURCES), 0)  # any committed write of its rows
         self.last_change = dict.fromkeys(range(RESOURCES), 0)  # a committed write that changed a row
         self.row_change = {}  # (resource, slot) -> the last commit that changed that row
+        self.row_write = {}  # (resource, slot) -> the last commit that wrote that row
         # declared capacities as last committed, their history, the last commit that wrote and
         # that changed each
         self.capacity = dict.fromkeys(range(RESOURCES))
@@ -409,7 +442,8 @@ class Model:
     # -- what a transaction sees -------------------------------------------------------------
 
     def others(self, slot, key):
-        """Lock modes that other sessions' open transactions hold on the lock `key`."""
+        """Lock modes that other sessions' open transactions hold on the lock `key` (slot None:
+        every session's, as the expiry worker sees them)."""
         modes = set()
         for s in self.sessions:
             if s.slot != slot and s.tx is not None:
@@ -419,6 +453,14 @@ class Model:
     def locked_by_anyone(self, key):
         return any(s.tx is not None and s.tx.locks.get(key) for s in self.sessions)
 
+    def conflicting(self, slot, locks):
+        """Whether any of `locks` ((lock, mode) pairs) conflicts with another session's."""
+        return any(conflicts(mode, self.others(slot, key)) for key, mode in locks)
+
+    def take(self, tx, locks):
+        for key, mode in locks:
+            tx.lock(key, mode)
+
     def lifeline_others(self, slot, lid):
         """Lock modes that other sessions' open transactions hold on lifeline lid."""
         modes = set()
@@ -426,6 +468,11 @@ class Model:
             if s.slot != slot and s.tx is not None:
                 modes |= s.tx.lifeline_locks.get(lid, set())
         return modes
+
+    def lapse_busy(self, slot, lid):
+        """Whether another transaction keeps the lapse of lifeline lid from being confirmed (its
+        renewal lock is held: a renewal or a close in progress)."""
+        return bool(self.lifeline_others(slot, lid) & {RENEW, END})
 
     def lifeline_locked_by_anyone(self, lid):
         return any(s.tx is not None and s.tx.lifeline_locks.get(lid) for s in self.sessions)
@@ -447,8 +494,10 @@ class Model:
             return snapshot_value(self.lifeline_history.get(lid, [(0, None)]), tx.snapshot)
         return self.lifelines.get(lid)
 
-    def lifeline_live(self, lifeline):
-        return lifeline is not None and not lifeline.expired and not self.dead(lifeline.bound)
+    def lifeline_live(self, lifeline, snapshot=False):
+        """Whether the lifeline lives; a snapshot (lease_info under REPEATABLE READ) still shows
+        the row of one whose session ended since."""
+        return lifeline is not None and not lifeline.expired and (snapshot or not self.dead(lifeline.bound))
 
     def lease_live(self, tx, lease, snapshot=False):
         """Whether the lease row is live: held, or kept after a release with keep_for. An attached
@@ -457,8 +506,10 @@ class Model:
             return False
         if lease.lifeline is None:
             return True
-        view = self.lifeline_snapshot_view if snapshot else self.lifeline_view
-        return self.lifeline_live(view(tx, lease.lifeline))
+        if snapshot:
+            lifeline = self.lifeline_snapshot_view(tx, lease.lifeline)
+            return self.lifeline_live(lifeline, lifeline is not self.lifeline_view(tx, lease.lifeline))
+        return self.lifeline_live(self.lifeline_view(tx, lease.lifeline))
 
     def lifeline_changed(self, tx, lid):
         """Under REPEATABLE READ: "created" if another transaction opened the lifeline after the
@@ -520,17 +571,19 @@ class Model:
                 return lease if self.lease_live(tx, lease) and not lease.kept else None
         return None
 
-    def changed(self, tx, n, slot=None):
+    def changed(self, tx, n, slot=None, row_only=False):
         """Whether another transaction changed the lease since a REPEATABLE READ transaction's
         snapshot: "yes", "no", or "maybe" (rows were written but the lease ended as it was, e.g.
         granted and released in one transaction, or another row of the resource was written: the
-        contract does not say). `slot`: the lease at that slot (None: any of the resource's)."""
+        contract does not say). `slot`: the lease at that slot (None: any of the resource's);
+        `row_only`: only writes of that row count (a call with a token)."""
         if tx is None or tx.isolation != "rr":
             return "no"
         last = self.last_change[n] if slot is None else self.row_change.get((n, slot), 0)
         if last > tx.snapshot:
             return "yes"
-        if self.last_write[n] > tx.snapshot:
+        written = self.row_write.get((n, slot), 0) if row_only else self.last_write[n]
+        if written > tx.snapshot:
             return "maybe"
         return "no"
 
@@ -605,6 +658,8 @@ class Model:
         lease = self.holds(tx, n, token)
         if lease is None or not is_member(s.role, lease.owner):
             return False
+        if mode == CHANGE:
+            return self.conflicting(s.slot, change_locks(n, lease))
         return conflicts(mode, self.others(s.slot, row_lock(n, lease.slot)))
 
     def blocked(self, s, step):
@@ -614,7 +669,7 @@ class Model:
         if kind in ("info", "bad", "lifeline_open"):
             return False
         if kind in ("acquire", "acquire_any", "acquire_all", "lifeline_renew"):
-            # attaching and renewing take the lifeline's lock for use: they wait for its end
+            # attaching and renewing take a lifeline's lock shared: they wait for (or find busy) its end
             spec = {"acquire": 7, "acquire_any": 8, "acquire_all": 7, "lifeline_renew": 2}[kind]
             lid = self.resolve_lifeline(s, step[spec])
             if (kind == "lifeline_renew"
@@ -634,8 +689,9 @@ class Model:
                 return True
             if self.lifeline_others(s.slot, lid):
                 return True
-            rows = set(self.attached_to(tx, lid)) | set(self.attached_to(None, lid))
-            return any(self.others(s.slot, row_lock(n, slot)) for n, slot in rows)
+            rows = {(n, slot): lease for view in (None, tx) for n, slot in self.attached_to(view, lid)
+                    for lease in [self.rows(view, n)[slot]]}
+            return any(self.conflicting(s.slot, change_locks(n, lease)) for (n, _), lease in rows.items())
         if kind in ("renew", "release", "check", "assert", "set_data"):
             mode = {"renew": EXTEND, "set_data": EXTEND, "release": CHANGE, "check": FENCE, "assert": FENCE}[kind]
             return self.waits_for_row(s, tx, step[2], self.resolve(s, step[3]), mode)
@@ -644,7 +700,8 @@ class Model:
             n = step[2]
             live = [lease for lease in self.rows(tx, n).values() if self.lease_live(tx, lease)]
             return may_force_release(s.role) and bool(live) and (
-                bool(self.others(s.slot, n)) or any(self.others(s.slot, (n, lease.slot)) for lease in live if lease.slot))
+                bool(self.others(s.slot, n))
+                or any(self.others(s.slot, (n, lease.slot)) for lease in live if lease.slot))
         proofs = tx.proofs if tx is not None else set()
         if kind == "insert":
             return step[3] is not None and self.waits_for_row(s, tx, step[3], self.resolve(s, step[4]), FENCE)
@@ -671,13 +728,14 @@ class Model:
         key = self.sessions[slot].key
         for n, rows in self.committed.items():
             for lease in rows.values():
-                if lease.bound == key and self.others(slot, row_lock(n, lease.slot)):
+                if lease.bound == key and self.conflicting(slot, change_locks(n, lease)):
                     return False
         for lid, line in self.lifelines.items():
             if line is not None and line.bound == key:
                 if self.lifeline_others(slot, lid):
                     return False
-                if any(self.others(slot, row_lock(n, s)) for n, s in self.attached_to(None, lid)):
+                if any(self.conflicting(slot, change_locks(n, self.committed[n][at]))
+                       for n, at in self.attached_to(None, lid)):
                     return False
         return True
 
@@ -719,9 +777,7 @@ class Model:
         if mode == EXCLUSIVE:  # only an exclusive lease's call proves the resource
             tx.proofs.add(n)
         if lifeline is not None:
-            tx.lock_lifeline(lifeline, USE)
-        if ended_line is not None:  # the takeover of a lapsed lifeline's lease ends it under its lock
-            tx.lock_lifeline(ended_line, END)
+            tx.lock_lifeline(lifeline, ATTACH)
         if short and lifeline is None:
             self._pending(n, lease)
 
@@ -735,7 +791,7 @@ class Model:
         if current.mode == EXCLUSIVE:
             tx.proofs.add(n)
         if lifeline is not None:
-            tx.lock_lifeline(lifeline, USE)
+            tx.lock_lifeline(lifeline, ATTACH)
         if short and lifeline is None:
             self._pending(n, lease)
 
@@ -806,8 +862,8 @@ class Model:
             return outcomes
         # A lease whose lifeline lapsed is taken over only under the lifeline's lock, tried.
         ended_line = current.lifeline if current is not None else None
-        if ended_line is not None and self.lifeline_others(s.slot, ended_line):
-            return [("none", "lapsed lifeline in use by another transaction", None)]
+        if ended_line is not None and self.lapse_busy(s.slot, ended_line):
+            return [("none", "lapsed lifeline being renewed or closed by another transaction", None)]
         # The ended shared leases or permits still there go first, each under its slot's lock (tried:
         # NULL when one is busy, and those removed before it stay removed).
         changed = self.changed(tx, n)
@@ -815,7 +871,7 @@ class Model:
         removed = []
         for slot in sorted(rows):
             line = rows[slot].lifeline
-            if slot and (self.others(s.slot, (n, slot)) or (line is not None and self.lifeline_others(s.slot, line))):
+            if slot and (self.others(s.slot, (n, slot)) or (line is not None and self.lapse_busy(s.slot, line))):
                 why = "ended shared lease or permit locked by another transaction"
                 if not removed:
                     return [("none", why, None)]
@@ -850,8 +906,8 @@ class Model:
         if mode == PERMIT and cap is None:
             # the first permit request: its capacity, declared with the grant (a refused one
             # declares nothing)
-            if capacity is None:
-                return [("error", "55000", "no declared capacity")]
+            if capacity is None:  # (a single acquire was told 55000 before; a claim skips it)
+                return [("none", "permit: no declared capacity", None)]
             if self.declaring(s.slot, n):
                 return [("none", "permit: another open transaction declared the capacity", None)]
             cap = capacity
@@ -868,8 +924,8 @@ class Model:
         # a row that ended with its lifeline counts as ended once the lapse is confirmed under the
         # lifeline's lock (tried)
         if any(lease.lifeline is not None and not self.lease_live(tx, lease)
-               and self.lifeline_others(s.slot, lease.lifeline) for lease in rows.values()):
-            return [none("lease of a lapsed lifeline in use by another transaction")]
+               and self.lapse_busy(s.slot, lease.lifeline) for lease in rows.values()):
+            return [none("lease of a lapsed lifeline being renewed or closed by another transaction")]
         if self.lease_live(tx, current):
             return [none("exclusive lease " + ("kept" if current.kept else "held"))]
         live = sorted((lease for lease in rows.values() if self.lease_live(tx, lease)), key=lambda lease: lease.slot)
@@ -909,40 +965,68 @@ class Model:
             if conflicts(KIND_ALONE, kind_others):
                 return [none("busy: permits above a lowered capacity are counted alone")]
             alone = True
-        # the lowest slot without a live row whose lock is free (a permit's at most the capacity)
-        for slot in itertools.count(1) if mode == SHARED else range(1, cap + 1):
-            lease = rows.get(slot)
-            if self.lease_live(tx, lease) or self.others(s.slot, (n, slot)):
+        # The rows the grant relies on having ended (the exclusive lease, rows of the other kind or
+        # above the capacity) are removed first, each under its lock (tried: NULL when one is
+        # busy, and those removed before it stay removed).
+        removed = []
+        outcome = None
+        for slot in sorted(rows):
+            lease = rows[slot]
+            if self.lease_live(tx, lease) or not (slot == 0 or lease.mode != mode or (cap is not None and slot > cap)):
                 continue
-            ended_line = lease.lifeline if lease is not None else None
-            if ended_line is not None and self.lifeline_others(s.slot, ended_line):
-                continue
+            if self.others(s.slot, removal_lock(n) if slot == 0 else (n, slot)):
+                outcome = ("none", f"{mode}: an ended lease to remove is locked by another transaction" + (
+                    ", others removed" if removed else ""), None)
+                break
+            removed.append(slot)
 
-            def apply(token, slot=slot, ended_line=ended_line):
-                if declare:
-                    declare()
-                self._grant(s, tx, n, holder, token, short, session_bound, lifeline, data, ended_line, mode, slot)
-                tx.lock(n, JOIN)
-                tx.lock(kind_lock(n), kind)
-                if alone:
-                    tx.lock(kind_lock(n), KIND_ALONE)
-            why = f"{mode} " + ("takeover of a lapsed lifeline's slot" if ended_line is not None
-                                else "takeover of an expired slot" if lease is not None else "grant") + (
-                f", {len(live)} others" if live else "") + (", above a lowered capacity" if above else "") + (
-                ", a lower slot busy" if slot > 1 and any(
-                    rows.get(other) is None or not self.lease_live(tx, rows.get(other)) for other in range(1, slot))
-                else "")
-            changed = self.changed(tx, n)
-            if consistent:
-                if changed == "yes":
-                    return [none("consistent: skip changed")]
-                skip = [none("consistent: skip changed")] if changed == "maybe" else []
-                return skip + [("new", "consistent: " + why + note + extra, apply)]
-            outcomes = [("error", "40001", "changed since snapshot")] if changed != "no" else []
-            if changed != "yes":
-                outcomes.append(("new", why + note + extra, apply))
-            return outcomes
-        return [none("no free slot")]
+        def remove(gone=tuple(removed)):
+            for at in gone:
+                tx.leases[(n, at)] = None
+                tx.lock(removal_lock(n) if at == 0 else (n, at), CHANGE)
+        if outcome is None:
+            # the lowest slot without a live row whose lock is free (a permit's at most the capacity)
+            for slot in itertools.count(1) if mode == SHARED else range(1, cap + 1):
+                lease = None if slot in removed else rows.get(slot)
+                if self.lease_live(tx, lease) or self.others(s.slot, (n, slot)):
+                    continue
+                ended_line = lease.lifeline if lease is not None else None
+                if ended_line is not None and self.lapse_busy(s.slot, ended_line):
+                    continue
+
+                def apply(token, slot=slot, ended_line=ended_line):
+                    remove()
+                    if declare:
+                        declare()
+                    self._grant(s, tx, n, holder, token, short, session_bound, lifeline, data, ended_line, mode,
+                                slot)
+                    tx.lock(n, JOIN)
+                    tx.lock(kind_lock(n), kind)
+                    if alone:
+                        tx.lock(kind_lock(n), KIND_ALONE)
+                why = f"{mode} " + ("takeover of a lapsed lifeline's slot" if ended_line is not None
+                                    else "takeover of an expired slot" if lease is not None else "grant") + (
+                    f", {len(live)} others" if live else "") + (", above a lowered capacity" if above else "") + (
+                    ", removes ended leases" if removed else "") + (
+                    ", a lower slot busy" if slot > 1 and any(
+                        rows.get(other) is None or not self.lease_live(tx, rows.get(other)) for other in range(1, slot))
+                    else "")
+                outcome = ("new", ("consistent: " if consistent else "") + why + note + extra, apply)
+                break
+            else:
+                outcome = ("none", f"{mode}: no free slot" + (", ended leases removed" if removed else ""), None)
+        if outcome[0] == "none":
+            if not removed:
+                return [outcome]
+            outcome = ("none", outcome[1], remove)
+        # a write (a removal, the grant) under REPEATABLE READ: 40001 if the resource changed since
+        # the snapshot (a snapshot_consistent claim skips it instead)
+        changed = self.changed(tx, n)
+        if consistent:
+            skip = [none("consistent: skip changed")] if changed != "no" else []
+            return skip + ([outcome] if changed != "yes" else [])
+        errors = [("error", "40001", "changed since snapshot")] if changed != "no" else []
+        return errors + ([outcome] if changed != "yes" else [])
 
     # -- the calls -----------------------------------------------------------------------------
 
@@ -994,7 +1078,7 @@ class Model:
         def finish(taken, effects, whys):
             def apply(rows):
                 if lifeline is not None:  # taken for use once, for the whole claim
-                    tx.lock_lifeline(lifeline, USE)
+                    tx.lock_lifeline(lifeline, ATTACH)
                 tokens = iter(token for _, token in rows)
                 for kind, effect in effects:
                     if kind == "new":
@@ -1028,9 +1112,11 @@ class Model:
         walk(0, [], [], [])
         return unique(alts)
 
-    def eval_acquire_all(self, s, tx, resources, holder, short, session_bound, lifeline=None, data=None):
+    def eval_acquire_all(self, s, tx, resources, holder, short, session_bound, lifeline=None, data=None,
+                         wait=False):
         """Every listed resource (an exclusive lease each, duplicates once) or none: one attempt at
-        each in order in a subtransaction, rolled back unless all were had."""
+        each in order in a subtransaction, rolled back unless all were had. A waiting claim
+        tries again after the first attempt, the caller's own live leases first."""
         if lifeline is not None:
             refused = self.lifeline_refusal(s, tx, lifeline)
             if refused:
@@ -1039,34 +1125,46 @@ class Model:
         for n in resources:
             if n not in order:
                 order.append(n)
-        alts = []
 
-        def walk(i, taken, effects, whys):
-            if i == len(order):
-                def apply(rows):
-                    if lifeline is not None:
-                        tx.lock_lifeline(lifeline, USE)
-                    for (kind, effect), (_, token) in zip(effects, rows):
-                        if kind == "new":
-                            effect(token)
-                        else:
-                            effect()
-                why = "all: " + ", ".join(sorted(set(whys))) + ("; attaches" if lifeline is not None else "")
-                alts.append(Alt(("rows", taken), apply, why))
-                return
-            n = order[i]
-            for outcome in self._attempt_exclusive(s, tx, n, holder, short, session_bound, lifeline, data):
-                kind = outcome[0]
-                if kind == "none":
-                    alts.append(Alt(("rows", []), why="none: " + outcome[1]))
-                elif kind == "error":
-                    alts.append(Alt(("error", outcome[1]), why=outcome[2]))
-                elif kind == "new":
-                    walk(i + 1, taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
-                else:
-                    walk(i + 1, taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
+        def claim(order):
+            alts = []
 
-        walk(0, [], [], [])
+            def walk(i, taken, effects, whys):
+                if i == len(order):
+                    def apply(rows):
+                        if lifeline is not None:
+                            tx.lock_lifeline(lifeline, ATTACH)
+                        for (kind, effect), (_, token) in zip(effects, rows):
+                            if kind == "new":
+                                effect(token)
+                            else:
+                                effect()
+                    why = "all: " + ", ".join(sorted(set(whys))) + ("; attaches" if lifeline is not None else "")
+                    alts.append(Alt(("rows", taken), apply, why))
+                    return
+                n = order[i]
+                for outcome in self._attempt_exclusive(s, tx, n, holder, short, session_bound, lifeline, data):
+                    kind = outcome[0]
+                    if kind == "none":
+                        alts.append(Alt(("rows", []), why="none: " + outcome[1]))
+                    elif kind == "error":
+                        alts.append(Alt(("error", outcome[1]), why=outcome[2]))
+                    elif kind == "new":
+                        walk(i + 1, taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
+                    else:
+                        walk(i + 1, taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
+
+            walk(0, [], [], [])
+            return alts
+
+        alts = claim(order)
+        if wait and any(alt.pattern == ("rows", []) for alt in alts):
+            # its later attempts take the caller's own live leases first: what those raise
+            own = [n for n in order if (lease := self.rows(tx, n).get(0)) is not None and self.lease_live(tx, lease)
+                   and not lease.kept and lease.holder == holder and lease.owner == s.role]
+            again = own + [n for n in order if n not in own]
+            if again != order:
+                alts += [alt for alt in claim(again) if alt.pattern[0] == "error"]
         return unique(alts)
 
     def eval_renew(self, s, tx, n, token, short):
@@ -1082,13 +1180,14 @@ class Model:
                 tx.lock(row_lock(n, lease.slot), EXTEND)
                 if lease.mode == EXCLUSIVE:
                     tx.proofs.add(n)
-            return self._unless_changed(tx, n, Alt(("value", True), apply, why + ", attached"), lease.slot)
+            return self._unless_changed(tx, n, Alt(("value", True), apply, why + ", attached"), lease.slot,
+                                        row_only=True)
         return self._unless_changed(tx, n, Alt(("value", True), lambda _v: self._extend(s, tx, n, lease, short, False),
-                                               why), lease.slot)
+                                               why), lease.slot, row_only=True)
 
-    def _unless_changed(self, tx, n, alt, slot=None, changed=None):
+    def _unless_changed(self, tx, n, alt, slot=None, changed=None, row_only=False):
         """The answer `alt`, or 40001 if the lease changed since a REPEATABLE READ snapshot."""
-        changed = self.changed(tx, n, slot) if changed is None else changed
+        changed = self.changed(tx, n, slot, row_only) if changed is None else changed
         alts = [Alt(("error", "40001"), why="changed since snapshot")] if changed != "no" else []
         return alts + ([alt] if changed != "yes" else [])
 
@@ -1117,10 +1216,10 @@ class Model:
                     self._pending(n, version, lease.since_ub + datetime.timedelta(microseconds=keep_us))
             else:
                 tx.leases[(n, lease.slot)] = None
-            tx.lock(row_lock(n, lease.slot), CHANGE)
+            self.take(tx, change_locks(n, lease))
             if lease.mode == EXCLUSIVE:
                 tx.proofs.add(n)
-        return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot)
+        return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot, row_only=True)
 
     def eval_set_data(self, s, tx, n, token, data):
         lease = self.holds(tx, n, token)
@@ -1136,15 +1235,15 @@ class Model:
                 tx.proofs.add(n)
         why = ("held" if data is not None else "held, removes") + mode_note(lease) + (
             ", attached" if lease.lifeline else "")
-        return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot)
+        return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot, row_only=True)
 
     def eval_set_capacity(self, s, tx, n, capacity):
         if s.role != SUPERUSER:
             return [Alt(("error", "42501"), why="not granted")]
+        # under REPEATABLE READ, a capacity another transaction wrote since the snapshot: 40001,
+        # or decided on the latest one
         changed = self.capacity_changed(tx, n)
         alts = [Alt(("error", "40001"), why="capacity changed since snapshot")] if changed != "no" else []
-        if changed == "yes":
-            return alts
         previous = self.capacity_latest(tx, n)
 
         def apply(_v):
@@ -1153,6 +1252,7 @@ class Model:
         live = [lease for lease in self.rows(tx, n).values() if lease.mode == PERMIT and self.lease_live(tx, lease)]
         why = ("sets" if previous is None else "removes" if capacity is None else "raises" if capacity > previous
                else "lowers" if capacity < previous else "keeps") + (
+            ", changed since snapshot" if changed != "no" else "") + (
             f", {len(live)} live permits" if live else "") + (
             ", more than it" if capacity is not None and len(live) > capacity else "")
         return alts + [Alt(("value", previous), apply, why)]
@@ -1185,7 +1285,7 @@ class Model:
         def apply(_v):
             version = Lifeline(lid, current.owner, current.bound, current.short)
             tx.lifelines[lid] = version
-            tx.lock_lifeline(lid, USE)
+            tx.lock_lifeline(lid, RENEW)
             if short:
                 self.short_leases.append(("lifeline", lid, version, None))
         why = "renew" + (", 1 ms" if short else "") + (", own ttl" if ttl is None else "") + (
@@ -1197,7 +1297,7 @@ class Model:
         if refused:
             return refused
         attached = self.attached_to(tx, lid)
-        modes = {(n, slot): self.rows(tx, n)[slot].mode for n, slot in attached}
+        leases = {(n, slot): self.rows(tx, n)[slot] for n, slot in attached}
         alts = []
         changed = self.lifeline_changed(tx, lid)
         if changed != "no":
@@ -1212,14 +1312,14 @@ class Model:
             return alts
 
         def apply(_v):
-            for n, slot in attached:
+            for (n, slot), lease in leases.items():
                 tx.leases[(n, slot)] = None
-                tx.lock(row_lock(n, slot), CHANGE)
-                if modes[(n, slot)] == EXCLUSIVE:
+                self.take(tx, change_locks(n, lease))
+                if lease.mode == EXCLUSIVE:
                     tx.proofs.add(n)
             tx.lifelines[lid] = None
             tx.lock_lifeline(lid, END)
-        shared = sum(mode != EXCLUSIVE for mode in modes.values())
+        shared = sum(lease.mode != EXCLUSIVE for lease in leases.values())
         alts.append(Alt(("closed", len(attached)), apply, f"close, {len(attached)} attached" + (
             f" ({shared} shared or permits)" if shared else "")))
         return alts
@@ -1304,7 +1404,8 @@ class Model:
                    else "not held" if lease is None else "held, not a member")
             return [Alt(("error", "55000"), why=why)]
         if lease.mode != EXCLUSIVE:  # only an exclusive lease's token passes
-            return [Alt(("error", "55000"), why=f"{lease.mode} token" + (", resource proven" if n in tx.proofs else ""))]
+            return [Alt(("error", "55000"),
+                        why=f"{lease.mode} token" + (", resource proven" if n in tx.proofs else ""))]
 
         def apply(_v):
             tx.rows[k] = (n, token)
@@ -1376,6 +1477,7 @@ class Model:
                     rows.pop(slot, None)
                 else:
                     rows[slot] = version
+                self.row_write[(n, slot)] = self.seq
                 if not (before is None and version is None):
                     self.row_change[(n, slot)] = self.last_change[n] = self.seq
             self.committed[n] = rows
@@ -1449,19 +1551,19 @@ class Model:
             for m, slot in gone:
                 if m == n:
                     rows.pop(slot, None)
-                    self.row_change[(n, slot)] = self.seq
+                    self.row_change[(n, slot)] = self.row_write[(n, slot)] = self.seq
             self.committed[n] = rows
             self.history[n].append((self.seq, rows))
             self.last_write[n] = self.last_change[n] = self.seq
 
     def sweepable(self):
         """Committed leases (rows) the expiry worker removes now: expired ones (their own ttl, or
-        the end of a keep) whose row's lock nobody holds; and those attached to a lapsed lifeline,
-        whose lock (tried by the worker) nobody holds either."""
+        the end of a keep) whose change locks (tried by the worker) no transaction holds in a
+        conflicting mode; and those attached to a lapsed lifeline, whose lock nobody holds either."""
         gone = []
         for n, rows in self.committed.items():
             for slot, lease in rows.items():
-                if self.locked_by_anyone(row_lock(n, slot)):
+                if self.conflicting(None, change_locks(n, lease)):
                     continue
                 if lease.lifeline is None:
                     if lease.expired:
@@ -1832,7 +1934,7 @@ class History:
         kinds = [("acquire", 30), ("acquire_any", 8), ("acquire_all", 5), ("renew", 9), ("release", 9),
                  ("check", 9), ("assert", 5), ("force", 4), ("info", 6), ("insert", 3), ("update", 6),
                  ("update_token", 5), ("move", 2), ("delete", 4), ("bad", 3), ("set_data", 4),
-                 ("lifeline_open", 4), ("lifeline_renew", 4), ("lifeline_close", 2), ("set_capacity", 2)]
+                 ("lifeline_open", 4), ("lifeline_renew", 4), ("lifeline_close", 2), ("set_capacity", 3)]
         kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         if kind in ("lifeline_renew", "lifeline_close") and not model.lifeline_ids and rng.random() < 0.8:
             kind = "lifeline_open"
@@ -1842,7 +1944,7 @@ class History:
         tx = model.sessions[slot].tx
         # often a resource the transaction proved or holds a lock on: an exclusive lease's proof
         # meeting its shared leases, permits and fenced rows
-        touched = sorted({key if isinstance(key, int) else key[1] if key[0] == "kind" else key[0]
+        touched = sorted({key if isinstance(key, int) else key[1] if isinstance(key[0], str) else key[0]
                           for key in tx.locks} | tx.proofs) if tx is not None else []
         if touched and rng.random() < 0.3:
             n = rng.choice(touched)
@@ -1875,40 +1977,44 @@ class History:
                 return ("cur", rng.randrange(RESOURCES), rng.randrange(12))
             return ("rand", rng.choice([1, rng.randrange(1, 1 << 40)]))
 
-        def mode_spec(shared, permit):
+        def mode_spec(n, scale=1.0):
             """(mode as written, capacity): exclusive (the default), shared, or a permit asked for
-            with `capacity => N`, `mode => 'permit'` and a capacity, or `mode => 'permit'` alone."""
+            with `capacity => N`, `mode => 'permit'` and a capacity, or `mode => 'permit'` alone.
+            The resources lean: the first ones to exclusive leases, the last ones to permits."""
+            shared, permit = MODE_LEAN[n % len(MODE_LEAN)]
             x = rng.random()
-            if x < shared:
+            if x < shared * scale:
                 return (SHARED, None)
-            if x < shared + permit:
+            if x < (shared + permit) * scale:
                 capacity = rng.choice(CAPACITIES)
-                return rng.choices([(None, capacity), (PERMIT, capacity), (PERMIT, None)], [45, 20, 35])[0]
+                return rng.choices([(None, capacity), (PERMIT, capacity), (PERMIT, None)], [50, 25, 25])[0]
             return (None, None)
 
         if kind == "acquire":
             line = attach_spec()
             wait = WAIT if rng.random() < 0.25 else None
-            mode, capacity = mode_spec(0.25, 0.2)
+            mode, capacity = mode_spec(n)
             if line is not None:  # an attached lease has no ttl and is not session-bound
                 return ("acquire", slot, n, holder, None, wait, False, line, data_value(), mode, capacity)
             return ("acquire", slot, n, holder, ttl, wait, rng.random() < 0.25, None, data_value(), mode, capacity)
         if kind == "acquire_any":
             candidates = [rng.randrange(RESOURCES) for _ in range(rng.randint(1, 4))]
             line = attach_spec()
-            mode, capacity = mode_spec(0.15, 0.1)
+            mode, capacity = mode_spec(candidates[0], 0.6)
             return ("acquire_any", slot, candidates, holder, None if line else ttl, rng.randint(1, 3),
                     not line and rng.random() < 0.2, rng.random() < 0.3, line, data_value(), mode, capacity)
         if kind == "acquire_all":
-            resources = [rng.randrange(RESOURCES) for _ in range(rng.randint(1, 3))]
+            # mostly of the resources that do not lean to permits
+            resources = [rng.randrange(RESOURCES - (rng.random() < 0.7)) for _ in range(rng.randint(1, 3))]
             line = attach_spec()
             wait = WAIT if rng.random() < 0.2 else None
             if line is not None:
                 return ("acquire_all", slot, resources, holder, None, wait, False, line, data_value())
             return ("acquire_all", slot, resources, holder, ttl, wait, rng.random() < 0.2, None, data_value())
-        if kind == "set_capacity":  # mostly by the superuser, who may
+        if kind == "set_capacity":  # mostly by the superuser, who may, of the resources permits lean to
+            n = n if rng.random() < 0.3 else rng.randrange(RESOURCES // 2, RESOURCES)
             return ("set_capacity", 0 if rng.random() < 0.7 else slot, n,
-                    rng.choices([1, 2, 3, None], [30, 30, 25, 15])[0])
+                    rng.choices([1, 2, 3, None], [35, 25, 25, 15])[0])
         if kind == "renew":
             return ("renew", slot, n, token_spec(n), ttl)
         if kind == "release":
@@ -2277,7 +2383,8 @@ class History:
 
         def evaluate(tx):
             # With a wait the claim first tries as without one; nothing changes while it waits.
-            alts = self.model.eval_acquire_all(s, tx, resources, holder, ttl == SHORT, session_bound, lid, data)
+            alts = self.model.eval_acquire_all(s, tx, resources, holder, ttl == SHORT, session_bound, lid, data,
+                                               wait is not None)
             for alt in alts:
                 alt.why = f"{alt.why}, waiting" if wait else alt.why
             return alts
@@ -2288,8 +2395,8 @@ class History:
                          "any", evaluate, timed=True)
 
     def do_set_capacity(self, index, s, n, capacity):
-        return self.call(index, s, "set_capacity", "SELECT lease_set_capacity(%s, %s::integer)", (self.name(n), capacity),
-                         "value", lambda tx: self.model.eval_set_capacity(s, tx, n, capacity))
+        return self.call(index, s, "set_capacity", "SELECT lease_set_capacity(%s, %s::integer)",
+                         (self.name(n), capacity), "value", lambda tx: self.model.eval_set_capacity(s, tx, n, capacity))
 
     def do_renew(self, index, s, n, spec, ttl):
         token = self.model.resolve(s, spec)
@@ -2432,10 +2539,10 @@ class History:
                              "22023"),
             "set_data_null_token": ("SELECT lease_set_data(%s, %s, %s::jsonb)", (self.name(n), None, "{}"), "22004"),
             # modes, capacities and claims of several resources (0.6.0)
-            "mode_null": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s::text)", (self.name(n), "h1", LONG, None),
-                          "22004"),
-            "mode_unknown": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s)", (self.name(n), "h1", LONG, "read"),
-                             "22023"),
+            "mode_null": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s::text)",
+                          (self.name(n), "h1", LONG, None), "22004"),
+            "mode_unknown": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s)",
+                             (self.name(n), "h1", LONG, "read"), "22023"),
             "shared_capacity": ("SELECT lease_acquire(%s, %s, %s::interval, mode => %s, capacity => %s::integer)",
                                 (self.name(n), "h1", LONG, SHARED, 2), "22023"),
             "capacity0": ("SELECT lease_acquire(%s, %s, %s::interval, capacity => %s::integer)",
@@ -2443,15 +2550,17 @@ class History:
             "any_mode_unknown": ("SELECT resource, token FROM lease_acquire_any(%s::text[], %s, %s::interval, "
                                  "mode => %s)", ([self.name(n)], "h1", LONG, "exclusive "), "22023"),
             "any_capacity0": ("SELECT resource, token FROM lease_acquire_any(%s::text[], %s, %s::interval, "
-                              "mode => %s, capacity => %s::integer)", ([self.name(n)], "h1", LONG, PERMIT, -1), "22023"),
+                              "mode => %s, capacity => %s::integer)", ([self.name(n)], "h1", LONG, PERMIT, -1),
+                              "22023"),
             "set_capacity0": ("SELECT lease_set_capacity(%s, %s::integer)", (self.name(n), 0),
                               "22023" if s.role == SUPERUSER else "42501"),
             "all_empty": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval)",
                           ([], "h1", LONG), "22023"),
             "all_null_holder": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval)",
                                 ([self.name(n)], None, LONG), "22004"),
-            "all_too_many": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, %s::interval)",
-                             ([f"{self.name(n)}:x{i}" for i in range(17)], "h1", LONG, "1 s"), "54000"),
+            "all_too_many": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, "
+                             "%s::interval)", ([f"{self.name(n)}:x{i}" for i in range(17)], "h1", LONG, "1 s"),
+                             "54000"),
             "all_attach_ttl": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, NULL, "
                                "false, %s)", ([self.name(n)], "h1", LONG, 1), "22023"),
         }[which]

@@ -47,7 +47,7 @@ import time
 
 import psycopg
 
-from common import Clients, Table, connect, failure_notes, median, ms, percentile, rotate, tally
+from common import print_failures, spread_per_client, Clients, Table, connect, failure_notes, median, ms, percentile, rotate, tally
 
 PORT = int(sys.argv[1])
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
@@ -251,10 +251,7 @@ def run_variant(variant, run, round_, monitor):
         f"  overlapping {overlapping}  acquire p50/p99 {ms(result['p50'])}/{ms(result['p99'])} ms",
         file=sys.stderr,
     )
-    for name, count in errors.items():
-        print(f"      {count} × {name}", file=sys.stderr)
-    for failure in runner.failed:
-        print(f"      stopped: {failure}", file=sys.stderr)
+    print_failures(errors, runner.failed)
     return result
 
 
@@ -303,8 +300,7 @@ def report(runs):
               [f"{ms(median([r['p50'] for r in runs[v]]))} / {ms(median([r['p99'] for r in runs[v]]))}" for v in VARIANTS])
     table.row(f"acquire latency p99, lists of {LIST_MAX} (ms)", [ms(median([r["p99_longest"] for r in runs[v]])) for v in VARIANTS])
     table.row("claims granted per client, min / max (all rounds)",
-              [f"{min(map(sum, zip(*[r['per_client'] for r in runs[v]])))} / "
-               f"{max(map(sum, zip(*[r['per_client'] for r in runs[v]])))}" for v in VARIANTS])
+              spread_per_client(runs, VARIANTS, "per_client"))
     notes = [
         f"{CLIENTS} clients (a thread and a connection each), each claim {LIST_MIN} to {LIST_MAX} distinct resources"
         f" drawn at random out of {POOL}, in random order (the same lists for both variants of a round);"

@@ -226,3 +226,19 @@ def failure_notes(runs, variants):
             notes += [f"Client stopped ({v}): {failure}" for failure in r["failed"]]
         notes += [f"Error ({v}): {count} × {name}" for name, count in sorted(errors.items())]
     return notes
+
+
+def print_failures(errors, failed):
+    """Prints a run's errors (name: count) and stopped clients under its line, to stderr."""
+    for name, count in errors.items():
+        print(f"      {count} × {name}", file=sys.stderr)
+    for failure in failed:
+        print(f"      stopped: {failure}", file=sys.stderr)
+
+
+def spread_per_client(runs, variants, key):
+    """For a table row: per variant, the smallest and largest total over all rounds of `key`,
+    a list with one count per client."""
+    def totals(v):
+        return list(map(sum, zip(*[r[key] for r in runs[v]])))
+    return [f"{min(totals(v))} / {max(totals(v))}" for v in variants]

@@ -40,7 +40,7 @@ import time
 
 import psycopg
 
-from common import (Clients, Table, connect, failure_notes, median, ms, percentile, probe, require_arguments,
+from common import (print_failures, spread_per_client, Clients, Table, connect, failure_notes, median, ms, percentile, probe, require_arguments,
                     rotate, tally)
 
 PORT = int(sys.argv[1])
@@ -223,10 +223,7 @@ def run_variant(variant, monitor):
         f"  errors {result['errors']}",
         file=sys.stderr,
     )
-    for name, count in errors.items():
-        print(f"      {count} × {name}", file=sys.stderr)
-    for failure in runner.failed:
-        print(f"      stopped: {failure}", file=sys.stderr)
+    print_failures(errors, runner.failed)
     return result
 
 
@@ -279,8 +276,7 @@ def report(runs):
               [str(sum(r["leases_left"] for r in runs[v])) if v == "lease" else "-" for v in VARIANTS])
     table.row("errors (must be 0)", total("errors"))
     table.row("reads per reader, min / max (all rounds)",
-              [f"{min(map(sum, zip(*[r['per_reader'] for r in runs[v]])))} / "
-               f"{max(map(sum, zip(*[r['per_reader'] for r in runs[v]])))}" for v in VARIANTS])
+              spread_per_client(runs, VARIANTS, "per_reader"))
     notes = [
         f"{READERS} readers and {WRITERS} writers (a thread and a connection each) on one resource; a read holds"
         f" {READ_MS:g} ms, a write {WRITE_MS:g} ms, a writer pauses {WRITER_PAUSE_MS:g} ms between writes;"

@@ -55,7 +55,7 @@ import time
 
 import psycopg
 
-from common import (Clients, Table, busy_time, connect, failure_notes, fifo_inversions, handovers, max_overlap,
+from common import (print_failures, spread_per_client, Clients, Table, busy_time, connect, failure_notes, fifo_inversions, handovers, max_overlap,
                     median, ms, percentile, probe, require_arguments, rotate, tally)
 
 PORT = int(sys.argv[1])
@@ -227,10 +227,7 @@ def run_variant(variant, run, monitor):
         f"  timeouts {result['timeouts']}  errors {result['errors']}",
         file=sys.stderr,
     )
-    for name, count in errors.items():
-        print(f"      {count} × {name}", file=sys.stderr)
-    for failure in runner.failed:
-        print(f"      stopped: {failure}", file=sys.stderr)
+    print_failures(errors, runner.failed)
     return result
 
 
@@ -293,8 +290,7 @@ def report(runs):
                f"{sum(r['leases_left'] for r in runs[v])}" if v == "lease"
                else f"-, {sum(r['unreleased'] for r in runs[v])}, -" for v in VARIANTS])
     table.row("grants per client, min / max (all rounds)",
-              [f"{min(map(sum, zip(*[r['per_client'] for r in runs[v]])))} / "
-               f"{max(map(sum, zip(*[r['per_client'] for r in runs[v]])))}" for v in VARIANTS])
+              spread_per_client(runs, VARIANTS, "per_client"))
     notes = [
         f"{CLIENTS} clients (a thread and a connection each) on one resource of capacity {CAPACITY}, each holding"
         f" its permit for {HOLD_MS:g} ms of work; {ROUNDS} rounds of {SECONDS:g} s per variant, alternating;"

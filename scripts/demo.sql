@@ -35,6 +35,16 @@ SELECT lease_lifeline_close(:lifeline) AS released;
 SELECT lease_acquire('cron:hourly-report', 'node-a', '10 minutes') AS report \gset
 SELECT lease_release('cron:hourly-report', :report, keep_for => '1 hour') AS released;
 SELECT lease_acquire('cron:hourly-report', 'node-b', '10 minutes') AS refused;
+\echo 'two readers share a report while the writer is refused; a counting semaphore lets 2 of 3 in:'
+SELECT lease_acquire('report:sales', 'reader-1', '30 seconds', mode => 'shared') IS NOT NULL AS reader_1,
+       lease_acquire('report:sales', 'reader-2', '30 seconds', mode => 'shared') IS NOT NULL AS reader_2,
+       lease_acquire('report:sales', 'writer', '30 seconds') IS NULL AS writer_refused;
+SELECT n AS worker, lease_acquire('limit:email', 'worker-' || n, '30 seconds', capacity => 2) IS NOT NULL AS permitted
+FROM generate_series(1, 3) AS n;
+\echo 'a transfer takes both accounts or neither:'
+SELECT resource, token IS NOT NULL AS granted
+FROM lease_acquire_all(ARRAY['account:17', 'account:4'], 'transfer-1', '30 seconds');
 \echo 'every live lease, as an administrator sees it:'
-SELECT resource, holder, token, session_bound, waiters, released_at IS NOT NULL AS kept FROM lease.active ORDER BY resource;
+SELECT resource, holder, token, mode, capacity, session_bound, waiters, released_at IS NOT NULL AS kept
+FROM lease.active ORDER BY resource, holder;
 SELECT count(lease_force_release(resource)) AS revoked FROM lease.active;

@@ -121,9 +121,7 @@ pub fn request<'a>(
 /// resource's declared capacity.
 pub fn mode(mode: Option<&str>, capacity: Option<i32>) -> LeaseResult<(LeaseMode, Option<i32>)> {
     let mode = mode.ok_or(LeaseError::NullArgument("mode"))?;
-    if let Some(capacity) = capacity.filter(|capacity| *capacity < 1) {
-        return Err(LeaseError::invalid("capacity", format_args!("must be at least 1, not {capacity}")));
-    }
+    let capacity = at_least_one(capacity, "capacity")?;
     match (LeaseMode::named(mode), capacity) {
         (Some(LeaseMode::Shared), Some(_)) => Err(LeaseError::invalid(
             "capacity",
@@ -183,12 +181,16 @@ pub fn wait(wait: Option<Interval>) -> LeaseResult<i64> {
 
 /// A count of at least 1: `default` when NULL.
 pub fn count(count: Option<i32>, argument: &str, default: usize) -> LeaseResult<usize> {
-    match count {
-        None => Ok(default),
-        Some(count) if count < 1 => {
-            Err(LeaseError::invalid(argument, format_args!("must be at least 1, not {count}")))
+    Ok(at_least_one(count, argument)?.map_or(default, |count| count as usize))
+}
+
+/// A number that must be at least 1 when given (a count, a capacity); NULL stays NULL.
+pub fn at_least_one(value: Option<i32>, argument: &str) -> LeaseResult<Option<i32>> {
+    match value {
+        Some(value) if value < 1 => {
+            Err(LeaseError::invalid(argument, format_args!("must be at least 1, not {value}")))
         }
-        Some(count) => Ok(count as usize),
+        value => Ok(value),
     }
 }
 

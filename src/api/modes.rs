@@ -37,9 +37,7 @@ pub(super) fn ensure_served(request: &grant::Request) -> LeaseResult<()> {
 fn lease_set_capacity(resource: Option<&str>, capacity: Option<i32>) -> Option<i32> {
     (|| {
         let resource = arguments::resource(resource, "resource")?;
-        if let Some(capacity) = capacity.filter(|capacity| *capacity < 1) {
-            return Err(LeaseError::invalid("capacity", format_args!("must be at least 1, not {capacity}")));
-        }
+        let capacity = arguments::at_least_one(capacity, "capacity")?;
         ensure_primary()?;
         let store = Store::open();
         if store.shape() != Shape::Slotted {

@@ -178,8 +178,7 @@ pub fn lock_row_change(resource: &str, slot: i32, kind: Option<Kind>, dont_wait:
     let membership = match kind.filter(|_| slot != 0) {
         None => None,
         Some(kind) => {
-            let join =
-                take(advisory_tag(LOCK_SPACE, resource_key(resource)), Mode::Join.lock_mode(), dont_wait)?;
+            let join = acquire(resource, Mode::Join, dont_wait)?;
             let Some(kind) = take(kind_tag(resource), kind.lock_mode(), dont_wait) else {
                 join.release_if_unused_before();
                 return None;
@@ -295,7 +294,7 @@ pub fn try_lock(resource: &str, mode: Mode) -> Option<Taken> {
 }
 
 fn acquire(resource: &str, mode: Mode, dont_wait: bool) -> Option<Taken> {
-    take(advisory_tag(LOCK_SPACE, resource_key(resource)), mode.lock_mode(), dont_wait)
+    take(slot_tag(resource, 0), mode.lock_mode(), dont_wait)
 }
 
 fn take(tag: pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE, dont_wait: bool) -> Option<Taken> {

@@ -112,19 +112,19 @@ fn look(store: &Store, request: &Request) -> Result<bool, Timestamp> {
         LeaseMode::Permit => store.capacity(request.resource).or(request.capacity),
         _ => None,
     };
-    keeps_out(&rows, now, request, capacity, store.caller()).map(|(_, mine)| mine.is_some())
+    keeps_out(&rows, now, request, capacity, store.caller()).map(|mine| mine.is_some())
 }
 
-/// Whether `request` may join the holders in `rows` at `now`: Ok with the count of live rows
-/// of its mode and the caller's own live one, if it has one; or the expiry of what keeps it
-/// out (a live exclusive lease, a live holder of the other kind, a full capacity).
+/// Whether `request` may join the holders in `rows` at `now`: Ok with the caller's own live
+/// lease of its mode, if it has one; or the expiry of what keeps it out (a live exclusive
+/// lease, a live holder of the other kind, a full capacity).
 fn keeps_out<'a>(
     rows: &'a [Lease],
     now: Timestamp,
     request: &Request,
     capacity: Option<i32>,
     role: Oid,
-) -> Result<(usize, Option<&'a Lease>), Timestamp> {
+) -> Result<Option<&'a Lease>, Timestamp> {
     let live: Vec<&Lease> = rows.iter().filter(|lease| ended(lease, now, request).is_none()).collect();
     if request.only_if_free && !rows.is_empty() {
         return Err(rows.iter().map(|lease| lease.expires_at).min().unwrap_or(now));
@@ -140,7 +140,7 @@ fn keeps_out<'a>(
         Some(capacity) if mine.is_none() && live.len() >= capacity.max(0) as usize => {
             Err(live.iter().map(|lease| lease.expires_at).min().unwrap_or(now))
         }
-        _ => Ok((live.len(), mine)),
+        _ => Ok(mine),
     }
 }
 
@@ -163,7 +163,7 @@ fn decide(store: &Store, request: &Request, ticket: Option<Place>, alone: bool) 
             Some(lease) => rows.extend(lease),
         }
     }
-    let (_, mine) = match keeps_out(&rows, now, request, request.capacity, store.caller()) {
+    let mine = match keeps_out(&rows, now, request, request.capacity, store.caller()) {
         Ok(found) => found,
         Err(until) => return Attempt::Refused(until),
     };

@@ -74,7 +74,7 @@ fn lease_columns(shape: Shape) -> &'static str {
 
 /// A row's slot and mode, as a scan lists them (slot 0 and exclusive in the tables before 0.6.0,
 /// which have one row per resource).
-fn slot_column(shape: Shape) -> &'static str {
+fn place_columns(shape: Shape) -> &'static str {
     match shape {
         Shape::Slotted => "slot, mode",
         _ => "0, 'exclusive'::pg_catalog.text",
@@ -110,7 +110,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
     let lease = lease_columns(shape);
     let not_kept = not_kept(shape);
     let not_attached = if shape.has_lifelines() { " AND lifeline IS NULL" } else { "" };
-    let slot = slot_column(shape);
+    let place = place_columns(shape);
     // Rows in slot order (tables before 0.6.0 have one row per resource).
     let (by_slot, then_slot) = match shape {
         Shape::Slotted => (" ORDER BY slot", ", slot"),
@@ -179,7 +179,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         ),
         ExpiredCandidates => (
             format!(
-                "SELECT resource, token, {slot} FROM lease.leases
+                "SELECT resource, token, {place} FROM lease.leases
                   WHERE expires_at OPERATOR(pg_catalog.<=) $1 ORDER BY expires_at LIMIT $2"
             ),
             types(&[TSTZ, INT8]),
@@ -203,7 +203,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
             ),
         },
         SessionBound => {
-            (format!("SELECT resource, token, {slot} FROM lease.leases WHERE session_pid IS NOT NULL"), vec![])
+            (format!("SELECT resource, token, {place} FROM lease.leases WHERE session_pid IS NOT NULL"), vec![])
         }
         DeleteGrant => (
             format!(
@@ -336,7 +336,7 @@ pub(super) fn source(statement: Statement, shape: Shape) -> Option<(String, Vec<
         ),
         LifelineLeases => (
             format!(
-                "SELECT resource, token, {slot} FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1
+                "SELECT resource, token, {place} FROM lease.leases WHERE lifeline OPERATOR(pg_catalog.=) $1
                   ORDER BY resource{then_slot} LIMIT $2"
             ),
             types(&[INT8, INT8]),

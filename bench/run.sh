@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side on one server in one run:
 #   core:   acquire+release cycles on random resources (1..100000) with the extension (events
-#           on, and with lease.notify = off), a hand-written lease table, and
+#           on, and with lease.notify = off), ShedLock's schema, a hand-written lease table, and
 #           pg_advisory_lock/unlock, at 1, 8 and 32 clients, synchronous_commit on and off
-#           (pgbench, prepared statements); then the same cycles with a client LISTENing on
-#           the same machine, which counts the events and checks for gaps.
+#           (pgbench, prepared statements), with WAL bytes per cycle; then the same cycles with
+#           a client LISTENing on the same machine, which counts the events and checks for gaps.
+#   cost:   what does not move with the machine's speed: CPU instructions per cycle in the
+#           server backend (callgrind), pages touched and WAL per cycle (bench/core/cost.sh).
 #   expiry: latency from expires_at to the expired notification, sweep cost, idle cost
 #           (bench/events/expiry.py).
 #   waiting: handover latency against a 50 ms polling client, session end to next holder,
@@ -13,19 +15,19 @@
 #           SELECT ... FOR UPDATE SKIP LOCKED (bench/queue/run.sh).
 # Usage: bench/run.sh [seconds per pgbench run, default 5]. Writes bench/results/*.md, the
 # latency samples (expiry.json, waiting.json) and the machine and settings (machine.txt).
-# Environment: LEASE_BENCH_PARTS (default "core expiry waiting queue") runs only some parts;
+# Environment: LEASE_BENCH_PARTS (default "core cost expiry waiting queue") runs only some parts;
 # LEASE_BENCH_SKIP_INSTALL=1 uses the installed build instead of building the release one;
 # LEASE_BENCH_RESULTS writes the results to another directory; LEASE_BENCH_PORT, LEASE_BENCH_ROUNDS,
 # LEASE_BENCH_CLIENTS, LEASE_BENCH_SYNC, LEASE_RUN_DIR.
 source "$(dirname "$0")/../scripts/common.sh"
 
 DURATION=${1:-5}
-ROUNDS=${LEASE_BENCH_ROUNDS:-3}
+ROUNDS=${LEASE_BENCH_ROUNDS:-5}
 PORT=${LEASE_BENCH_PORT:-54327}
 read -r -a CLIENTS <<< "${LEASE_BENCH_CLIENTS:-1 8 32}"
 read -r -a SYNC_MODES <<< "${LEASE_BENCH_SYNC:-on off}"
-read -r -a PARTS <<< "${LEASE_BENCH_PARTS:-core expiry waiting queue}"
-VARIANTS=(lease silent table advisory)
+read -r -a PARTS <<< "${LEASE_BENCH_PARTS:-core cost expiry waiting queue}"
+VARIANTS=(lease silent shedlock table advisory)
 RESULTS=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}
 OUT=$RESULTS/core.md
 RAW=$RESULTS/core.raw
@@ -64,50 +66,72 @@ describe_machine > "$RESULTS/machine.txt"
 
 wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 
-declare -A tps failed
-# One pgbench run: prints "cycles/s failed-transactions".
+declare -A tps failed wal ratio_spread
+# One pgbench run: prints "cycles/s failed-transactions WAL-bytes-per-cycle".
 run_variant() {
     local variant=$1 clients=$2 sync=$3 key=$4
-    # TRUNCATE (not VACUUM ANALYZE) leaves both tables "never analyzed", so neither side's
-    # generic plans are made from the statistics of an empty table.
-    "${psql_bench[@]}" -c "TRUNCATE lease.leases, bench_leases" -c "CHECKPOINT"
+    # TRUNCATE (not VACUUM ANALYZE) leaves both lease tables "never analyzed", so neither side's
+    # generic plans are made from the statistics of an empty table. ShedLock's rows stay, as
+    # they do for its users, in the steady state of bench/core/steady.sql.
+    "${psql_bench[@]}" -c "TRUNCATE lease.leases, bench_leases" -f "$ROOT/bench/core/steady.sql"
     local threads=$(( clients < 2 ? 1 : 2 ))
-    local script=$variant notify=on log
+    local script=$variant notify=on log lsn
     if [ "$variant" = silent ]; then script=lease notify=off; fi
     "${psql_bench[@]}" -c "ALTER SYSTEM SET lease.notify = $notify" -c "SELECT pg_reload_conf()" >/dev/null
+    lsn=$("${psql_bench[@]}" -At -c "SELECT pg_current_wal_lsn()")
     log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -M prepared -T "$DURATION" \
         -c "$clients" -j "$threads" -h 127.0.0.1 -p "$PORT" -U postgres \
         -f "$ROOT/bench/core/$script.sql" postgres 2>&1) || { echo "$log" >&2; exit 1; }
     { echo "== $key"; echo "$log"; } >> "$RAW"
-    echo "$log" | awk '/^tps = / {tps = $3} /number of failed transactions/ {failed = $5} END {printf "%.0f %d", tps, failed}'
+    # WAL per cycle over the whole run: the cycles' records and commit records, and whatever
+    # else the server wrote meanwhile (the expiry worker's, full-page images after the checkpoint).
+    local wal_bytes
+    wal_bytes=$("${psql_bench[@]}" -At -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn')")
+    echo "$log" | awk -v wal="$wal_bytes" '/^tps = / {tps = $3} /number of failed transactions/ {failed = $5}
+        /number of transactions actually processed/ {split($6, n, "/"); cycles = n[1]}
+        END {printf "%.0f %d %.0f", tps, failed, (cycles > 0 ? wal / cycles : 0)}'
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
 
 run_core() {
     : > "$RAW"
     # Each configuration runs every variant ROUNDS times, in a rotated order each round, and
-    # reports the median: the machine's drift hits all variants alike.
+    # reports the median: the machine's drift hits all variants alike. The ratio to ShedLock is
+    # also taken round by round (each lease run against the ShedLock run beside it): its
+    # median and its range are the spread the table reports.
     for sync in "${SYNC_MODES[@]}"; do
         for clients in "${CLIENTS[@]}"; do
-            declare -A samples=()
+            declare -A samples=() wal_samples=()
+            local rounds_ratios=""
             for round in $(seq 1 "$ROUNDS"); do
+                declare -A this_round=()
                 for i in "${!VARIANTS[@]}"; do
                     variant=${VARIANTS[$(( (i + round) % ${#VARIANTS[@]} ))]}
                     key="$sync/$clients/$variant"
-                    read -r cycles failures <<< "$(run_variant "$variant" "$clients" "$sync" "$key")"
+                    read -r cycles failures wal_per_cycle <<< "$(run_variant "$variant" "$clients" "$sync" "$key")"
                     samples[$variant]+=" $cycles"
+                    wal_samples[$variant]+=" $wal_per_cycle"
+                    this_round[$variant]=$cycles
                     failed[$key]=$(( ${failed[$key]:-0} + failures ))
                 done
+                rounds_ratios+=" $(ratio "${this_round[lease]}" "${this_round[shedlock]}")"
+                unset this_round
             done
             for variant in "${VARIANTS[@]}"; do
                 key="$sync/$clients/$variant"
                 # shellcheck disable=SC2086
                 tps[$key]=$(median ${samples[$variant]})
-                printf '%-9s clients=%-3s synchronous_commit=%-3s median %8s cycles/s (runs:%s)  failed=%s\n' \
-                    "$variant" "$clients" "$sync" "${tps[$key]}" "${samples[$variant]}" "${failed[$key]:-0}"
+                # shellcheck disable=SC2086
+                wal[$key]=$(median ${wal_samples[$variant]})
+                printf '%-9s clients=%-3s synchronous_commit=%-3s median %8s cycles/s (runs:%s)  WAL/cycle %s  failed=%s\n' \
+                    "$variant" "$clients" "$sync" "${tps[$key]}" "${samples[$variant]}" "${wal[$key]}" "${failed[$key]:-0}"
             done
-            unset samples
+            # shellcheck disable=SC2086
+            ratio_spread[$sync/$clients]="$(median $rounds_ratios) ($(printf '%s\n' $rounds_ratios | sort -n | head -1)–$(printf '%s\n' $rounds_ratios | sort -n | tail -1))"
+            echo "lease / ShedLock by round:$rounds_ratios"
+            unset samples wal_samples
         done
     done
 
@@ -125,22 +149,25 @@ run_core() {
     read -r events_published events_dropped <<< "$("${psql_bench[@]}" -At -F ' ' -c "SELECT published - $published_before, dropped FROM lease_event_stats()")"
 
     {
-        echo "| synchronous_commit | clients | lease (cycles/s) | lease, lease.notify = off | throughput lost to events | hand-written table | advisory locks | lease / table | failed |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| synchronous_commit | clients | lease (cycles/s) | lease, lease.notify = off | throughput lost to events | ShedLock's schema | hand-written table | advisory locks | lease / ShedLock (range) | lease / table | lease / advisory | WAL bytes per cycle: lease / ShedLock / table | failed |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for sync in "${SYNC_MODES[@]}"; do
             for clients in "${CLIENTS[@]}"; do
-                l=${tps[$sync/$clients/lease]} s=${tps[$sync/$clients/silent]}
-                t=${tps[$sync/$clients/table]} a=${tps[$sync/$clients/advisory]}
+                k=$sync/$clients
+                l=${tps[$k/lease]} s=${tps[$k/silent]} sh=${tps[$k/shedlock]}
+                t=${tps[$k/table]} a=${tps[$k/advisory]}
                 f=0
-                for variant in "${VARIANTS[@]}"; do f=$(( f + ${failed[$sync/$clients/$variant]:-0} )); done
-                ratio=$(awk -v l="$l" -v t="$t" 'BEGIN {printf "%.2f", l / t}')
+                for variant in "${VARIANTS[@]}"; do f=$(( f + ${failed[$k/$variant]:-0} )); done
                 cost=$(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.1f%%", 100 * (s - l) / s}')
-                echo "| $sync | $clients | $l | $s | $cost | $t | $a | $ratio | $f |"
+                echo "| $sync | $clients | $l | $s | $cost | $sh | $t | $a | ${ratio_spread[$k]} | $(ratio "$l" "$t") | $(ratio "$l" "$a") | ${wal[$k/lease]} / ${wal[$k/shedlock]} / ${wal[$k/table]} | $f |"
             done
         done
         echo
-        echo "Median of $ROUNDS interleaved runs of $DURATION s each; pgbench -M prepared; one acquire and one"
-        echo "release per cycle on a random resource out of 100,000; $(nproc) cores; PostgreSQL"
+        echo "Median of $ROUNDS interleaved runs of $DURATION s each (lease / ShedLock: the median of the"
+        echo "rounds' ratios, each lease run against the ShedLock run beside it, and their range); pgbench"
+        echo "-M prepared; one acquire and one release per cycle on a random resource out of 100,000; ShedLock's"
+        echo "table holds a row for each of them from the start, as it does once its jobs have run; WAL bytes"
+        echo "per cycle are the server's whole WAL during a run over its cycles; $(nproc) cores; PostgreSQL"
         echo "$("$PG_BIN/postgres" --version | awk '{print $3}'), $BUILD; $(date -u +%Y-%m-%d)."
         echo
         echo "With a client LISTENing on lease_events on the same machine (8 clients, synchronous_commit = off):"
@@ -165,11 +192,16 @@ run_waiting() {
     cat "$RESULTS/waiting.md"
 }
 
+run_cost() {
+    say "cost per cycle: instructions, pages, WAL"
+    LEASE_BENCH_RESULTS=$RESULTS bash "$ROOT/bench/core/cost.sh" $(( PORT + 1 ))
+}
+
 run_queue() {
     say "queue: lease_acquire_any against SELECT ... FOR UPDATE SKIP LOCKED"
     LEASE_BENCH_RESULTS=$RESULTS bash "$ROOT/bench/queue/run.sh" "$PORT" "$DURATION"
 }
 
-for part in core expiry waiting queue; do
+for part in core cost expiry waiting queue; do
     if wants "$part"; then "run_$part"; fi
 done

@@ -63,7 +63,8 @@ pgrx::extension_sql_file!("../sql/lease--0.1.0--0.2.0.sql", name = "v0_2_0", req
 pgrx::extension_sql_file!("../sql/lease--0.2.0--0.3.0.sql", name = "v0_3_0", requires = ["v0_2_0"]);
 pgrx::extension_sql_file!("../sql/lease--0.3.0--0.4.0.sql", name = "v0_4_0", requires = ["v0_3_0"]);
 pgrx::extension_sql_file!("../sql/lease--0.4.0--0.5.0.sql", name = "v0_5_0", requires = ["v0_4_0"]);
-pgrx::extension_sql_file!("../sql/lease--0.5.0--0.6.0.sql", name = "v0_6_0", finalize);
+pgrx::extension_sql_file!("../sql/lease--0.5.0--0.6.0.sql", name = "v0_6_0", requires = ["v0_5_0"]);
+pgrx::extension_sql_file!("../sql/lease--0.6.0--0.7.0.sql", name = "v0_7_0", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

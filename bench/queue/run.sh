@@ -6,7 +6,10 @@
 #               ready jobs and reads the granted ones, then per job one statement that releases
 #               the lease and, only if that succeeded, updates the job;
 #   skiplocked: SELECT ... FOR UPDATE SKIP LOCKED claiming with locked_by/locked_until, then per
-#               job an update fenced by locked_by/locked_until that also clears them.
+#               job an update fenced by locked_by/locked_until that also clears them;
+#   lease-batch, skiplocked-batch: the same claims, and the whole batch completed in one
+#               statement: lease_release_each and an update of the jobs it released, against
+#               one fenced update of the batch's jobs.
 # Every run starts from a fresh queue; jobs/s counts the jobs done from the start to the last
 # completion, and every run checks that no job was completed twice. A last pair of runs gives
 # claims a shorter life than the work (takeovers happen) to show each fence refusing completions.
@@ -31,7 +34,7 @@ CANDIDATES=$(( 2 * WORKERS * BATCH ))
 TTL=30s                          # claims outlive the work: nothing expires in the timed runs
 PRESSURE_TTL=20ms                # ... and here they do: BATCH jobs of PRESSURE_WORK_US each
 PRESSURE_WORK_US=3000
-QUEUES=(lease skiplocked)
+QUEUES=(lease skiplocked lease-batch skiplocked-batch)
 HERE=$ROOT/bench/queue
 OUT=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}/queue.md
 RAW=${OUT%.md}.raw
@@ -40,20 +43,26 @@ SCRIPTS=$(mktemp -d)
 trap 'rm -rf "$SCRIPTS"' EXIT
 
 # The pgbench script of one worker's batch: claim, then BATCH completions, each after WORK_US
-# microseconds of "work" (none in the timed runs).
+# microseconds of "work" (none in the timed runs), or (a -batch queue) all the work and then one
+# completion of the whole batch.
 build_script() {
     local queue=$1 work_us=$2 i
-    local file=$SCRIPTS/$queue-$work_us.sql
+    local file=$SCRIPTS/$queue-$work_us.sql base=${1%-batch}
     {
         # The claim's numbers as constants: a LIMIT given as a parameter would be planned anew on
         # every call.
         sed -e "s/LIMIT :batch/LIMIT $BATCH/" -e "s/LIMIT CANDIDATES)/LIMIT $CANDIDATES)/" \
-            -e "s/:ttl::interval, BATCH,/:ttl::interval, $BATCH,/" "$HERE/${queue}_claim.sql"
-        for i in $(seq 1 "$BATCH"); do
-            echo "\\set i $i"
-            if [ "$work_us" -gt 0 ]; then echo "\\sleep $work_us us"; fi
-            cat "$HERE/${queue}_complete.sql" "$HERE/refused.sql"
-        done
+            -e "s/:ttl::interval, BATCH,/:ttl::interval, $BATCH,/" "$HERE/${base}_claim.sql"
+        if [ "$queue" != "$base" ]; then
+            if [ "$work_us" -gt 0 ]; then echo "\\sleep $(( work_us * BATCH )) us"; fi
+            cat "$HERE/${base}_complete_batch.sql" "$HERE/refused_batch.sql"
+        else
+            for i in $(seq 1 "$BATCH"); do
+                echo "\\set i $i"
+                if [ "$work_us" -gt 0 ]; then echo "\\sleep $work_us us"; fi
+                cat "$HERE/${base}_complete.sql" "$HERE/refused.sql"
+            done
+        fi
     } > "$file"
     echo "$file"
 }
@@ -141,14 +150,22 @@ statement_ms() {
     awk -v c="${total[$1/claim_us]}" -v d="${total[$1/complete_us]}" -v n="$ROUNDS" \
         'BEGIN {printf "%.2f / %.2f", c / n / 1000, d / n / 1000}'
 }
-name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
+name() {
+    case $1 in
+        lease) echo "lease" ;;
+        skiplocked) echo "SKIP LOCKED" ;;
+        lease-batch) echo "lease, batch completed in one call" ;;
+        skiplocked-batch) echo "SKIP LOCKED, batch completed in one update" ;;
+    esac
+}
 
 {
-    echo "| synchronous_commit | lease queue (jobs/s) | SKIP LOCKED queue (jobs/s) | lease / SKIP LOCKED |"
-    echo "|---|---:|---:|---:|"
+    echo "| synchronous_commit | lease queue (jobs/s) | SKIP LOCKED queue (jobs/s) | lease / SKIP LOCKED | lease, batch completed in one call (jobs/s) | SKIP LOCKED, batch completed in one update (jobs/s) | lease / SKIP LOCKED, batches |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for sync in "${SYNC_MODES[@]}"; do
         l=${rate[$sync/lease]} s=${rate[$sync/skiplocked]}
-        echo "| $sync | $l | $s | $(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}') |"
+        lb=${rate[$sync/lease-batch]} sb=${rate[$sync/skiplocked-batch]}
+        echo "| $sync | $l | $s | $(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}') | $lb | $sb | $(awk -v l="$lb" -v s="$sb" 'BEGIN {printf "%.2f", (s > 0 ? l / s : 0)}') |"
     done
     echo
     echo "| queue | synchronous_commit | jobs/s of each run | jobs done | jobs completed twice | completions − jobs done | jobs per claim | WAL bytes per job | granted although done | claim / completion (ms) | failed transactions |"
@@ -161,20 +178,27 @@ name() { if [ "$1" = lease ]; then echo "lease"; else echo "SKIP LOCKED"; fi; }
     done
     echo
     echo "$WORKERS workers claiming $BATCH jobs at a time from a queue of $JOBS jobs, one transaction per claim and"
-    echo "one per completion; median of $ROUNDS alternating runs of $DURATION s each, every run on a fresh queue"
+    echo "one per completion (per batch in the batch queues); median of $ROUNDS alternating runs of $DURATION s each, every run on a fresh queue"
     echo "(jobs/s: jobs done from the start to the last completion). The lease queue offers each claim the"
     echo "oldest $CANDIDATES ready jobs, shuffled, to lease_acquire_any with snapshot_consistent, and reads the"
     echo "granted jobs in the same statement. Statement latencies are pgbench's means per call (one claim"
-    echo "and $BATCH completions per batch)."
+    echo "and $BATCH completions per batch, or one completion of the batch)."
     echo "pgbench -M prepared; $(nproc) cores; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); $(date -u +%Y-%m-%d)."
     echo
-    echo "| claims of $PRESSURE_TTL, $PRESSURE_WORK_US µs of work per job (synchronous_commit = on, $DURATION s) | lease queue | SKIP LOCKED queue |"
-    echo "|---|---:|---:|"
-    echo "| jobs done | ${total[takeover/lease/done]} | ${total[takeover/skiplocked/done]} |"
-    echo "| completions refused by the fence (claim ended) | ${total[takeover/lease/refused]} | ${total[takeover/skiplocked/refused]} |"
-    echo "| jobs granted although already done | ${total[takeover/lease/stale]} | - |"
-    echo "| jobs completed twice | ${total[takeover/lease/twice]} | ${total[takeover/skiplocked/twice]} |"
-    echo "| completions − jobs done | $(( total[takeover/lease/completions] - total[takeover/lease/done] )) | $(( total[takeover/skiplocked/completions] - total[takeover/skiplocked/done] )) |"
+    echo "| claims of $PRESSURE_TTL, $PRESSURE_WORK_US µs of work per job (synchronous_commit = on, $DURATION s) | $(for q in "${QUEUES[@]}"; do printf '%s | ' "$(name "$q")"; done)"
+    echo "|---|$(for _ in "${QUEUES[@]}"; do printf -- '---:|'; done)"
+    takeover_row() {  # LABEL FIELD
+        printf '| %s |' "$1"
+        for q in "${QUEUES[@]}"; do printf ' %s |' "${total[takeover/$q/$2]}"; done
+        echo
+    }
+    takeover_row "jobs done" done
+    takeover_row "completions refused by the fence (claim ended)" refused
+    takeover_row "jobs granted although already done (SKIP LOCKED: not counted, 0)" stale
+    takeover_row "jobs completed twice" twice
+    printf '| completions − jobs done |'
+    for q in "${QUEUES[@]}"; do printf ' %s |' "$(( total[takeover/$q/completions] - total[takeover/$q/done] ))"; done
+    echo
 } > "$OUT"
 echo
 cat "$OUT"

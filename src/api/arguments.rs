@@ -47,7 +47,7 @@ pub fn token(token: Option<i64>) -> LeaseResult<i64> {
 }
 
 /// A number that names something (a token, a lifeline): not NULL, positive.
-fn positive(value: Option<i64>, argument: &'static str) -> LeaseResult<i64> {
+pub(super) fn positive(value: Option<i64>, argument: &'static str) -> LeaseResult<i64> {
     match value {
         None => Err(LeaseError::NullArgument(argument)),
         Some(value) if value <= 0 => {

@@ -1,7 +1,7 @@
-//! The SQL entry points of the acquires of several resources: `lease_acquire_any`, in the
-//! signature of each version, and `lease_acquire_all`.
+//! The SQL entry points of calls on several resources: `lease_acquire_any`, in the signature
+//! of each version, `lease_acquire_all` and `lease_release_each`.
 //!
-//! Uses errors, grant, waiting and the argument checks.
+//! Uses errors, grant, holding, waiting and the argument checks.
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -10,6 +10,7 @@ use pgrx::JsonB;
 use super::arguments::{self, ensure_primary};
 use crate::errors::{LeaseError, LeaseResult, OrRaise};
 use crate::grant;
+use crate::holding;
 use crate::store::LeaseMode;
 use crate::waiting;
 
@@ -151,5 +152,42 @@ fn lease_acquire_all(
         Ok(grant::acquire_all(&distinct, &request, wait)?.unwrap_or_default())
     })()
     .map(TableIterator::new)
+    .or_raise()
+}
+
+/// Releases each of `resources` held with the token at the same position of `tokens`, in the
+/// order given, and returns the resources it released; one whose token no longer holds it is
+/// left out (`lease_release` would return false for it). Each release is a fence as
+/// `lease_release` is: until the calling transaction ends nobody else can be granted a returned
+/// resource, so work completed in the same transaction for exactly those resources (a queue's
+/// batch of jobs) is fenced. Every argument is checked before anything is released.
+#[pg_extern(sql = false)]
+fn lease_release_each(
+    resources: Option<Array<&str>>,
+    tokens: Option<Array<i64>>,
+) -> SetOfIterator<'static, String> {
+    (|| {
+        let listed = resource_list(resources.as_ref().map(Array::iter))?;
+        let tokens = tokens.ok_or(LeaseError::NullArgument("tokens"))?;
+        if tokens.len() != listed.len() {
+            return Err(LeaseError::invalid(
+                "tokens",
+                format_args!("has {} elements for {} resources", tokens.len(), listed.len()),
+            ));
+        }
+        let tokens = tokens
+            .iter()
+            .map(|token| arguments::positive(token, "tokens element"))
+            .collect::<LeaseResult<Vec<_>>>()?;
+        ensure_primary()?;
+        let mut released = Vec::new();
+        for (resource, token) in listed.into_iter().zip(tokens) {
+            if holding::release(resource, token, None)? {
+                released.push(resource.to_owned());
+            }
+        }
+        Ok(released)
+    })()
+    .map(SetOfIterator::new)
     .or_raise()
 }

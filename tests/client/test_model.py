@@ -1,6 +1,6 @@
 """A randomized, stateful model test of the lease contract (the 0.4.0 contract of issue 13, the
-lifelines, minimum holds and data of 0.5.0, and the shared leases, permits and all-or-nothing
-claims of 0.6.0).
+lifelines, minimum holds and data of 0.5.0, the shared leases, permits and all-or-nothing
+claims of 0.6.0, and the release of many leases in one call of 0.7.0).
 
 A reference model of the contract, written here in plain Python, runs side by side with real
 client sessions. Each history drives four sessions on four fresh resources, interleaved at
@@ -16,6 +16,8 @@ statement level, single-threaded and deterministic for a given seed:
   or not; exclusive, shared, or a permit), `lease_acquire_any` (several candidates, duplicates,
   max_count, session_bound, snapshot_consistent; in each mode), `lease_acquire_all` (several
   resources, duplicates, with and without a wait), `lease_renew`, `lease_release`,
+  `lease_release_each` (1 to 4 resources, each with a current, stale, foreign or random token,
+  sometimes a name listed again with the same or another token; arrays of different lengths),
   `lease_check`, `lease_assert`, `lease_force_release`, `lease_set_capacity`, `lease_info`, and
   rejected arguments; with current, stale, foreign and random tokens of every mode.
 - Autocommit calls and explicit transactions at READ COMMITTED and REPEATABLE READ, with
@@ -53,6 +55,13 @@ statement level, single-threaded and deterministic for a given seed:
   every live holder; `lease_fence` passes only exclusive tokens, and only an exclusive lease's
   call proves a resource. The final check compares every lease row (slot and mode too) and
   `lease.capacities`.
+- Many releases in one call (0.7.0): `lease_release_each(resources, tokens)` is the sequence of
+  `lease_release(resource, token)` calls of its pairs, in the order given, in one statement: it
+  answers exactly the resources released, in order (a pair listed again finds nothing the second
+  time), with each release's effects; an error of any of them (42501, 40001) raises and releases
+  nothing. It is issued only when none of its releases would wait. Arrays of different lengths
+  (22023), NULL arrays and elements (22004), a token of 0 and a blank name (22023) are rejected
+  before anything is looked up, with held tokens among the others, and change nothing.
 - Every third history runs with a do-nothing trigger on `lease.leases`, which makes the calls
   take the SQL path instead of the direct heap path.
 
@@ -692,6 +701,12 @@ class Model:
             rows = {(n, slot): lease for view in (None, tx) for n, slot in self.attached_to(view, lid)
                     for lease in [self.rows(view, n)[slot]]}
             return any(self.conflicting(s.slot, change_locks(n, lease)) for (n, _), lease in rows.items())
+        if kind == "release_each":
+            # arrays of different lengths are refused before anything is looked up; else each
+            # release as lease_release's, in order (a pair listed again then holds nothing)
+            _, _, pairs, lengths = step
+            return not lengths and any(self.waits_for_row(s, tx, n, self.resolve(s, spec), CHANGE)
+                                       for n, spec in pairs)
         if kind in ("renew", "release", "check", "assert", "set_data"):
             mode = {"renew": EXTEND, "set_data": EXTEND, "release": CHANGE, "check": FENCE, "assert": FENCE}[kind]
             return self.waits_for_row(s, tx, step[2], self.resolve(s, step[3]), mode)
@@ -1221,6 +1236,38 @@ class Model:
                 tx.proofs.add(n)
         return self._unless_changed(tx, n, Alt(("value", True), apply, why), lease.slot, row_only=True)
 
+    def eval_release_each(self, s, tx, pairs):
+        """lease_release_each: the release of each (resource, token) of `pairs` as lease_release
+        (no keep_for) does it, in order, in one statement: the resources released, in order, or
+        the error of the first release that raises (and nothing released). Each release is
+        decided on what the ones before it left (a pair listed again finds nothing)."""
+        alts = []
+
+        def walk(i, released, effects, whys):
+            if i == len(pairs):
+                def apply(_v):
+                    for effect in effects:
+                        effect(True)
+                why = f"each: {len(released)} of {len(pairs)}: " + "; ".join(sorted(set(whys)))
+                alts.append(Alt(("released", [n for n, _ in released]), apply, why))
+                return
+            n, token = pairs[i]
+            for alt in self.eval_release(s, tx, n, token):
+                if alt.pattern[0] == "error":
+                    alts.append(Alt(alt.pattern, why=f"each: at {i + 1} of {len(pairs)}: {alt.why}"))
+                elif alt.pattern == ("value", False):
+                    why = "released before in the call" if (n, token) in released else alt.why
+                    walk(i + 1, released, effects, whys + [why])
+                else:
+                    # what the release leaves for the ones after it, then as it was
+                    saved = tx.save()
+                    alt.apply(True)
+                    walk(i + 1, released + [(n, token)], effects + [alt.apply], whys + [alt.why])
+                    tx.restore(saved)
+
+        walk(0, [], [], [])
+        return unique(alts)
+
     def eval_set_data(self, s, tx, n, token, data):
         lease = self.holds(tx, n, token)
         if lease is None:
@@ -1633,7 +1680,7 @@ class Model:
                 elif token != expected_token:
                     return False
             return True
-        if kind in ("info", "count"):
+        if kind in ("info", "count", "released"):
             return value == pattern[1]
         if kind == "closed":
             return is_token(value) and value == pattern[1]
@@ -1704,6 +1751,8 @@ def pattern_kind(pattern):
         return f"{pattern[1]} rows changed"
     if kind == "closed":
         return f"{pattern[1]} released"
+    if kind == "released":
+        return f"{len(pattern[1])} names"
     if kind == "expiry":
         return "timestamp"
     return "ok"
@@ -1722,6 +1771,8 @@ def actual_kind(actual, fetch):
     value = actual[1]
     if fetch == "any":
         return f"{len(value)} rows" if isinstance(value, list) else "?"
+    if fetch == "names":
+        return f"{len(value)} names" if isinstance(value, list) else "?"
     if fetch == "info":
         return info_kind(value)
     if fetch == "count":
@@ -1932,8 +1983,8 @@ class History:
     def propose_call(self, rng, slot):
         model = self.model
         kinds = [("acquire", 30), ("acquire_any", 8), ("acquire_all", 5), ("renew", 9), ("release", 9),
-                 ("check", 9), ("assert", 5), ("force", 4), ("info", 6), ("insert", 3), ("update", 6),
-                 ("update_token", 5), ("move", 2), ("delete", 4), ("bad", 3), ("set_data", 4),
+                 ("release_each", 5), ("check", 9), ("assert", 5), ("force", 4), ("info", 6), ("insert", 3),
+                 ("update", 6), ("update_token", 5), ("move", 2), ("delete", 4), ("bad", 3), ("set_data", 4),
                  ("lifeline_open", 4), ("lifeline_renew", 4), ("lifeline_close", 2), ("set_capacity", 3)]
         kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         if kind in ("lifeline_renew", "lifeline_close") and not model.lifeline_ids and rng.random() < 0.8:
@@ -2020,6 +2071,18 @@ class History:
         if kind == "release":
             keep = rng.choices([None, "null", "zero", "elapsed", "short", "long"], [60, 5, 7, 8, 12, 8])[0]
             return ("release", slot, n, token_spec(n), keep)
+        if kind == "release_each":
+            # 1 to 4 resources (often ones the transaction touched), each with a token of its own
+            # (held, stale, foreign, random); sometimes a name again, with the same or another token
+            pairs = [(n, token_spec(n))]
+            for _ in range(rng.randint(0, 3)):
+                if rng.random() < 0.2:
+                    m, spec = rng.choice(pairs)
+                    pairs.append((m, spec if rng.random() < 0.6 else token_spec(m)))
+                else:
+                    m = rng.choice(touched) if touched and rng.random() < 0.3 else rng.randrange(RESOURCES)
+                    pairs.append((m, token_spec(m)))
+            return ("release_each", slot, pairs, rng.choice((-1, 1)) if rng.random() < 0.08 else 0)
         if kind in ("check", "assert"):
             return (kind, slot, n, token_spec(n))
         if kind == "set_data":
@@ -2091,7 +2154,7 @@ class History:
             cursor = conn.execute(sql, params)
             if fetch in ("one", "value"):
                 return ("ok", cursor.fetchone()[0])
-            if fetch in ("all", "any", "info"):
+            if fetch in ("all", "any", "info", "names"):
                 return ("ok", [tuple(row) for row in cursor.fetchall()])
             if fetch == "count":
                 return ("ok", cursor.rowcount)
@@ -2109,6 +2172,8 @@ class History:
         value = actual[1]
         if fetch == "any":
             return "[" + ", ".join(f"({r}, {t})" for r, t in value) + "]"
+        if fetch == "names":
+            return "[" + ", ".join(self.name(r) if is_token(r) else str(r) for r in value) + "]"
         if fetch == "info":
             return "no row" if not value else "; ".join(str(row) for row in value)
         if fetch == "count":
@@ -2130,6 +2195,8 @@ class History:
             elif kind == "rows":
                 items = [f"({self.name(n)}, {'new token' if t == 'new' else t})" for n, t in pattern[1]]
                 texts.append("[" + ", ".join(items) + "]")
+            elif kind == "released":
+                texts.append("[" + ", ".join(self.name(n) for n in pattern[1]) + "]")
             elif kind == "info":
                 texts.append("no row" if not pattern[1] else "; ".join(str(row) for row in pattern[1]))
             elif kind == "count":
@@ -2161,6 +2228,8 @@ class History:
         model.t_after = self.clock() if timed else None
         if actual[0] == "ok" and fetch == "any":
             actual = ("ok", [(self.number(r), t) for r, t in actual[1]])
+        elif actual[0] == "ok" and fetch == "names":
+            actual = ("ok", [self.number(r) for r, in actual[1]])
         elif actual[0] == "ok" and fetch == "info":
             actual = ("ok", sorted(actual[1], key=repr))
         got = self.got_text(actual, fetch)
@@ -2433,6 +2502,21 @@ class History:
                          (self.name(n), token, text), "value",
                          lambda tx: model.eval_release(s, tx, n, token, keep, keep_us), timed=True)
 
+    def do_release_each(self, index, s, pairs, lengths=0):
+        """lengths: 0, or -1 / 1: one token fewer / more than resources (22023, nothing released)."""
+        model = self.model
+        tokens = [model.resolve(s, spec) for _, spec in pairs]
+        resolved = [(n, token) for (n, _), token in zip(pairs, tokens)]
+        if lengths:
+            tokens = tokens[:-1] if lengths < 0 else tokens + tokens[:1]
+
+        def evaluate(tx):
+            if lengths:
+                return [Alt(("error", "22023"), why="one token " + ("fewer" if lengths < 0 else "more"))]
+            return model.eval_release_each(s, tx, resolved)
+        return self.call(index, s, "release_each", "SELECT * FROM lease_release_each(%s::text[], %s::bigint[])",
+                         ([self.name(n) for n, _ in pairs], tokens), "names", evaluate)
+
     def do_set_data(self, index, s, n, spec, data):
         token = self.model.resolve(s, spec)
         return self.call(index, s, "set_data", "SELECT lease_set_data(%s, %s, %s::jsonb)",
@@ -2503,6 +2587,8 @@ class History:
                          lambda tx: self.model.eval_row_change(s, tx, "delete", k))
 
     def do_bad(self, index, s, which, n):
+        # lease_release_each lists a token that may hold n (nothing is released all the same)
+        each, held = "SELECT * FROM lease_release_each(%s::text[], %s::bigint[])", self.model.resolve(s, ("cur", n, 0))
         sql, params, state = {
             "token0": ("SELECT lease_renew(%s, %s, %s::interval)", (self.name(n), 0, LONG), "22023"),
             "null_holder": ("SELECT lease_acquire(%s, %s, %s::interval)", (self.name(n), None, LONG), "22004"),
@@ -2563,6 +2649,13 @@ class History:
                              "54000"),
             "all_attach_ttl": ("SELECT resource, token FROM lease_acquire_all(%s::text[], %s, %s::interval, NULL, "
                                "false, %s)", ([self.name(n)], "h1", LONG, 1), "22023"),
+            # lease_release_each (0.7.0): every argument is checked before anything is released
+            "each_null_resources": (each, (None, [held]), "22004"),
+            "each_null_tokens": (each, ([self.name(n)], None), "22004"),
+            "each_null_name": (each, ([self.name(n), None], [held, held]), "22004"),
+            "each_null_token": (each, ([self.name(n), self.name(n)], [held, None]), "22004"),
+            "each_token0": (each, ([self.name(n), self.name(n)], [held, 0]), "22023"),
+            "each_blank": (each, ([self.name(n), " "], [held, held]), "22023"),
         }[which]
         return self.call(index, s, "bad", sql, params, "all", lambda tx: [Alt(("error", state))])
 
@@ -2635,7 +2728,9 @@ BAD_CALLS = ("token0", "null_holder", "ttl0", "negative_wait", "max_count0", "nu
              "lifeline_open_null_name", "attach_with_ttl", "attach_bound", "attach_zero", "attach_any_ttl",
              "keep_negative", "keep_over_max", "data_big", "data_big_any", "set_data_big", "set_data_null_token",
              "mode_null", "mode_unknown", "shared_capacity", "capacity0", "any_mode_unknown", "any_capacity0",
-             "set_capacity0", "all_empty", "all_null_holder", "all_too_many", "all_attach_ttl")
+             "set_capacity0", "all_empty", "all_null_holder", "all_too_many", "all_attach_ttl",
+             "each_null_resources", "each_null_tokens", "each_null_name", "each_null_token", "each_token0",
+             "each_blank")
 
 
 def remove_leases(obs, prefix):
@@ -2764,6 +2859,11 @@ def simpler_steps(step):
             yield ("acquire_all", slot, resources, holder, ttl, wait, session_bound, line, None)
     elif kind == "release" and step[4] is not None:
         yield step[:4] + (None,)
+    elif kind == "release_each":
+        _, slot, pairs, lengths = step
+        for i in range(len(pairs)):
+            if len(pairs) > 1:
+                yield ("release_each", slot, pairs[:i] + pairs[i + 1:], lengths)
 
 
 # --------------------------------------------------------------------------------------------

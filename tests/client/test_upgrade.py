@@ -8,7 +8,7 @@ import pytest
 from conftest import connect, one, wait_for
 
 # Every earlier version: 0.1.0 is installed from its own script, each later one from it and the steps.
-OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0")
+OLD_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0")
 
 # Every object of the extension, with what an upgrade must get right: signatures, results,
 # volatility, security, settings, ACLs, comments, view definitions, columns, indexes.
@@ -68,9 +68,13 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         if old_version < "0.5.0":
             with pytest.raises(psycopg.errors.UndefinedFunction):
                 conn.execute("SELECT lease_lifeline_open('x')")
-        for call in ("lease_acquire_all(ARRAY['x'], 'h')", "lease_acquire('x', 'h', mode => 'shared')"):
+        if old_version < "0.6.0":
+            for call in ("lease_acquire_all(ARRAY['x'], 'h')", "lease_acquire('x', 'h', mode => 'shared')"):
+                with pytest.raises(psycopg.errors.UndefinedFunction):
+                    conn.execute(f"SELECT * FROM {call}")
+        if old_version < "0.7.0":
             with pytest.raises(psycopg.errors.UndefinedFunction):
-                conn.execute(f"SELECT * FROM {call}")
+                conn.execute("SELECT * FROM lease_release_each(ARRAY['x'], ARRAY[1::bigint])")
         # Until the update, this library serves the old table with the old calls: grants,
         # renewals, releases, fences, expiry and the sweep.
         gone = one(conn, "SELECT lease_acquire('upgrade:gone', 'old-holder', '1 hour')")
@@ -80,7 +84,8 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         short = one(conn, "SELECT lease_acquire('upgrade:short', 'old-holder', '1 ms')")
         wait_for(lambda: one(conn, "SELECT count(*) FROM lease_info('upgrade:short')") == 0, what="expiry")
         assert one(conn, "SELECT lease_sweep()") == 1
-        assert one(conn, "SELECT lease_acquire('upgrade:short', 'old-holder', '1 hour')") > short
+        again = one(conn, "SELECT lease_acquire('upgrade:short', 'old-holder', '1 hour')")
+        assert again > short
 
         conn.execute("ALTER EXTENSION lease UPDATE")
         current = one(conn, "SELECT default_version FROM pg_available_extensions WHERE name = 'lease'")
@@ -121,12 +126,25 @@ def test_update_keeps_leases_and_tokens_and_matches_a_fresh_install(databases, o
         # before the update, and granted on others.
         assert one(conn, "SELECT lease_acquire('upgrade:held', 'reader', mode => 'shared')") is None
         assert one(conn, "SELECT lease_acquire('upgrade:held', 'worker', capacity => 2)") is None
-        assert one(conn, "SELECT lease_acquire('upgrade:shared', 'reader', mode => 'shared')") > fenced
-        assert one(conn, "SELECT lease_acquire('upgrade:permits', 'worker', capacity => 2)") > fenced
+        shared = one(conn, "SELECT lease_acquire('upgrade:shared', 'reader', mode => 'shared')")
+        assert shared > fenced
+        permit = one(conn, "SELECT lease_acquire('upgrade:permits', 'worker', capacity => 2)")
+        assert permit > fenced
+        claimed = conn.execute(
+            "SELECT resource, token FROM lease_acquire_all(ARRAY['upgrade:held', 'upgrade:all'], 'old-holder')"
+        ).fetchall()
+        assert claimed[0] == ("upgrade:held", held) and claimed[1][0] == "upgrade:all"
+        # lease_release_each releases a lease taken before the update and those taken after it, in
+        # the order given; a stale token and a name listed again release nothing.
         assert [r for r, in conn.execute(
-            "SELECT resource FROM lease_acquire_all(ARRAY['upgrade:held', 'upgrade:all'], 'old-holder')"
-        )] == ["upgrade:held", "upgrade:all"]
-        conn.execute("DELETE FROM lease.leases WHERE resource IN ('upgrade:shared', 'upgrade:permits', 'upgrade:all')")
+            "SELECT * FROM lease_release_each(ARRAY['upgrade:short', 'upgrade:shared', 'upgrade:permits', "
+            "'upgrade:held', 'upgrade:all', 'upgrade:short'], ARRAY[%s, %s, %s, %s, %s, %s]::bigint[])",
+            (again, shared, permit, short, claimed[1][1], again),
+        )] == ["upgrade:short", "upgrade:shared", "upgrade:permits", "upgrade:all"]
+        assert conn.execute(
+            "SELECT resource, token FROM lease.leases WHERE resource IN ('upgrade:short', 'upgrade:shared', "
+            "'upgrade:permits', 'upgrade:held', 'upgrade:all')"
+        ).fetchall() == [("upgrade:held", held)]
         assert one(conn, "SELECT lease_release('upgrade:held', %s, keep_for => '1 hour')", (held,)) is True
         assert one(conn, "SELECT lease_acquire('upgrade:held', 'old-holder')") is None
         conn.execute("DELETE FROM lease.leases WHERE resource = 'upgrade:held'")

@@ -8,7 +8,9 @@
 # counted; writes RESULTS/cost.md (LEASE_BENCH_RESULTS, default bench/results).
 # Each variant runs WARM cycles on one connection and then WARM + CYCLES on another: the
 # difference of the two backends' instruction counts over CYCLES is the cost of a cycle, with
-# connection start and exit, and the first calls' catalog lookups, taken out.
+# connection start and exit, and the first calls' catalog lookups, taken out. LEASE_COST_VARIANTS
+# runs only some variants; the callgrind files stay in the cluster's directory, for
+# callgrind_annotate, and the variant's pairs of files are listed on standard error.
 source "$(dirname "$0")/../../scripts/common.sh"
 
 PORT=$1
@@ -16,7 +18,7 @@ CYCLES=${2:-2000}
 WARM=300
 RESULTS=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}
 OUT=$RESULTS/cost.md
-VARIANTS=(lease shedlock table advisory)
+read -r -a VARIANTS <<< "${LEASE_COST_VARIANTS:-lease shedlock table advisory}"
 declare -A TABLE=([lease]=lease.leases [shedlock]=public.shedlock [table]=public.bench_leases)
 
 install_debian_packages valgrind
@@ -24,7 +26,10 @@ DIR=$RUN_DIR/cost
 CALLGRIND=$DIR/callgrind
 cluster_destroy cost
 # Created and set up normally, then run under valgrind.
-cluster_start cost "$PORT" "shared_buffers = 512MB" "max_wal_size = 4GB" "log_min_messages = warning"
+# No autovacuum: its workers would exit during the runs and be counted as the client (the
+# tables are truncated or vacuumed before each variant instead).
+cluster_start cost "$PORT" "shared_buffers = 512MB" "max_wal_size = 4GB" "log_min_messages = warning" \
+    "autovacuum = off"
 psql_cost=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 "${psql_cost[@]}" -f "$ROOT/bench/core/setup.sql" >/dev/null 2>&1
 cluster_stop cost
@@ -70,6 +75,7 @@ instructions_of() {
         count=$(as_root awk '/^totals:/ {print $2}' "$CALLGRIND/$file")
         [ "${count:-0}" -gt "$max" ] && max=$count
     done
+    echo "$1: $2 cycles: $CALLGRIND/$(grep -l "^totals: $max\$" $(for f in $after; do echo "$CALLGRIND/$f"; done) | head -1 | xargs basename)" >&2
     echo "$max"
 }
 

@@ -1,10 +1,42 @@
 //! The shape of `lease.leases` that the direct path is equivalent to SQL on.
 //!
 //! Uses the column map (`row`).
+//!
+//! The verdict for the relation last found to match is kept (per backend) until the relation
+//! cache invalidates that relation or every relation: all DDL that could make the direct path
+//! differ from SQL (columns, keys and indexes, triggers, row-level security and policies, CHECK
+//! constraints, rules, inheritance children) sends that invalidation, and a backend takes it in
+//! when it locks the relation, before it asks again, exactly when it would otherwise have read
+//! the changed relation cache entry.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use pgrx::pg_guard;
 use pgrx::pg_sys::{self, Oid};
 
 use crate::store::row::{Shape, RESOURCE, SLOT};
+
+/// The relation and shape last found to match, packed by [`verdict_key`] (0: none); with
+/// [`CHECKING`] set while a check of it is under way, so that an invalidation arriving during
+/// the check keeps its result from being kept.
+static MATCHED: AtomicU64 = AtomicU64::new(0);
+const CHECKING: u64 = 1 << 63;
+/// Whether this backend registered [`forget_match`].
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+fn verdict_key(relation: Oid, shape: Shape) -> u64 {
+    (u64::from(relation.to_u32()) << 8) | (shape as u64 + 1)
+}
+
+/// The relation cache's invalidation callback: forgets the kept verdict when its relation (or
+/// every relation: `InvalidOid`) is invalidated.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_match(_argument: pg_sys::Datum, relation: Oid) {
+    let matched = MATCHED.load(Ordering::Relaxed);
+    if relation == pg_sys::InvalidOid || ((matched & !CHECKING) >> 8) as u32 == relation.to_u32() {
+        MATCHED.store(0, Ordering::Relaxed);
+    }
+}
 
 /// The shape of `lease.leases` that the direct path is equivalent to SQL on.
 pub(in crate::store) struct Layout;
@@ -22,6 +54,26 @@ impl Layout {
     /// # Safety
     /// `relation` must be open (and locked) in the current transaction.
     pub unsafe fn matches(relation: pg_sys::Relation, shape: Shape) -> bool {
+        let key = verdict_key((*relation).rd_id, shape);
+        if MATCHED.load(Ordering::Relaxed) == key {
+            return true;
+        }
+        if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+            pg_sys::CacheRegisterRelcacheCallback(Some(forget_match), pg_sys::Datum::from(0));
+        }
+        MATCHED.store(key | CHECKING, Ordering::Relaxed);
+        let matches = Layout::compare(relation, shape);
+        // Kept only if no invalidation came in meanwhile (it cleared the word).
+        let kept = if matches { key } else { 0 };
+        let _ = MATCHED.compare_exchange(key | CHECKING, kept, Ordering::Relaxed, Ordering::Relaxed);
+        matches
+    }
+
+    /// [`Layout::matches`] without the kept verdict: reads the relation cache entry.
+    ///
+    /// # Safety
+    /// As for [`Layout::matches`].
+    unsafe fn compare(relation: pg_sys::Relation, shape: Shape) -> bool {
         let form = &*(*relation).rd_rel;
         let descriptor = (*relation).rd_att;
         if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char

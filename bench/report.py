@@ -24,21 +24,32 @@ RESULTS = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "re
 CORE_VARIANTS = [  # (column in core.md, label in the chart)
     ("lease (cycles/s)", "lease"),
     ("lease, lease.notify = off", "lease, notify off"),
+    ("ShedLock's schema", "ShedLock's schema"),
     ("hand-written table", "hand-written table"),
     ("advisory locks", "advisory locks"),
 ]
-QUEUE_VARIANTS = [("lease queue (jobs/s)", "lease queue"), ("SKIP LOCKED queue (jobs/s)", "SKIP LOCKED queue")]
+QUEUE_VARIANTS = [
+    ("lease queue (jobs/s)", "lease queue"),
+    ("SKIP LOCKED queue (jobs/s)", "SKIP LOCKED queue"),
+    ("lease, batch completed in one call (jobs/s)", "lease, batch completed at once"),
+    ("SKIP LOCKED, batch completed in one update (jobs/s)", "SKIP LOCKED, batch completed at once"),
+]
 SECTIONS = [  # (file, heading, what the benchmark does)
     ("core.md", "Acquire + release cycles",
-     "One acquire and one release per cycle on a random resource out of 100,000 (pgbench), against a "
-     "hand-written lease table and PostgreSQL's advisory locks."),
+     "One acquire and one release per cycle on a random resource out of 100,000 (pgbench), against "
+     "ShedLock's schema, a hand-written lease table and PostgreSQL's advisory locks."),
+    ("cost.md", "What a cycle costs the server",
+     "Measures that do not move with the machine's speed: the instructions of the backend that runs "
+     "the cycles (callgrind), pages touched and WAL per cycle (`bench/core/cost.sh`)."),
     ("queue.md", "Queue: lease_acquire_any against SKIP LOCKED",
-     "8 workers claim 10 jobs at a time from a 100,000-job queue and complete each with a fenced update "
-     "(`bench/queue/`)."),
+     "8 workers claim 10 jobs at a time from a 100,000-job queue and complete each with a fenced update, "
+     "or the whole batch in one statement (`bench/queue/`)."),
     ("expiry.md", "Expiry", "From each lease's `expires_at` to its `expired` notification (`bench/events/expiry.py`)."),
     ("waiting.md", "Waiting and handover",
      "From a release's commit to the waiting client's `lease_acquire` returning, against a client polling "
      "every 50 ms (`bench/waiting/handover.py`)."),
+    ("checks.md", "Guarantees checked on the benchmarked build",
+     "The randomized model test and the load checker, run on the build these figures come from."),
 ]
 
 

@@ -12,10 +12,12 @@
 #   waiting: handover latency against a 50 ms polling client, session end to next holder,
 #           32 waiters handing one resource over 10,000 times (bench/waiting/handover.py).
 #   queue:  8 workers draining a 100,000-job queue built on leases against one built on
-#           SELECT ... FOR UPDATE SKIP LOCKED (bench/queue/run.sh).
+#           SELECT ... FOR UPDATE SKIP LOCKED, completing each job or the whole batch at once
+#           (bench/queue/run.sh).
+#   checks: the randomized model test and the load checker on the benchmarked build.
 # Usage: bench/run.sh [seconds per pgbench run, default 5]. Writes bench/results/*.md, the
 # latency samples (expiry.json, waiting.json) and the machine and settings (machine.txt).
-# Environment: LEASE_BENCH_PARTS (default "core cost expiry waiting queue") runs only some parts;
+# Environment: LEASE_BENCH_PARTS (default "core cost expiry waiting queue checks") runs only some parts;
 # LEASE_BENCH_SKIP_INSTALL=1 uses the installed build instead of building the release one;
 # LEASE_BENCH_RESULTS writes the results to another directory; LEASE_BENCH_PORT, LEASE_BENCH_ROUNDS,
 # LEASE_BENCH_CLIENTS, LEASE_BENCH_SYNC, LEASE_RUN_DIR.
@@ -26,7 +28,7 @@ ROUNDS=${LEASE_BENCH_ROUNDS:-5}
 PORT=${LEASE_BENCH_PORT:-54327}
 read -r -a CLIENTS <<< "${LEASE_BENCH_CLIENTS:-1 8 32}"
 read -r -a SYNC_MODES <<< "${LEASE_BENCH_SYNC:-on off}"
-read -r -a PARTS <<< "${LEASE_BENCH_PARTS:-core cost expiry waiting queue}"
+read -r -a PARTS <<< "${LEASE_BENCH_PARTS:-core cost expiry waiting queue checks}"
 VARIANTS=(lease silent shedlock table advisory)
 RESULTS=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}
 OUT=$RESULTS/core.md
@@ -197,11 +199,30 @@ run_cost() {
     LEASE_BENCH_RESULTS=$RESULTS bash "$ROOT/bench/core/cost.sh" $(( PORT + 1 ))
 }
 
+run_checks() {
+    say "the model test and the load checker on this build"
+    local histories=${LEASE_BENCH_MODEL_HISTORIES:-200} model load
+    # summary_of TEST: scripts/test.sh's last line ("summary: N passed, M failed") for one file.
+    summary_of() {
+        LEASE_SKIP_INSTALL=1 LEASE_MODEL_HISTORIES=$histories "$ROOT/scripts/test.sh" "$1" 2>&1 \
+            | grep -o 'summary: .*' | tail -1
+    }
+    model=$(summary_of tests/client/test_model.py)
+    load=$(summary_of tests/client/test_load.py)
+    {
+        echo "| check | result |"
+        echo "|---|---|"
+        echo "| randomized model test (\`tests/client/test_model.py\`, seed ${LEASE_MODEL_SEED:-1306}, $histories histories) | ${model:-did not run} |"
+        echo "| load checker with faults (\`tests/client/test_load.py\`, ${LEASE_LOAD_SECONDS:-30} s) | ${load:-did not run} |"
+    } > "$RESULTS/checks.md"
+    cat "$RESULTS/checks.md"
+}
+
 run_queue() {
     say "queue: lease_acquire_any against SELECT ... FOR UPDATE SKIP LOCKED"
     LEASE_BENCH_RESULTS=$RESULTS bash "$ROOT/bench/queue/run.sh" "$PORT" "$DURATION"
 }
 
-for part in core cost expiry waiting queue; do
+for part in core cost expiry waiting queue checks; do
     if wants "$part"; then "run_$part"; fi
 done

@@ -109,8 +109,17 @@ mkdir -p "$LOG_DIR"
 passed=0
 failed=0
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
+# took PART: the seconds since the previous part ended, for the time by part printed at the end
+# (what a fresh run costs, part by part: README "Testing").
+times=()
+part_ended=$SECONDS
+took() {
+    times+=("$1 $((SECONDS - part_ended)) s")
+    part_ended=$SECONDS
+}
 
 setup_machine
+took "machine set-up"
 if wants static || wants client; then setup_python; fi
 # PgBouncer: the client libraries' tests, and tests/client/test_lifelines_pgbouncer.py.
 if wants client || wants clients; then setup_pgbouncer; fi
@@ -118,6 +127,7 @@ if wants clients; then
     setup_python_client
     [ "${layer[clients]}" = some ] || setup_typescript_client
 fi
+took "test tools"
 
 # static_check NAME COMMAND...: runs COMMAND in the repository (output to the screen and to
 # LOG_DIR/static-NAME.log) and counts it as one check, passed if it exits with status 0.
@@ -149,6 +159,7 @@ if wants static; then
         -- -D warnings
     static_check check-layers-selftest "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/static"
     static_check check-layers "$VENV/bin/python" "$ROOT/scripts/check-layers.py"
+    took static
 fi
 
 if wants unit; then
@@ -169,6 +180,7 @@ if wants unit; then
     # A name that matches no test runs nothing: that is a mistake, not a pass.
     [ -z "$unit_filter" ] || [ "$unit_passed" -gt 0 ] || [ "$unit_failed" -gt 0 ] || unit_failed=1
     count "$unit_passed" "$unit_failed"
+    took unit
 fi
 
 if wants regress || wants isolation || wants client || wants clients; then
@@ -185,6 +197,7 @@ if wants regress || wants isolation || wants client || wants clients; then
     # transactions are on for tests/client/test_edges.py.
     cluster_start test "$PORT" "fsync = off" "log_min_messages = warning" "lease.database = 'postgres'" "max_prepared_transactions = 5"
     trap 'cluster_stop test; cluster_stop test-standby; cluster_destroy load' EXIT
+    took "build, install, test server"
 fi
 
 # run_suite TOOL DIR SUFFIX DATABASE [ITEM...]: runs the tests/DIR/*SUFFIX files (only the ITEMs
@@ -238,6 +251,7 @@ if wants regress; then
         done
         run_suite pg_regress regress/sql .sql lease_regress "${picked[@]}"
     fi
+    took regress
 fi
 
 if wants isolation; then
@@ -247,6 +261,7 @@ if wants isolation; then
     else
         run_suite pg_isolation_regress isolation/specs .spec lease_isolation "${isolation_items[@]}"
     fi
+    took isolation
 fi
 
 if wants client; then
@@ -262,6 +277,7 @@ if wants client; then
     py_failed=$(tail -n 1 "$LOG_DIR/pytest.log" | { grep -oE '[0-9]+ (failed|error|errors)' || true; } | awk '{s+=$1} END {print s+0}')
     [ "$py_passed" -gt 0 ] || [ "$py_failed" -gt 0 ] || py_failed=1
     count "$py_passed" "$py_failed"
+    took client
 fi
 
 if wants clients; then
@@ -291,6 +307,7 @@ if wants clients; then
         [ "$ts_passed" -gt 0 ] || [ "$ts_failed" -gt 0 ] || ts_failed=1
         count "$ts_passed" "$ts_failed"
     fi
+    took clients
 fi
 
 if wants ha; then
@@ -313,6 +330,7 @@ if wants ha; then
     ha_failed=$(tail -n 1 "$LOG_DIR/ha.log" | { grep -oE '[0-9]+ (failed|error|errors)' || true; } | awk '{s+=$1} END {print s+0}')
     [ "$ha_passed" -gt 0 ] || [ "$ha_failed" -gt 0 ] || ha_failed=1
     count "$ha_passed" "$ha_failed"
+    took ha
 fi
 
 if wants package; then
@@ -332,6 +350,9 @@ if wants package; then
     fi
 fi
 
+if wants package; then took package; fi
+
 echo
+echo "time by part: $(IFS=,; echo "${times[*]}" | sed 's/,/, /g'); total $SECONDS s"
 echo "summary: $passed passed, $failed failed"
 [ "$failed" = 0 ]

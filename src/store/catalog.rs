@@ -2,7 +2,7 @@
 //! sequence and the lifeline table, looked up once per backend and forgotten whenever the
 //! relation cache says they may have changed.
 //!
-//! Uses the shapes of `row`.
+//! Uses the shapes of `row`; tells `direct` when the table may have changed.
 
 use std::cell::Cell;
 
@@ -61,8 +61,11 @@ impl Catalog {
     }
 }
 
+/// The relation cache callback: forgets the catalog, and the direct path's layout verdict,
+/// when a relation they were read from may have changed.
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_catalog(_argument: Datum, relation: Oid) {
+    super::direct::Layout::forget(relation);
     CATALOG.with(|cell| {
         let stale = cell.get().is_some_and(|catalog| {
             relation == Oid::INVALID

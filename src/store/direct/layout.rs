@@ -3,15 +3,14 @@
 //! Uses the column map (`row`).
 //!
 //! The verdict for the relation last found to match is kept (per backend) until the relation
-//! cache invalidates that relation or every relation: all DDL that could make the direct path
+//! cache invalidates that relation or every relation (the catalog's callback tells it): all DDL that could make the direct path
 //! differ from SQL (columns, keys and indexes, triggers, row-level security and policies, CHECK
 //! constraints, rules, inheritance children) sends that invalidation, and a backend takes it in
 //! when it locks the relation, before it asks again, exactly when it would otherwise have read
 //! the changed relation cache entry.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use pgrx::pg_guard;
 use pgrx::pg_sys::{self, Oid};
 
 use crate::store::row::{Shape, RESOURCE, SLOT};
@@ -21,27 +20,25 @@ use crate::store::row::{Shape, RESOURCE, SLOT};
 /// the check keeps its result from being kept.
 static MATCHED: AtomicU64 = AtomicU64::new(0);
 const CHECKING: u64 = 1 << 63;
-/// Whether this backend registered [`forget_match`].
-static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 fn verdict_key(relation: Oid, shape: Shape) -> u64 {
     (u64::from(relation.to_u32()) << 8) | (shape as u64 + 1)
-}
-
-/// The relation cache's invalidation callback: forgets the kept verdict when its relation (or
-/// every relation: `InvalidOid`) is invalidated.
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_match(_argument: pg_sys::Datum, relation: Oid) {
-    let matched = MATCHED.load(Ordering::Relaxed);
-    if relation == pg_sys::InvalidOid || ((matched & !CHECKING) >> 8) as u32 == relation.to_u32() {
-        MATCHED.store(0, Ordering::Relaxed);
-    }
 }
 
 /// The shape of `lease.leases` that the direct path is equivalent to SQL on.
 pub(in crate::store) struct Layout;
 
 impl Layout {
+    /// Forgets the kept verdict when its relation (or every relation: `InvalidOid`) is
+    /// invalidated. Called by the catalog's relation cache callback (`store::catalog`), which is
+    /// registered before any table OID, and so any relation checked here, is known.
+    pub fn forget(relation: Oid) {
+        let matched = MATCHED.load(Ordering::Relaxed);
+        if relation == pg_sys::InvalidOid || ((matched & !CHECKING) >> 8) as u32 == relation.to_u32() {
+            MATCHED.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the open relation `relation` is the table as created, in `shape`: a plain heap
     /// table with exactly the expected columns (names, types, NOT NULL, no identity or generated column,
     /// the resource's collation) and its primary key on `resource`, and nothing a direct write
@@ -57,9 +54,6 @@ impl Layout {
         let key = verdict_key((*relation).rd_id, shape);
         if MATCHED.load(Ordering::Relaxed) == key {
             return true;
-        }
-        if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
-            pg_sys::CacheRegisterRelcacheCallback(Some(forget_match), pg_sys::Datum::from(0));
         }
         MATCHED.store(key | CHECKING, Ordering::Relaxed);
         let matches = Layout::compare(relation, shape);
@@ -94,6 +88,8 @@ impl Layout {
                 !attribute.attisdropped
                     && attribute.atttypid == type_oid
                     && attribute.attnotnull == not_null
+                    // No type modifier (a `timestamptz(0)` column would round what SQL stores).
+                    && attribute.atttypmod == -1
                     && attribute.attgenerated == 0
                     && attribute.attidentity == 0
                     && std::ffi::CStr::from_ptr(attribute.attname.data.as_ptr()).to_bytes() == name.as_bytes()
@@ -159,5 +155,28 @@ mod tests {
         assert!(!unsafe { super::Layout::check(table, Shape::Lifelines, lock) });
         // SAFETY: as above.
         assert!(!unsafe { super::Layout::check(table, Shape::Classic, lock) });
+    }
+
+    #[pg_test]
+    fn a_column_with_a_type_modifier_is_not_served_directly() {
+        // Copies of the table as created: one as it is, one whose acquired_at rounds to the
+        // second (an INSERT statement rounds; a tuple formed directly would not).
+        // As every caller does first: the catalog registers the invalidation callback.
+        crate::store::catalog::lease_table();
+        Spi::run("CREATE TABLE public.t_layout_plain (LIKE lease.leases INCLUDING ALL)").unwrap();
+        Spi::run("CREATE TABLE public.t_layout_typmod (LIKE lease.leases INCLUDING ALL)").unwrap();
+        Spi::run("ALTER TABLE public.t_layout_typmod ALTER COLUMN acquired_at TYPE timestamptz(0)").unwrap();
+        let oid = |name: &str| -> pg_sys::Oid {
+            Spi::get_one(&format!("SELECT '{name}'::regclass::oid")).unwrap().unwrap()
+        };
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        // SAFETY: inside a transaction, with table OIDs.
+        assert!(unsafe { super::Layout::check(oid("public.t_layout_plain"), Shape::Slotted, lock) });
+        // SAFETY: as above.
+        assert!(!unsafe { super::Layout::check(oid("public.t_layout_typmod"), Shape::Slotted, lock) });
+        // The kept verdict follows the table: the plain copy changed the same way is refused too.
+        Spi::run("ALTER TABLE public.t_layout_plain ALTER COLUMN acquired_at TYPE timestamptz(0)").unwrap();
+        // SAFETY: as above.
+        assert!(!unsafe { super::Layout::check(oid("public.t_layout_plain"), Shape::Slotted, lock) });
     }
 }

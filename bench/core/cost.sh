@@ -2,7 +2,9 @@
 # What a cycle costs the server, in measures that do not move with the machine's speed: CPU
 # instructions in the backend that runs the cycles (callgrind), heap and index pages touched
 # and WAL bytes per cycle, for the extension, ShedLock's schema, the hand-written
-# table and advisory locks (the pgbench scripts of bench/core/, one client).
+# table and advisory locks (the pgbench scripts of bench/core/, one client), and ShedLock's
+# statements on its table with the expiry indexed (what updating rows in place costs a table
+# whose expiries must be found).
 # Usage: bench/core/cost.sh PORT [cycles, default 2000]. Starts a server of its own (cluster
 # "cost" under LEASE_RUN_DIR) whose postmaster runs under valgrind, so every backend it forks is
 # counted; writes RESULTS/cost.md (LEASE_BENCH_RESULTS, default bench/results).
@@ -18,8 +20,9 @@ CYCLES=${2:-2000}
 WARM=300
 RESULTS=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}
 OUT=$RESULTS/cost.md
-read -r -a VARIANTS <<< "${LEASE_COST_VARIANTS:-lease shedlock table advisory}"
-declare -A TABLE=([lease]=lease.leases [shedlock]=public.shedlock [table]=public.bench_leases)
+read -r -a VARIANTS <<< "${LEASE_COST_VARIANTS:-lease shedlock shedlock_indexed table advisory}"
+declare -A TABLE=([lease]=lease.leases [shedlock]=public.shedlock [shedlock_indexed]=public.shedlock_indexed
+    [table]=public.bench_leases)
 
 install_debian_packages valgrind
 DIR=$RUN_DIR/cost

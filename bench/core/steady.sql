@@ -5,3 +5,5 @@
 CHECKPOINT;
 UPDATE shedlock SET locked_at = locked_at;
 VACUUM shedlock;
+UPDATE shedlock_indexed SET locked_at = locked_at;
+VACUUM shedlock_indexed;

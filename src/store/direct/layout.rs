@@ -3,11 +3,11 @@
 //! Uses the column map (`row`).
 //!
 //! The verdict for the relation last found to match is kept (per backend) until the relation
-//! cache invalidates that relation or every relation (the catalog's callback tells it): all DDL that could make the direct path
-//! differ from SQL (columns, keys and indexes, triggers, row-level security and policies, CHECK
-//! constraints, rules, inheritance children) sends that invalidation, and a backend takes it in
-//! when it locks the relation, before it asks again, exactly when it would otherwise have read
-//! the changed relation cache entry.
+//! cache invalidates that relation or every relation (the catalog's callback tells it): all DDL
+//! that could make the direct path differ from SQL (columns and their types, keys and indexes,
+//! triggers, row-level security and policies, CHECK constraints, rules, inheritance children)
+//! sends that invalidation, and a backend takes it in when it locks the relation, before it asks
+//! again, exactly when it would otherwise have read the changed relation cache entry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -171,10 +171,10 @@ mod tests {
         };
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         // SAFETY: inside a transaction, with table OIDs.
-        assert!(unsafe { super::Layout::check(oid("public.t_layout_plain"), Shape::Slotted, lock) });
-        // SAFETY: as above.
         assert!(!unsafe { super::Layout::check(oid("public.t_layout_typmod"), Shape::Slotted, lock) });
-        // The kept verdict follows the table: the plain copy changed the same way is refused too.
+        // SAFETY: as above.
+        assert!(unsafe { super::Layout::check(oid("public.t_layout_plain"), Shape::Slotted, lock) });
+        // The verdict kept for the plain copy is forgotten when that copy changes the same way.
         Spi::run("ALTER TABLE public.t_layout_plain ALTER COLUMN acquired_at TYPE timestamptz(0)").unwrap();
         // SAFETY: as above.
         assert!(!unsafe { super::Layout::check(oid("public.t_layout_plain"), Shape::Slotted, lock) });

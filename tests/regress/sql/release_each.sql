@@ -35,3 +35,5 @@ SELECT holder FROM lease_info('each:h');
 -- empty arrays release nothing
 SELECT count(*) AS released FROM lease_release_each('{}', '{}');
 SELECT lease_release('each:h', :token_h);
+SELECT lease_release('each:c', :token_c) AS c_released;
+SELECT count(*) AS left_behind FROM lease.leases WHERE resource LIKE 'each:%';

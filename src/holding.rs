@@ -44,10 +44,28 @@ pub fn renew(resource: &str, token: i64, ttl: i64) -> LeaseResult<bool> {
 /// With `keep_for` (microseconds), nobody (the holder included) may have the resource before
 /// `acquired_at + keep_for`: the lease is kept, released, until then.
 pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult<bool> {
-    let Some((taken, store)) = lock_if_held(resource, token, Mode::Change)? else { return Ok(false) };
+    release_in(&Store::open(), resource, token, keep_for)
+}
+
+/// `lease_release_each`: each `(resource, token)` released as [`release`] does it, in order,
+/// through one store (the table and its lookup opened once for the batch); the resources
+/// released.
+pub fn release_each(pairs: &[(&str, i64)]) -> LeaseResult<Vec<String>> {
+    let store = Store::open();
+    let mut released = Vec::new();
+    for &(resource, token) in pairs {
+        if release_in(&store, resource, token, None)? {
+            released.push(resource.to_owned());
+        }
+    }
+    Ok(released)
+}
+
+fn release_in(store: &Store, resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult<bool> {
+    let Some(taken) = lock_if_held_in(store, resource, token, Mode::Change)? else { return Ok(false) };
     let now = clock_now();
     let kept = keep_for.and_then(|keep_for| {
-        let held = holds(&store, resource, token, now)?;
+        let held = holds(store, resource, token, now)?;
         let until = held.acquired_at.saturating_add(keep_for);
         let kept = (until > now).then(|| store.keep(resource, token, until, now)).flatten()?;
         // Its release is announced as the lease it was: attached to its lifeline, if it was.
@@ -63,13 +81,12 @@ pub fn release(resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult
                 if store.transaction_snapshot() && store.holds(resource, token, now).is_some() {
                     return Err(LeaseError::SerializationFailure { resource: resource.into() });
                 }
-                drop(store);
                 taken.release_if_unused_before();
                 return Ok(false);
             }
         },
     };
-    ensure_member(&store, resource, lease.owner)?;
+    ensure_member(store, resource, lease.owner)?;
     session::unbind_at_commit(token);
     let ended = lease
         .lifeline
@@ -113,16 +130,20 @@ pub fn set_data(resource: &str, token: i64, data: Option<&serde_json::Value>) ->
 /// 40001: the statement that would write it cannot see it.
 fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(RowLocks, Store)>> {
     let store = Store::open();
-    let Some((taken, slot)) = lock_row(&store, resource, token, mode)? else { return Ok(None) };
+    Ok(lock_if_held_in(&store, resource, token, mode)?.map(|taken| (taken, store)))
+}
+
+/// [`lock_if_held`] through a store the caller keeps.
+fn lock_if_held_in(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<RowLocks>> {
+    let Some((taken, slot)) = lock_row(store, resource, token, mode)? else { return Ok(None) };
     if store.transaction_snapshot() {
-        if held_as_member(&store, resource, token)?.is_none() {
-            drop(store);
+        if held_as_member(store, resource, token)?.is_none() {
             taken.release_if_unused_before();
             return Ok(None);
         }
         store.ensure_row_current(resource, slot);
     }
-    Ok(Some((taken, store)))
+    Ok(Some(taken))
 }
 
 /// The lease `token` holds on `resource` as last committed, if it holds and the caller is a

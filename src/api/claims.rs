@@ -180,13 +180,8 @@ fn lease_release_each(
             .map(|token| arguments::positive(token, "tokens element"))
             .collect::<LeaseResult<Vec<_>>>()?;
         ensure_primary()?;
-        let mut released = Vec::new();
-        for (resource, token) in listed.into_iter().zip(tokens) {
-            if holding::release(resource, token, None)? {
-                released.push(resource.to_owned());
-            }
-        }
-        Ok(released)
+        let pairs: Vec<(&str, i64)> = listed.into_iter().zip(tokens).collect();
+        holding::release_each(&pairs)
     })()
     .map(SetOfIterator::new)
     .or_raise()

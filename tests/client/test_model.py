@@ -399,6 +399,23 @@ def unique(alts):
     return kept
 
 
+def follow(outcome, n, taken, effects, whys, alts, go_on):
+    """One attempt's outcome in a claim's walk over its resources: an error is an alternative of
+    its own; a grant (a new lease, or the caller's own kept) goes on to the next resource with
+    `go_on(taken, effects, whys)`. False for "none" (nothing had): the claim decides what that
+    means."""
+    kind = outcome[0]
+    if kind == "none":
+        return False
+    if kind == "error":
+        alts.append(Alt(("error", outcome[1]), why=outcome[2]))
+    elif kind == "new":
+        go_on(taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
+    else:
+        go_on(taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
+    return True
+
+
 def mode_note(lease):
     return "" if lease.mode == EXCLUSIVE else f", {lease.mode}"
 
@@ -1114,15 +1131,8 @@ class Model:
             n = order[i]
             for outcome in self._attempt(s, tx, n, holder, short, session_bound, lifeline, data, mode, capacity,
                                          consistent):
-                kind = outcome[0]
-                if kind == "none":
+                if not follow(outcome, n, taken, effects, whys, alts, lambda *step: walk(i + 1, *step)):
                     walk(i + 1, taken, effects + [("none", outcome[2])], whys + ["skip: " + outcome[1]])
-                elif kind == "error":
-                    alts.append(Alt(("error", outcome[1]), why=outcome[2]))
-                elif kind == "new":
-                    walk(i + 1, taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
-                else:
-                    walk(i + 1, taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
 
         walk(0, [], [], [])
         return unique(alts)
@@ -1159,15 +1169,8 @@ class Model:
                     return
                 n = order[i]
                 for outcome in self._attempt_exclusive(s, tx, n, holder, short, session_bound, lifeline, data):
-                    kind = outcome[0]
-                    if kind == "none":
+                    if not follow(outcome, n, taken, effects, whys, alts, lambda *step: walk(i + 1, *step)):
                         alts.append(Alt(("rows", []), why="none: " + outcome[1]))
-                    elif kind == "error":
-                        alts.append(Alt(("error", outcome[1]), why=outcome[2]))
-                    elif kind == "new":
-                        walk(i + 1, taken + [(n, "new")], effects + [("new", outcome[2])], whys + [outcome[1]])
-                    else:
-                        walk(i + 1, taken + [(n, outcome[1])], effects + [("same", outcome[3])], whys + [outcome[2]])
 
             walk(0, [], [], [])
             return alts

@@ -75,7 +75,9 @@ run_variant() {
     # TRUNCATE (not VACUUM ANALYZE) leaves both lease tables "never analyzed", so neither side's
     # generic plans are made from the statistics of an empty table. ShedLock's rows stay, as
     # they do for its users, in the steady state of bench/core/steady.sql.
-    "${psql_bench[@]}" -c "TRUNCATE lease.leases, bench_leases" -f "$ROOT/bench/core/steady.sql"
+    local start=(-c CHECKPOINT)
+    [ "$variant" != shedlock ] || start=(-v table=shedlock -f "$ROOT/bench/core/steady.sql")
+    "${psql_bench[@]}" -c "TRUNCATE lease.leases, bench_leases" "${start[@]}"
     local threads=$(( clients < 2 ? 1 : 2 ))
     local script=$variant notify=on log lsn
     if [ "$variant" = silent ]; then script=lease notify=off; fi

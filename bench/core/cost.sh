@@ -108,7 +108,11 @@ io_of() {
     echo "|---|---:|---:|---:|---:|"
 } > "$OUT"
 for variant in "${VARIANTS[@]}"; do
-    "${psql_cost[@]}" -c "TRUNCATE lease.leases, bench_leases" -f "$ROOT/bench/core/steady.sql" >/dev/null
+    start=(-c CHECKPOINT)
+    case $variant in
+        shedlock*) start=(-v table="$variant" -f "$ROOT/bench/core/steady.sql") ;;
+    esac
+    "${psql_cost[@]}" -c "TRUNCATE lease.leases, bench_leases" "${start[@]}" >/dev/null
     warm=$(instructions_of "$variant" "$WARM")
     read -r heap0 index0 lsn0 <<< "$(io_of "$variant")"
     full=$(instructions_of "$variant" $(( WARM + CYCLES )))

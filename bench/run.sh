@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side on one server in one run:
 #   core:   acquire+release cycles on random resources (1..100000) with the extension (events
-#           on, and with lease.notify = off), ShedLock's schema, a hand-written lease table, and
+#           on with nobody listening, events on with a client LISTENing on the same machine, and
+#           lease.notify = off), ShedLock's schema, a hand-written lease table, and
 #           pg_advisory_lock/unlock, at 1, 8 and 32 clients, synchronous_commit on and off
 #           (pgbench, prepared statements), with WAL bytes per cycle; then the same cycles with
 #           a client LISTENing on the same machine, which counts the events and checks for gaps.
@@ -29,7 +30,7 @@ PORT=${LEASE_BENCH_PORT:-54327}
 read -r -a CLIENTS <<< "${LEASE_BENCH_CLIENTS:-1 8 32}"
 read -r -a SYNC_MODES <<< "${LEASE_BENCH_SYNC:-on off}"
 read -r -a PARTS <<< "${LEASE_BENCH_PARTS:-core cost expiry waiting queue checks}"
-VARIANTS=(lease silent shedlock table advisory)
+VARIANTS=(lease heard silent shedlock table advisory)
 RESULTS=${LEASE_BENCH_RESULTS:-$ROOT/bench/results}
 OUT=$RESULTS/core.md
 RAW=$RESULTS/core.raw
@@ -68,7 +69,7 @@ describe_machine > "$RESULTS/machine.txt"
 
 wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 
-declare -A tps failed wal ratio_spread
+declare -A tps failed wal ratio_spread heard_spread
 # One pgbench run: prints "cycles/s failed-transactions WAL-bytes-per-cycle".
 run_variant() {
     local variant=$1 clients=$2 sync=$3 key=$4
@@ -79,13 +80,26 @@ run_variant() {
     [ "$variant" != shedlock ] || start=(-v table=shedlock -f "$ROOT/bench/core/steady.sql")
     "${psql_bench[@]}" -c "TRUNCATE lease.leases, bench_leases" "${start[@]}"
     local threads=$(( clients < 2 ? 1 : 2 ))
-    local script=$variant notify=on log lsn
+    local script=$variant notify=on log lsn listener_pid="" heard_out
     if [ "$variant" = silent ]; then script=lease notify=off; fi
     "${psql_bench[@]}" -c "ALTER SYSTEM SET lease.notify = $notify" -c "SELECT pg_reload_conf()" >/dev/null
+    if [ "$variant" = heard ]; then
+        # The same cycles while a client (a Python process on these same cores) receives every
+        # event: the cost of events that are delivered.
+        script=lease heard_out=$(mktemp)
+        "$VENV/bin/python" "$ROOT/bench/events/listen.py" "$PORT" "$heard_out" &
+        listener_pid=$!
+        until [ -s "$heard_out" ]; do sleep 0.1; done
+    fi
     lsn=$("${psql_bench[@]}" -At -c "SELECT pg_current_wal_lsn()")
     log=$(PGOPTIONS="-c synchronous_commit=$sync" "$PG_BIN/pgbench" -n -M prepared -T "$DURATION" \
         -c "$clients" -j "$threads" -h 127.0.0.1 -p "$PORT" -U postgres \
         -f "$ROOT/bench/core/$script.sql" postgres 2>&1) || { echo "$log" >&2; exit 1; }
+    if [ -n "$listener_pid" ]; then
+        kill -TERM "$listener_pid"
+        wait "$listener_pid"
+        rm -f "$heard_out"
+    fi
     { echo "== $key"; echo "$log"; } >> "$RAW"
     # WAL per cycle over the whole run: the cycles' records and commit records, and whatever
     # else the server wrote meanwhile (the expiry worker's, full-page images after the checkpoint).
@@ -97,6 +111,8 @@ run_variant() {
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# The median of some ratios, and their range: "1.02 (0.91–1.10)".
+spread() { echo "$(median "$@") ($(printf '%s\n' "$@" | sort -n | head -1)–$(printf '%s\n' "$@" | sort -n | tail -1))"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
 
 run_core() {
@@ -108,7 +124,7 @@ run_core() {
     for sync in "${SYNC_MODES[@]}"; do
         for clients in "${CLIENTS[@]}"; do
             declare -A samples=() wal_samples=()
-            local rounds_ratios=""
+            local rounds_ratios="" heard_ratios=""
             for round in $(seq 1 "$ROUNDS"); do
                 declare -A this_round=()
                 for i in "${!VARIANTS[@]}"; do
@@ -121,6 +137,7 @@ run_core() {
                     failed[$key]=$(( ${failed[$key]:-0} + failures ))
                 done
                 rounds_ratios+=" $(ratio "${this_round[lease]}" "${this_round[shedlock]}")"
+                heard_ratios+=" $(ratio "${this_round[heard]}" "${this_round[shedlock]}")"
                 unset this_round
             done
             for variant in "${VARIANTS[@]}"; do
@@ -133,8 +150,9 @@ run_core() {
                     "$variant" "$clients" "$sync" "${tps[$key]}" "${samples[$variant]}" "${wal[$key]}" "${failed[$key]:-0}"
             done
             # shellcheck disable=SC2086
-            ratio_spread[$sync/$clients]="$(median $rounds_ratios) ($(printf '%s\n' $rounds_ratios | sort -n | head -1)–$(printf '%s\n' $rounds_ratios | sort -n | tail -1))"
-            echo "lease / ShedLock by round:$rounds_ratios"
+            ratio_spread[$sync/$clients]=$(spread $rounds_ratios)
+            heard_spread[$sync/$clients]=$(spread $heard_ratios)
+            echo "lease / ShedLock by round:$rounds_ratios (with a client listening:$heard_ratios)"
             unset samples wal_samples
         done
     done
@@ -153,22 +171,24 @@ run_core() {
     read -r events_published events_dropped <<< "$("${psql_bench[@]}" -At -F ' ' -c "SELECT published - $published_before, dropped FROM lease_event_stats()")"
 
     {
-        echo "| synchronous_commit | clients | lease (cycles/s) | lease, lease.notify = off | throughput lost to events | ShedLock's schema | hand-written table | advisory locks | lease / ShedLock (range) | lease / table | lease / advisory | WAL bytes per cycle: lease / ShedLock / table | failed |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| synchronous_commit | clients | lease (cycles/s) | lease, a client listening | lease, lease.notify = off | throughput lost to delivered events | ShedLock's schema | hand-written table | advisory locks | lease / ShedLock (range) | lease with a client listening / ShedLock (range) | lease / table | lease / advisory | WAL bytes per cycle: lease / ShedLock / table | failed |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for sync in "${SYNC_MODES[@]}"; do
             for clients in "${CLIENTS[@]}"; do
                 k=$sync/$clients
-                l=${tps[$k/lease]} s=${tps[$k/silent]} sh=${tps[$k/shedlock]}
+                l=${tps[$k/lease]} h=${tps[$k/heard]} s=${tps[$k/silent]} sh=${tps[$k/shedlock]}
                 t=${tps[$k/table]} a=${tps[$k/advisory]}
                 f=0
                 for variant in "${VARIANTS[@]}"; do f=$(( f + ${failed[$k/$variant]:-0} )); done
-                cost=$(awk -v l="$l" -v s="$s" 'BEGIN {printf "%.1f%%", 100 * (s - l) / s}')
-                echo "| $sync | $clients | $l | $s | $cost | $sh | $t | $a | ${ratio_spread[$k]} | $(ratio "$l" "$t") | $(ratio "$l" "$a") | ${wal[$k/lease]} / ${wal[$k/shedlock]} / ${wal[$k/table]} | $f |"
+                cost=$(awk -v h="$h" -v s="$s" 'BEGIN {printf "%.1f%%", 100 * (s - h) / s}')
+                echo "| $sync | $clients | $l | $h | $s | $cost | $sh | $t | $a | ${ratio_spread[$k]} | ${heard_spread[$k]} | $(ratio "$l" "$t") | $(ratio "$l" "$a") | ${wal[$k/lease]} / ${wal[$k/shedlock]} / ${wal[$k/table]} | $f |"
             done
         done
         echo
         echo "Median of $ROUNDS interleaved runs of $DURATION s each (lease / ShedLock: the median of the"
-        echo "rounds' ratios, each lease run against the ShedLock run beside it, and their range); pgbench"
+        echo "rounds' ratios, each lease run against the ShedLock run beside it, and their range). lease: events"
+        echo "on (the default) and nobody LISTENing, so none are published; a client listening: the same with"
+        echo "a client receiving every event, on the same cores; pgbench"
         echo "-M prepared; one acquire and one release per cycle on a random resource out of 100,000; ShedLock's"
         echo "table holds a row for each of them from the start, as it does once its jobs have run; WAL bytes"
         echo "per cycle are the server's whole WAL during a run over its cycles; $(nproc) cores; PostgreSQL"

@@ -73,7 +73,14 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         // The parts of shared memory, each sized and initialised by its own module.
-        shmem::request(&[stats::SHMEM, store::tokens::SHMEM, waiting::table::SHMEM, events::database::SHMEM]);
+        shmem::request(&[
+            stats::SHMEM,
+            store::tokens::SHMEM,
+            waiting::table::SHMEM,
+            events::database::SHMEM,
+            events::listeners::SHMEM,
+        ]);
+        events::listeners::install_hook();
         worker::register();
     }
 }

@@ -6,7 +6,9 @@
 //! every freed resource are woken, and the events go:
 //! - into this database's event ring ([`ring`], in its [`database`] slot) when the library is
 //!   preloaded and an expiry worker serves this database: the worker publishes them in
-//!   batches, so callers' commits never queue behind NOTIFY's database-wide commit lock;
+//!   batches, so callers' commits never queue behind NOTIFY's database-wide commit lock. While
+//!   no backend of the database listens on the channel ([`listeners`]), they go nowhere:
+//!   nobody could receive them;
 //! - otherwise straight to NOTIFY in the committing transaction (ordered by PostgreSQL itself),
 //!   and the launcher is asked to start a worker for this database.
 //!
@@ -31,6 +33,7 @@ use crate::store::{Lease, LeaseMode};
 use crate::vocabulary::{nesting_level, Timestamp, MAX_DATA_BYTES};
 
 pub mod database;
+pub mod listeners;
 mod payload;
 pub mod ring;
 
@@ -272,7 +275,9 @@ pub fn at_commit(anyone_waits: bool) -> Vec<u64> {
         slot.earliest_expiry.fetch_min(at, Ordering::AcqRel);
     }
     let sweep_earlier = earliest_expiry.is_some_and(|at| at < slot.next_wakeup.load(Ordering::Acquire));
-    let mut announced = pending.iter().filter(|p| p.announce).peekable();
+    // Into the ring only if some backend may listen: otherwise they would be published to nobody.
+    let heard = pending.iter().any(|p| p.announce) && listeners::anyone_listens_here();
+    let mut announced = pending.iter().filter(|p| p.announce && heard).peekable();
     let first_request = announced.peek().is_some() && {
         for p in announced {
             slot.ring.push(&p.event);

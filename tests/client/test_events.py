@@ -235,6 +235,53 @@ def test_databases_the_worker_does_not_serve_notify_directly():
         admin.execute("DROP DATABASE lease_other_db WITH (FORCE)")
 
 
+def test_events_are_published_only_while_a_session_of_the_database_listens(conn):
+    """With nobody listening, committed changes are not numbered or published (lease.stats still
+    counts them); a LISTEN, on any channel, brings them back for every change that commits after
+    it; the listener's exit ends it again."""
+
+    def cycle(resource):
+        token = one(conn, "SELECT lease_acquire(%s, 'h', '1 min')", (resource,))
+        assert one(conn, "SELECT lease_release(%s, %s)", (resource, token)) is True
+        return token
+
+    def stream():
+        return conn.execute("SELECT last_seq, pending, published, dropped FROM lease_event_stats()").fetchone()
+
+    def unheard():
+        """Whether a cycle committed now goes unnumbered (each try commits one)."""
+        before = stream()[0]
+        cycle("ev:unheard:probe")
+        return stream()[0] == before
+
+    # The listeners of earlier tests end with their sessions.
+    wait_for(unheard, what="no session listening")
+    wait_for(lambda: stream()[1] == 0, what="the ring to drain")
+    last_seq, _, published, dropped = stream()
+    acquired = one(conn, "SELECT acquired FROM lease.stats")
+    for i in range(3):
+        cycle(f"ev:unheard:{i}")
+    assert stream() == (last_seq, 0, published, dropped)
+    assert one(conn, "SELECT acquired FROM lease.stats") == acquired + 3
+
+    listener = Listener()
+    try:
+        token = cycle("ev:unheard:heard")
+        events = listener.until(lambda got: any(e["event"] == "released" for e in got))
+        assert [(e["seq"], e["event"], e["resource"], e["token"]) for e in events] == [
+            (last_seq + 1, "acquired", "ev:unheard:heard", token),
+            (last_seq + 2, "released", "ev:unheard:heard", token),
+        ]
+    finally:
+        listener.close()
+    wait_for(unheard, what="the listener's mark to end with its session")
+    with connect() as unrelated:
+        unrelated.execute("LISTEN some_other_channel")
+        before = stream()[0]
+        cycle("ev:unheard:other-channel")
+        assert stream()[0] == before + 2
+
+
 def test_prepared_transactions_that_change_leases_are_refused(conn):
     with connect(autocommit=False) as tx:
         one(tx, "SELECT lease_acquire('ev:2pc', 'h')")

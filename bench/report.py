@@ -129,7 +129,8 @@ def bar_groups(ax, groups, series, title, ylabel):
 def core_panel(ax, rows, sync):
     rows = [row for row in rows if row["synchronous_commit"] == sync]
     groups = [f"{row['clients']} client{'s' if row['clients'] != '1' else ''}" for row in rows]
-    series = {label: [number(row[column]) for row in rows] for column, label in CORE_VARIANTS}
+    # Results from before a variant existed lack its column.
+    series = {label: [number(row[column]) for row in rows] for column, label in CORE_VARIANTS if column in rows[0]}
     bar_groups(ax, groups, series, f"Acquire + release, synchronous_commit = {sync}", "cycles per second")
 
 

@@ -4,8 +4,8 @@
 //! and callers work without it.
 //!
 //! The parts, listed once in `lib.rs`: the counters of `lease.stats` (`stats`), the waiter
-//! table (`waiting::table`), the token blocks (`store::tokens`) and the per-database event
-//! streams (`events::database`). Each part is one named `ShmemInitStruct` allocation, with a
+//! table (`waiting::table`), the token blocks (`store::tokens`), the per-database event
+//! streams (`events::database`) and the backends that may listen (`events::listeners`). Each part is one named `ShmemInitStruct` allocation, with a
 //! tranche of its own LWLocks if it needs any, and says at its top which lock guards what
 //! (or that it needs none).
 //!

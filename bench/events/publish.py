@@ -64,6 +64,4 @@ elapsed, spent = time.monotonic() - start, cpu_ns(pid) - start_cpu
 events = published() - published_before
 assert events == BURSTS * BURST, f"published {events} events, expected {BURSTS * BURST}"
 conn.execute("TRUNCATE lease.leases")
-# Its notifications arrive with each answer and are read and dropped by the driver.
-conn.execute("LISTEN lease_events")
 print(f"events={events} cpu_us_per_event={spent / 1000 / events:.2f} events_per_s={events / elapsed:.0f}")

@@ -10,14 +10,15 @@
 //! the entry (the entry's store comes before that commit, and that commit before the event's;
 //! the event's backend looks after its own commit), and reaches the listener as it would with
 //! NOTIFY sent in the committing transaction. An event that commits before the `LISTEN` commits
-//! is not owed to that listener, by NOTIFY's own rules.
+//! is not promised to that listener: PostgreSQL promises a new listener what commits after its
+//! `LISTEN` (it may deliver a few earlier notifications too, by the way it reads its queue).
 //!
-//! Locking: none. Entries are atomics, each written only by its own backend; they are stored
-//! and loaded with sequentially consistent ordering.
+//! Locking: none. Entries are atomics, each written only by its own backend, and so is the
+//! `unknown` flag; they are stored and loaded with sequentially consistent ordering.
 //!
 //! Uses shmem and vocabulary.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pgrx::pg_sys;
 
@@ -28,6 +29,9 @@ use crate::vocabulary::my_database;
 #[repr(C)]
 struct Listeners {
     count: usize,
+    /// Set for good if a backend without an entry ever listened (none can: every process that
+    /// runs statements has a `pgprocno` below `MaxBackends`); then every event is published.
+    unknown: AtomicBool,
 }
 
 static LISTENERS: Attached<Listeners> = Attached::new();
@@ -72,7 +76,8 @@ pub fn anyone_listens_here() -> bool {
     let database = my_database().to_u32();
     // Pairs with the store in `mark`: see the module's header.
     std::sync::atomic::fence(Ordering::SeqCst);
-    listeners.entries().iter().any(|entry| entry.load(Ordering::SeqCst) == database)
+    listeners.unknown.load(Ordering::SeqCst)
+        || listeners.entries().iter().any(|entry| entry.load(Ordering::SeqCst) == database)
 }
 
 static mut PREVIOUS_PROCESS_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
@@ -87,7 +92,27 @@ pub fn install_hook() {
     }
 }
 
-#[pgrx::pg_guard]
+unsafe extern "C-unwind" {
+    /// PostgreSQL's own `standard_ProcessUtility`, called without pgrx's error boundary (see
+    /// [`on_utility`]).
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        statement: *mut pg_sys::PlannedStmt,
+        query: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        environment: *mut pg_sys::QueryEnvironment,
+        destination: *mut pg_sys::DestReceiver,
+        completion: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// The hook runs for every utility statement of the server, so it must leave their errors
+/// exactly as PostgreSQL raises them (position, context, constraint and table names). It is
+/// therefore not a `#[pg_guard]` function and passes the statement on as a C hook does: an error
+/// raised further down jumps over this frame, which owns nothing that needs dropping. Only
+/// the marking, which is Rust, runs behind a guard of its own.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn on_utility(
     statement: *mut pg_sys::PlannedStmt,
@@ -99,44 +124,28 @@ unsafe extern "C-unwind" fn on_utility(
     destination: *mut pg_sys::DestReceiver,
     completion: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: the arguments are PostgreSQL's, passed on unchanged.
+    // SAFETY: the arguments are PostgreSQL's, passed on unchanged; the next hook, or
+    // standard_ProcessUtility, is called as PostgreSQL calls a hook.
     unsafe {
         let utility = (*statement).utilityStmt;
         if !utility.is_null() && (*utility).type_ == pg_sys::NodeTag::T_ListenStmt {
             mark();
         }
-        match PREVIOUS_PROCESS_UTILITY_HOOK {
-            Some(previous) => previous(
-                statement,
-                query,
-                read_only_tree,
-                context,
-                params,
-                environment,
-                destination,
-                completion,
-            ),
-            None => pg_sys::standard_ProcessUtility(
-                statement,
-                query,
-                read_only_tree,
-                context,
-                params,
-                environment,
-                destination,
-                completion,
-            ),
-        }
+        let next = PREVIOUS_PROCESS_UTILITY_HOOK.unwrap_or(standard_process_utility);
+        next(statement, query, read_only_tree, context, params, environment, destination, completion);
     }
 }
 
 /// Records that this backend listens, until it exits.
-fn mark() {
+#[pgrx::pg_guard]
+extern "C-unwind" fn mark() {
     let Some(listeners) = LISTENERS.get() else { return };
     // SAFETY: MyProc is this backend's PGPROC while it runs statements.
     let index = unsafe { (*pg_sys::MyProc).pgprocno as usize };
-    // Every process that runs statements has a pgprocno below MaxBackends.
-    let Some(entry) = listeners.entries().get(index) else { return };
+    let Some(entry) = listeners.entries().get(index) else {
+        listeners.unknown.store(true, Ordering::SeqCst);
+        return;
+    };
     if entry.swap(my_database().to_u32(), Ordering::SeqCst) == 0 {
         // SAFETY: registers a callback with this backend's index, which clears its entry on any
         // exit.

@@ -12,7 +12,7 @@ use crate::barrier::{self, Mode, RowLocks, Taken};
 use crate::errors::{LeaseError, LeaseResult};
 use crate::events::{self, Event, Kind, Reason};
 use crate::session;
-use crate::store::{Lease, LeaseMode, Store};
+use crate::store::{Lease, LeaseMode, Located, Store};
 use crate::vocabulary::{clock_now, Timestamp};
 
 /// `lease_renew`: moves the expiry of a held lease to now + `ttl`; false if `token` no longer
@@ -62,7 +62,9 @@ pub fn release_each(pairs: &[(&str, i64)]) -> LeaseResult<Vec<String>> {
 }
 
 fn release_in(store: &Store, resource: &str, token: i64, keep_for: Option<i64>) -> LeaseResult<bool> {
-    let Some(taken) = lock_if_held_in(store, resource, token, Mode::Change)? else { return Ok(false) };
+    let Some((taken, located)) = lock_if_held_in(store, resource, token, Mode::Change)? else {
+        return Ok(false);
+    };
     let now = clock_now();
     let kept = keep_for.and_then(|keep_for| {
         let held = holds(store, resource, token, now)?;
@@ -73,7 +75,7 @@ fn release_in(store: &Store, resource: &str, token: i64, keep_for: Option<i64>) 
     });
     let (lease, kept_until) = match kept {
         Some((lease, until)) => (lease, Some(until)),
-        None => match store.delete(resource, token, now) {
+        None => match store.delete(resource, token, now, located) {
             Some(lease) => (lease, None),
             None => {
                 // Held as last committed, but not to this transaction's older snapshot (the SQL
@@ -130,12 +132,18 @@ pub fn set_data(resource: &str, token: i64, data: Option<&serde_json::Value>) ->
 /// 40001: the statement that would write it cannot see it.
 fn lock_if_held(resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(RowLocks, Store)>> {
     let store = Store::open();
-    Ok(lock_if_held_in(&store, resource, token, mode)?.map(|taken| (taken, store)))
+    Ok(lock_if_held_in(&store, resource, token, mode)?.map(|(taken, _)| (taken, store)))
 }
 
-/// [`lock_if_held`] through a store the caller keeps.
-fn lock_if_held_in(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<RowLocks>> {
-    let Some((taken, slot)) = lock_row(store, resource, token, mode)? else { return Ok(None) };
+/// [`lock_if_held`] through a store the caller keeps; with the lock, the row as read under it
+/// when it was (see [`lock_row`]).
+fn lock_if_held_in(
+    store: &Store,
+    resource: &str,
+    token: i64,
+    mode: Mode,
+) -> LeaseResult<Option<(RowLocks, Option<Located>)>> {
+    let Some((taken, slot, located)) = lock_row(store, resource, token, mode)? else { return Ok(None) };
     if store.transaction_snapshot() {
         if held_as_member(store, resource, token)?.is_none() {
             taken.release_if_unused_before();
@@ -143,7 +151,7 @@ fn lock_if_held_in(store: &Store, resource: &str, token: i64, mode: Mode) -> Lea
         }
         store.ensure_row_current(resource, slot);
     }
-    Ok(Some(taken))
+    Ok(Some((taken, located)))
 }
 
 /// The lease `token` holds on `resource` as last committed, if it holds and the caller is a
@@ -157,22 +165,26 @@ fn held_as_member(store: &Store, resource: &str, token: i64) -> LeaseResult<Opti
     }
 }
 
+/// The locks [`lock_row`] took, the row's slot, and the row as read under them.
+type Locked = (RowLocks, i32, Option<Located>);
+
 /// Takes the lock of the row of `token` on `resource` in `mode` (for a change of a shared
 /// lease's or a permit's row, with the locks of its membership first: see
 /// [`barrier::RowLocks`]) and returns them with the row's slot. The resource's lock is tried
 /// first (most leases are exclusive, and then the row is read once, under it); for a shared
 /// lease or a permit, or while the resource's lock is busy, the row is read first to find its
 /// slot, and its locks are queued for only if the call can succeed (see [`lock_if_held`]).
-/// None when it cannot.
-fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<(RowLocks, i32)>> {
+/// None when it cannot. The row of an exclusive lease read under the resource's lock, taken at
+/// once, comes with the locks: no other writer of the lease changes it while they are held.
+fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResult<Option<Locked>> {
     let lease = match barrier::try_lock(resource, mode) {
-        Some(taken) => match store.row_of(resource, token) {
-            Some(lease) if lease.slot != 0 => {
+        Some(taken) => match store.row_located(resource, token) {
+            Some(located) if located.lease.slot != 0 => {
                 taken.release_if_unused_before();
-                lease
+                located.lease
             }
             // The exclusive lease's row, or none: decided under this lock.
-            _ => return Ok(Some((taken.into(), 0))),
+            located => return Ok(Some((taken.into(), 0, located))),
         },
         // Another transaction holds a conflicting lock: queue only if this call can succeed.
         None => match held_as_member(store, resource, token)? {
@@ -187,9 +199,9 @@ fn lock_row(store: &Store, resource: &str, token: i64, mode: Mode) -> LeaseResul
         mode => Some(barrier::lock_slot(resource, slot, mode).into()),
     };
     match take(true) {
-        Some(locks) => Ok(Some((locks, slot))),
+        Some(locks) => Ok(Some((locks, slot, None))),
         None if held_as_member(store, resource, token)?.is_some() => {
-            Ok(Some((take(false).expect("a waiting lock is granted"), slot)))
+            Ok(Some((take(false).expect("a waiting lock is granted"), slot, None)))
         }
         None => Ok(None),
     }
@@ -209,7 +221,7 @@ pub fn check_as_member(resource: &str, token: i64) -> LeaseResult<bool> {
 fn fence_as_member(resource: &str, token: i64) -> LeaseResult<Option<LeaseMode>> {
     let store = Store::open();
     // A caller that is not a member learns it without a lock: it protects nothing.
-    let Some((taken, _)) = lock_row(&store, resource, token, Mode::Fence)? else {
+    let Some((taken, _, _)) = lock_row(&store, resource, token, Mode::Fence)? else {
         return Ok(None);
     };
     let now = clock_now();

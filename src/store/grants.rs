@@ -11,6 +11,12 @@ use super::row::{Binding, Lease, LeaseInfo, NewGrant};
 use super::{direct, Store};
 use crate::vocabulary::Timestamp;
 
+/// A lease's row as read, with where it is (when read directly).
+pub struct Located {
+    pub lease: Lease,
+    tid: Option<pgrx::pg_sys::ItemPointerData>,
+}
+
 impl Store {
     /// The resource's rows (one per slot, in slot order), expired or not, as last committed
     /// (and as changed by this transaction), with their lifelines' expiry in place.
@@ -35,7 +41,23 @@ impl Store {
     /// The resource's row of `token` (whatever its slot), expired or not, as [`Store::rows`]
     /// reads it.
     pub fn row_of(&self, resource: &str, token: i64) -> Option<Lease> {
-        self.rows(resource).into_iter().find(|lease| lease.token == token)
+        self.row_located(resource, token).map(|located| located.lease)
+    }
+
+    /// As [`Store::row_of`], with where the row is when this call reads directly: read under
+    /// the resource's lock, a [`Store::delete`] under that same lock may use it instead of
+    /// reading the row again.
+    pub fn row_located(&self, resource: &str, token: i64) -> Option<Located> {
+        if let Some(found) = self.find(resource) {
+            return found
+                .into_iter()
+                .find(|found| found.lease.token == token)
+                .map(|found| Located { lease: found.lease, tid: Some(found.tid) });
+        }
+        self.rows(resource)
+            .into_iter()
+            .find(|lease| lease.token == token)
+            .map(|lease| Located { lease, tid: None })
     }
 
     /// A lease attached to a lifeline ends with it: its expiry is the lifeline's, and a lifeline
@@ -128,10 +150,23 @@ impl Store {
 
     /// Deletes a lease that `token` holds at `now`; returns it, or None if the token does not
     /// hold it.
-    pub fn delete(&self, resource: &str, token: i64, now: Timestamp) -> Option<Lease> {
-        if let Some(found) = self.find(resource) {
+    ///
+    /// `located`: the row as the caller read it under the lock it still holds, with nothing
+    /// written since (see [`Store::row_located`]); read again if None.
+    pub fn delete(
+        &self,
+        resource: &str,
+        token: i64,
+        now: Timestamp,
+        located: Option<Located>,
+    ) -> Option<Lease> {
+        let found = match located {
+            Some(Located { lease, tid: Some(tid) }) => Some(vec![direct::Found { tid, lease }]),
+            _ => self.find(resource),
+        };
+        if let Some(found) = found {
             let found = found.into_iter().find(|found| found.lease.held_by(token, now))?;
-            // SAFETY: the row was just found under the resource's lock.
+            // SAFETY: the row was found under the resource's lock, which the caller still holds.
             if unsafe { direct::delete(self.catalog.table, self.shape(), &found) } {
                 return Some(found.lease);
             }

@@ -44,6 +44,7 @@ use catalog::Catalog;
 use plans::Statement;
 
 pub use catalog::lease_table;
+pub use grants::Located;
 pub use lifelines::Lifeline;
 pub use row::{Attachment, Binding, Lease, LeaseMode, Listed, NewGrant, Shape};
 

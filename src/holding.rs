@@ -66,6 +66,8 @@ fn release_in(store: &Store, resource: &str, token: i64, keep_for: Option<i64>) 
         return Ok(false);
     };
     let now = clock_now();
+    // A release that keeps the resource reads the row again before it deletes it.
+    let located = located.filter(|_| keep_for.is_none());
     let kept = keep_for.and_then(|keep_for| {
         let held = holds(store, resource, token, now)?;
         let until = held.acquired_at.saturating_add(keep_for);

@@ -161,7 +161,11 @@ impl Store {
         located: Option<Located>,
     ) -> Option<Lease> {
         let found = match located {
-            Some(Located { lease, tid: Some(tid) }) => Some(vec![direct::Found { tid, lease }]),
+            // A lifeline's expiry is read again: it may have moved since (its renewals do not
+            // take the resource's lock), and the caller decides on it after its clock.
+            Some(Located { lease, tid: Some(tid) }) => {
+                Some(vec![direct::Found { tid, lease: self.resolve(lease) }])
+            }
             _ => self.find(resource),
         };
         if let Some(found) = found {

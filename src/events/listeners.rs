@@ -13,8 +13,9 @@
 //! is not promised to that listener: PostgreSQL promises a new listener what commits after its
 //! `LISTEN` (it may deliver a few earlier notifications too, by the way it reads its queue).
 //!
-//! Locking: none. Entries are atomics, each written only by its own backend, and so is the
-//! `unknown` flag; they are stored and loaded with sequentially consistent ordering.
+//! Locking: none. Entries are atomics, each written only by its own backend (and by its exit
+//! callback); the `unknown` flag is only ever set. All are stored and loaded with sequentially
+//! consistent ordering.
 //!
 //! Uses shmem and vocabulary.
 

@@ -122,6 +122,14 @@ impl<T> Attached<T> {
     }
 }
 
+/// How many processes can run SQL (backends, background workers, walsenders): the size of a
+/// part with one entry per such process, indexed by `pgprocno` (every such process has one
+/// below this count).
+pub fn backend_count() -> usize {
+    // SAFETY: MaxBackends is final by the time shared memory is sized.
+    unsafe { pg_sys::MaxBackends as usize }
+}
+
 /// Size of a header `H` followed by `count` elements `E`, the layout of [`trailing`].
 pub const fn with_trailing<H, E>(count: usize) -> usize {
     trailing_offset::<H, E>() + count * std::mem::size_of::<E>()

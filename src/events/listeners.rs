@@ -37,21 +37,20 @@ struct Listeners {
 
 static LISTENERS: Attached<Listeners> = Attached::new();
 
-fn entry_count() -> usize {
-    // SAFETY: MaxBackends is final by the time shared memory is sized.
-    unsafe { pg_sys::MaxBackends as usize }
-}
-
 /// The listeners' part of shared memory.
 pub const SHMEM: shmem::Part = shmem::Part {
     name: c"lease listeners",
-    bytes: || shmem::with_trailing::<Listeners, AtomicU32>(entry_count()),
+    bytes: || shmem::with_trailing::<Listeners, AtomicU32>(shmem::backend_count()),
     locks: 0,
     init: |memory, _| {
         // SAFETY: the part's memory, `bytes()` long; zero is "not listening" for every entry.
         unsafe {
-            std::ptr::write_bytes(memory, 0, shmem::with_trailing::<Listeners, AtomicU32>(entry_count()));
-            (*memory.cast::<Listeners>()).count = entry_count();
+            std::ptr::write_bytes(
+                memory,
+                0,
+                shmem::with_trailing::<Listeners, AtomicU32>(shmem::backend_count()),
+            );
+            (*memory.cast::<Listeners>()).count = shmem::backend_count();
         }
     },
     attach: |memory| LISTENERS.set(memory),

@@ -68,26 +68,24 @@ unsafe impl Sync for WaiterTable {}
 
 static TABLE: Attached<WaiterTable> = Attached::new();
 
-/// One waiter slot per process that can call SQL functions.
-fn slot_count() -> usize {
-    // SAFETY: MaxBackends is final by the time shared memory is sized.
-    unsafe { pg_sys::MaxBackends as usize }
-}
-
 /// The waiter table's part of shared memory.
 pub const SHMEM: shmem::Part = shmem::Part {
     name: c"lease waiters",
-    bytes: || shmem::with_trailing::<WaiterTable, WaiterSlot>(slot_count()),
+    bytes: || shmem::with_trailing::<WaiterTable, WaiterSlot>(shmem::backend_count()),
     locks: 1,
     init: |memory, locks| {
         // SAFETY: the part's memory, `bytes()` long, and its one lock; zero is every slot
         // inactive and no ticket taken.
         unsafe {
-            std::ptr::write_bytes(memory, 0, shmem::with_trailing::<WaiterTable, WaiterSlot>(slot_count()));
+            std::ptr::write_bytes(
+                memory,
+                0,
+                shmem::with_trailing::<WaiterTable, WaiterSlot>(shmem::backend_count()),
+            );
             let table = memory.cast::<WaiterTable>();
             (*table).lock = &raw mut (*locks).lock;
             (*table).slots = shmem::trailing::<WaiterTable, WaiterSlot>(table);
-            (*table).count = slot_count();
+            (*table).count = shmem::backend_count();
         }
     },
     attach: |memory| TABLE.set(memory),

@@ -58,6 +58,8 @@ _RELEASE_ORPHAN = (
 _SERIAL = itertools.count(1)
 # The ends of a lease that events announce.
 _ENDINGS = {"released", "expired", "revoked"}
+# How soon a task the loss of its lease cancelled is cancelled again if it still runs.
+_CANCEL_AGAIN_S = 0.1
 
 
 def seconds(value: Optional[Seconds], name: str, *, positive: bool = True) -> float:
@@ -239,7 +241,8 @@ class AsyncLease:
         self._valid_until = valid_until
         self._lost_async = asyncio.Event()
         self._callbacks: list[LostCallback] = []
-        self._guarded: dict[asyncio.Task[Any], bool] = {}
+        # Guarded tasks, each with how many times the loss of the lease cancelled it (0: not).
+        self._guarded: dict[asyncio.Task[Any], int] = {}
         self._keeper: Optional[_Keeper] = None
 
     def __repr__(self) -> str:
@@ -281,13 +284,23 @@ class AsyncLease:
             raise LeaseUsageError("guard() needs a task")
         if self.loss is not None:
             task.cancel()
-            self._guarded[task] = True
+            self._guarded[task] = 1
         else:
-            self._guarded.setdefault(task, False)
+            self._guarded.setdefault(task, 0)
 
-    def unguard(self, task: Optional[asyncio.Task[Any]] = None) -> bool:
-        """Stops guarding `task`; returns True if the loss of the lease cancelled it."""
-        return self._guarded.pop(task or asyncio.current_task(), False)  # type: ignore[arg-type]
+    def unguard(self, task: Optional[asyncio.Task[Any]] = None) -> int:
+        """Stops guarding `task`; returns how many times the loss of the lease cancelled it (0:
+        not)."""
+        return self._guarded.pop(task or asyncio.current_task(), 0)  # type: ignore[arg-type]
+
+    def _cancel_again(self, task: asyncio.Task[Any]) -> None:
+        """Cancels again a task the loss cancelled that still runs in its scope. Before Python
+        3.12, `asyncio.wait_for` (psycopg waits for its socket with it) swallows a cancellation
+        that arrives together with the answer it waited for, and the task would run on."""
+        if self._guarded.get(task) and not task.done():
+            task.cancel()
+            self._guarded[task] += 1
+            asyncio.get_running_loop().call_later(_CANCEL_AGAIN_S, self._cancel_again, task)
 
     async def wait_lost(self) -> Optional[Loss]:
         """Returns once the lease has ended: its loss, or None if it was released."""
@@ -324,7 +337,8 @@ class AsyncLease:
         for task in list(self._guarded):
             if not task.done() and task is not running:
                 task.cancel()
-                self._guarded[task] = True
+                self._guarded[task] = 1
+                task.get_loop().call_later(_CANCEL_AGAIN_S, self._cancel_again, task)
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             _run_callback(callback, self, loss)
@@ -396,10 +410,11 @@ async def _leave_scope(lease: AsyncLease, error: Optional[BaseException]) -> Non
     cancelled_by_loss = lease.unguard(task)
     lost = lease.loss
     await asyncio.shield(lease.release())
+    # Every cancellation the loss made is taken back (those swallowed on the way too).
+    uncancel = getattr(task, "uncancel", None)
+    for _ in range(cancelled_by_loss if uncancel is not None else 0):
+        uncancel()
     if isinstance(error, asyncio.CancelledError) and cancelled_by_loss:
-        uncancel = getattr(task, "uncancel", None)
-        if uncancel is not None:
-            uncancel()
         raise LeaseLost(f"lease on {lease.resource!r} (token {lease.token}) was lost: {lost}", loss=lost) from error
     if error is None and lost is not None:
         raise LeaseLost(f"lease on {lease.resource!r} (token {lease.token}) was lost: {lost}", loss=lost)
